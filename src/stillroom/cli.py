@@ -1,0 +1,122 @@
+"""The `stillroom` command line. Every command wraps a Python API function.
+
+Options given on the command line override the recipe; `--set key=value`
+reaches any recipe key. User mistakes print one clear error and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from stillroom.core.errors import StillroomError
+
+app = typer.Typer(
+    help="stillroom: distil a teacher into a smaller student, and guard a model API against distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# kind -> (recipe schema, pipeline entry point); imported only when used, to keep `--help` fast.
+DISTILL_KINDS: dict[str, tuple[str, str]] = {
+    "classifier": ("stillroom.distill.config:ClassifierRecipe", "stillroom.distill.pipeline:run"),
+    "llm": ("stillroom.distill.llm.config:LLMRecipe", "stillroom.distill.llm.pipeline:run"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_distill_recipe(recipe: Optional[str], overrides: dict[str, Any], sets: list[str], quick: bool):
+    """Read a recipe, apply presets and overrides, and validate it against its kind's schema."""
+    from stillroom.core.recipe import apply_overrides, read_recipe, validate
+
+    data, source = read_recipe(recipe, default="classifier")
+    presets = data.pop("presets", {}) or {}
+    if quick:
+        if "quick" not in presets:
+            raise StillroomError("this recipe has no 'quick' preset", where=source,
+                                 hint="add a presets.quick mapping of overrides, or drop --quick")
+        data = apply_overrides(data, dict(presets["quick"]))
+    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, sets)
+    kind = data.get("kind", "classifier")
+    if kind not in DISTILL_KINDS:
+        raise StillroomError(f"kind: {kind!r} is not allowed; allowed values: {', '.join(DISTILL_KINDS)}", where=source)
+    schema = _load(DISTILL_KINDS[kind][0])
+    return validate(schema, data, source), kind
+
+
+@app.command()
+def distill(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML file, or a built-in name (see `stillroom recipes`). Default: classifier."),
+    data: Optional[str] = typer.Option(None, help="Training data file (CSV, TSV, JSONL, Parquet); sets data.path. Without it the built-in default data is used."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model folder or file; sets teacher.path."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs; sets training.epochs."),
+    output_dir: Optional[str] = typer.Option(None, help="Where run folders go; sets output_dir."),
+    name: Optional[str] = typer.Option(None, help="Run name, the folder under output_dir; sets name."),
+    seed: Optional[int] = typer.Option(None, help="Random seed; sets seed."),
+    quick: bool = typer.Option(False, "--quick", help="Apply the recipe's quick preset (a smaller, faster run)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any recipe key, e.g. --set training.lr=3e-5. Repeatable."),
+) -> None:
+    """Distil a teacher into a smaller student and print the card that compares them."""
+    overrides = {"data.path": data, "teacher.path": teacher, "training.epochs": epochs,
+                 "output_dir": output_dir, "name": name, "seed": seed}
+    resolved, kind = resolve_distill_recipe(recipe, overrides, set_, quick)
+    _load(DISTILL_KINDS[kind][1])(resolved)
+
+
+@app.command()
+def recipes(show: Optional[str] = typer.Argument(None, help="A built-in recipe to print.")) -> None:
+    """List the built-in recipes, or print one to start your own from."""
+    from stillroom.core.recipe import builtin_recipes
+
+    shipped = builtin_recipes()
+    if show is None:
+        for recipe_name in sorted(shipped):
+            first = shipped[recipe_name].read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+            typer.echo(f"{recipe_name:16s} {first}")
+        return
+    if show not in shipped:
+        raise StillroomError(f"no built-in recipe named {show!r}", hint=f"one of: {', '.join(sorted(shipped))}")
+    typer.echo(shipped[show].read_text(encoding="utf-8"), nl=False)
+
+
+def _mount_guard() -> None:
+    try:
+        guard_cli = importlib.import_module("stillroom.guard.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "stillroom.guard.cli":
+            raise
+        return
+    app.add_typer(guard_cli.app, name="guard")
+
+
+_mount_guard()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from stillroom.core.runs import setup_console_logging
+
+    setup_console_logging(verbose=bool(os.environ.get("STILLROOM_VERBOSE")))
+    try:
+        app(args=argv, prog_name="stillroom")
+    except StillroomError as exc:
+        if os.environ.get("STILLROOM_DEBUG"):
+            raise
+        typer.secho(f"error: {exc.render()}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted; run the same command again to resume from the last checkpoint", err=True)
+        sys.exit(130)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What distill and guard share: errors, recipes, run folders, measurement and cards."""

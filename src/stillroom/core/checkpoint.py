@@ -1,0 +1,91 @@
+"""Checkpoints that survive a kill, for resuming a run mid-epoch.
+
+A checkpoint is a folder: `model.safetensors` (weights), `optimizer.pt` and
+`scheduler.pt` (loaded with `weights_only=True`, never arbitrary unpickling),
+`rng.json` and `state.json` (step, epoch, position in the epoch, best metric).
+It is written to a temporary folder and renamed into place, so a kill during
+the write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+LAST = "last"
+BEST = "best"
+
+
+def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "rng.json").write_text(json.dumps(_rng_state()), encoding="utf-8")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Load weights (and optimizer, scheduler, RNG when given) in place; return the saved state."""
+    folder = Path(folder)
+    load_model(model, str(folder / "model.safetensors"))
+    if optimizer is not None and (folder / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if scheduler is not None and (folder / "scheduler.pt").exists():
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if restore_rng and (folder / "rng.json").exists():
+        _set_rng_state(json.loads((folder / "rng.json").read_text(encoding="utf-8")))
+    return json.loads((folder / "state.json").read_text(encoding="utf-8"))
+
+
+def find_checkpoint(checkpoints: Path, which: str = LAST) -> Path | None:
+    """The complete checkpoint folder `checkpoints/which`, or None. An interrupted write is ignored."""
+    folder = Path(checkpoints) / which
+    if (folder / "state.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    old = folder.with_name(folder.name + ".old")  # killed between the two renames
+    if (old / "state.json").exists():
+        return old
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
