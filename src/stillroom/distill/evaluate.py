@@ -1,0 +1,53 @@
+"""Quality, size and speed of a classifier: one row of the card."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from stillroom.core.measure import count_parameters, latency_ms, serialized_bytes, throughput
+from stillroom.distill.encoding import Encoded
+from stillroom.distill.models import run_model
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Encoded, batch_size: int = 128) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    logits = [run_model(model, b["input_ids"], b["attention_mask"]).logits.float() for b in data.batches(batch_size)]
+    model.train(was_training)
+    return torch.cat(logits)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    predicted = logits.argmax(-1).numpy()
+    truth = labels.numpy()
+    return {"accuracy": float((predicted == truth).mean()),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+
+
+def evaluator(data: Encoded, batch_size: int = 128):
+    """A function `model -> {accuracy, macro_f1}` on `data`, for the training loop's per-epoch evaluation."""
+    return lambda model: scores(predict_logits(model, data, batch_size), data.labels)
+
+
+def speed(model: nn.Module, data: Encoded, threads: int = 2, samples: int = 100, batch_size: int = 64,
+          batches: int = 4) -> dict[str, float]:
+    """Latency at batch 1 (median, p90; model forward on tokenized inputs) and throughput at `batch_size`."""
+    model.eval()
+    singles = [data.batch([i % len(data)]) for i in range(samples)]
+    single_calls = [lambda b=b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]) for b in singles]
+    latency = latency_ms(single_calls, threads=threads)
+    big = [data.batch([(k * batch_size + j) % len(data) for j in range(batch_size)]) for k in range(batches)]
+    batch_calls = [lambda b=b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]) for b in big]
+    rate = throughput(batch_calls, [batch_size] * batches, threads=threads)
+    return {"latency_ms_b1": latency["median"], "latency_p90_ms_b1": latency["p90"], "throughput_b64": rate}
+
+
+def card_row(name: str, model: nn.Module, test: Encoded, threads: int = 2, samples: int = 100,
+             batch_size: int = 64, batches: int = 4) -> dict:
+    row = {"name": name, **scores(predict_logits(model, test), test.labels),
+           "params": count_parameters(model), "bytes": serialized_bytes(model)}
+    row.update(speed(model, test, threads, samples, batch_size, batches))
+    return row
