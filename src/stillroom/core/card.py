@@ -68,7 +68,7 @@ class Card:
             table.add_column(column.header, justify="left" if column.key == "name" else "right")
         for row in self.rows:
             table.add_row(*(column.show(row.get(column.key)) for column in self.columns))
-        console = Console()
+        console = Console(width=None if Console().is_terminal else 200)
         console.print(table)
         for key, value in self.summary.items():
             console.print(f"  {key}: {_fmt_summary(value)}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from stillroom.core.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, save_checkpoint
 from stillroom.core.errors import StillroomError
-from stillroom.core.runs import LOG
+from stillroom.core.runs import LOG, seed_everything
 from stillroom.distill.encoding import Encoded
 from stillroom.distill.losses import CompositeLoss, Outputs
 from stillroom.distill.models import run_model
@@ -123,7 +123,9 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
     state = {"step": 0, "train_seconds": 0.0, "best_metric": -math.inf, "best_step": 0, "history": [],
              "fingerprint": fingerprint, "total_steps": total_steps}
     last = find_checkpoint(checkpoints, LAST)
-    if last is not None:
+    if last is None:
+        seed_everything(seed)  # each stage starts from its own seed, whatever ran before it
+    else:
         saved = load_checkpoint(last, step_module, optimizer, scheduler)
         if saved.get("fingerprint") != fingerprint:
             raise StillroomError(f"{checkpoints} holds a checkpoint of a different run (other recipe, data or model)",

@@ -1,0 +1,104 @@
+"""A killed run resumes from its last checkpoint; two processes train like one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stillroom.core.recipe import dump_recipe
+from tests.conftest import REPO
+
+
+def cli(args, output, **kwargs):
+    """Start `stillroom ARGS` with its output in the file `output` (a pipe left unread would fill and block it)."""
+    return subprocess.Popen([sys.executable, "-m", "stillroom", *args], cwd=REPO, stdout=output.open("w"),
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def checkpoint_step(run_dir, stage):
+    state = run_dir / "checkpoints" / stage / "last" / "state.json"
+    try:
+        return json.loads(state.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_run_resumes_mid_epoch_and_ends_where_an_uninterrupted_run_ends(tiny_recipe, tmp_path):
+    overrides = {"training.epochs": 6, "training.batch_size": 16, "training.checkpoint_every": 10,
+                 "scratch_baseline": False}
+    reference, interrupted = tmp_path / "reference.yaml", tmp_path / "interrupted.yaml"
+    dump_recipe(tiny_recipe(name="reference", **overrides), reference)
+    dump_recipe(tiny_recipe(name="interrupted", **overrides), interrupted)
+
+    log = tmp_path / "output.txt"
+    done = cli(["distill", "--recipe", str(reference)], log)
+    assert done.wait(timeout=900) == 0, log.read_text()[-3000:]
+    runs = tmp_path / "runs"
+    total = json.loads((runs / "reference" / "checkpoints" / "distilled" / "last" / "state.json").read_text())["step"]
+
+    victim = cli(["distill", "--recipe", str(interrupted)], log, start_new_session=True)
+    deadline = time.time() + 600
+    while checkpoint_step(runs / "interrupted", "distilled") < 30 and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed_at = checkpoint_step(runs / "interrupted", "distilled")
+    assert 0 < killed_at < total, f"the kill should land mid-training (checkpoint at {killed_at} of {total})"
+    assert killed_at % 68 != 0, "mid-epoch: 1080 examples / 16 per batch is 68 steps an epoch"
+
+    resumed = cli(["distill", "--recipe", str(interrupted)], log)
+    assert resumed.wait(timeout=900) == 0, log.read_text()[-3000:]
+    assert f"distilled: resuming from step {killed_at} of {total}" in (runs / "interrupted" / "log.txt").read_text()
+
+    final = load_file(str(runs / "interrupted" / "model" / "model.safetensors"))
+    expected = load_file(str(runs / "reference" / "model" / "model.safetensors"))
+    assert final.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(final[name], expected[name], atol=1e-5), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
+    """Tolerance: 0.02 accuracy on the 360-example test split (7 examples), and 2% on the final loss.
+
+    The global batch is the same in both runs (each process takes half), so only the order of float
+    reductions differs; dropout is off so both runs draw no random masks.
+    """
+    common = {"training.dropout": 0.0, "training.epochs": 2, "scratch_baseline": False}
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    dump_recipe(tiny_recipe(name="one", **common), one)
+    dump_recipe(tiny_recipe(name="two", **common), two)
+    log = tmp_path / "output.txt"
+    single = cli(["distill", "--recipe", str(one)], log)
+    assert single.wait(timeout=900) == 0, log.read_text()[-3000:]
+    launch = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+         "-m", "stillroom", "distill", "--recipe", str(two)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+
+    cards = {name: json.loads((tmp_path / "runs" / name / "card.json").read_text()) for name in ("one", "two")}
+    rows = {name: {r["name"]: r for r in card["rows"]} for name, card in cards.items()}
+    assert rows["one"]["distilled student"]["accuracy"] == pytest.approx(rows["two"]["distilled student"]["accuracy"], abs=0.02)
+    histories = {}
+    for name in ("one", "two"):
+        state = tmp_path / "runs" / name / "checkpoints" / "distilled" / "last" / "state.json"
+        histories[name] = json.loads(state.read_text())["history"]
+    assert len(histories["one"]) == len(histories["two"]) == 2
+    assert histories["one"][-1]["step"] == histories["two"][-1]["step"]
+    assert histories["one"][-1]["accuracy"] == pytest.approx(histories["two"][-1]["accuracy"], abs=0.02)
