@@ -33,9 +33,10 @@ class Encoded:
         return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[index], "index": index}
 
     def batches(self, batch_size: int):
-        """In order, for evaluation and caching; examples of similar length are not regrouped, so results are reproducible."""
+        """Every example once, in batches of similar length (less padding); each batch carries its `index`."""
+        by_length = sorted(range(len(self)), key=lambda i: len(self.input_ids[i]))
         for start in range(0, len(self), batch_size):
-            yield self.batch(list(range(start, min(start + batch_size, len(self)))))
+            yield self.batch(by_length[start:start + batch_size])
 
 
 def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> Encoded:

@@ -15,9 +15,14 @@ from stillroom.distill.models import run_model
 def predict_logits(model: nn.Module, data: Encoded, batch_size: int = 128) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    logits = [run_model(model, b["input_ids"], b["attention_mask"]).logits.float() for b in data.batches(batch_size)]
+    logits = None
+    for batch in data.batches(batch_size):
+        out = run_model(model, batch["input_ids"], batch["attention_mask"]).logits.float()
+        if logits is None:
+            logits = out.new_empty((len(data), out.shape[-1]))
+        logits[batch["index"]] = out
     model.train(was_training)
-    return torch.cat(logits)
+    return logits
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

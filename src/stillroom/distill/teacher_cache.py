@@ -75,14 +75,14 @@ class TeacherCache:
 def compute_outputs(teacher: nn.Module, data: Encoded, hidden_indices: list[int], batch_size: int) -> dict[str, torch.Tensor]:
     was_training = teacher.training
     teacher.eval()
-    logits, hidden = [], {i: [] for i in hidden_indices}
+    tensors: dict[str, torch.Tensor] = {}
     for batch in tqdm(data.batches(batch_size), total=(len(data) + batch_size - 1) // batch_size,
                       desc="teacher outputs", unit="batch", leave=False):
         out = run_model(teacher, batch["input_ids"], batch["attention_mask"], hidden_indices)
-        logits.append(out.logits.float())
-        for i in hidden_indices:
-            hidden[i].append(out.hidden[i].float())
+        named = {"logits": out.logits, **{f"hidden.{i}": out.hidden[i] for i in hidden_indices}}
+        for name, values in named.items():
+            if name not in tensors:
+                tensors[name] = torch.empty((len(data), values.shape[-1]), dtype=torch.float32)
+            tensors[name][batch["index"]] = values.float()
     teacher.train(was_training)
-    tensors = {"logits": torch.cat(logits)}
-    tensors.update({f"hidden.{i}": torch.cat(v) for i, v in hidden.items()})
-    return {k: v.contiguous() for k, v in tensors.items()}
+    return tensors

@@ -86,9 +86,22 @@ class DistillStep(nn.Module):
         return self.loss(out, teacher, batch["labels"])
 
 
-def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 50) -> list[torch.Tensor]:
+    """The batches of one epoch: a seeded shuffle, grouped by length, in a seeded order.
+
+    Examples are sorted by length within windows of `window` batches, so a
+    batch pads to a similar length (about half the padding of random batches);
+    the windows and the batch order stay random. The same seed and epoch always
+    give the same batches, so a step number is a position in the epoch.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(size, generator=generator)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    batches = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [torch.tensor(chunk[i:i + batch_size]) for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def _optimizer(module: nn.Module, config: LoopConfig) -> torch.optim.Optimizer:
@@ -137,15 +150,16 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
     rank, world = accelerator.process_index, accelerator.num_processes
     bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", disable=not accelerator.is_main_process,
                dynamic_ncols=True, leave=True)
-    running, order, order_epoch = None, None, -1
+    lengths = [len(ids) for ids in data.input_ids]
+    running, batches, batches_epoch = None, None, -1
     started = time.perf_counter()
     wrapped.train()
     while state["step"] < total_steps:
         step = state["step"]
         epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(len(data), seed, epoch), epoch
-        global_index = order[position * config.batch_size:(position + 1) * config.batch_size]
+        if epoch != batches_epoch:
+            batches, batches_epoch = epoch_batches(lengths, config.batch_size, seed, epoch), epoch
+        global_index = batches[position]
         batch = data.batch(global_index[rank::world] if world > 1 else global_index)
         target = teacher(batch) if loss.uses_teacher else None
         value, parts = wrapped(batch, target)

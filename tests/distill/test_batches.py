@@ -1,0 +1,28 @@
+import math
+import random
+
+import torch
+
+from stillroom.distill.encoding import Encoded
+from stillroom.distill.trainer import epoch_batches
+
+
+def test_epoch_batches_cover_every_example_once_and_are_reproducible():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1003)]
+    batches = epoch_batches(lengths, 32, seed=1, epoch=2)
+    assert len(batches) == math.ceil(1003 / 32)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1003))
+    assert all(torch.equal(a, b) for a, b in zip(batches, epoch_batches(lengths, 32, seed=1, epoch=2)))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, epoch_batches(lengths, 32, seed=1, epoch=3)))
+    padded = sum(len(b) * max(lengths[i] for i in b.tolist()) for b in batches)
+    assert padded < 0.7 * 1003 * 60, "grouping by length should cut padding well below random batches"
+
+
+def test_eval_batches_return_indices_to_restore_order():
+    data = Encoded([[1] * n for n in (5, 2, 9, 1)], torch.tensor([0, 1, 2, 3]), pad_id=0)
+    seen = []
+    for batch in data.batches(2):
+        assert batch["input_ids"].shape[1] == max(len(data.input_ids[i]) for i in batch["index"].tolist())
+        seen += batch["index"].tolist()
+    assert sorted(seen) == [0, 1, 2, 3] and seen == [3, 1, 0, 2]
