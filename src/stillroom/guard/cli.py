@@ -1,0 +1,129 @@
+"""`stillroom guard ...`: find distillation campaigns in model-API traffic.
+
+Every command reads the `guard` recipe (or `--recipe FILE`), applies its own options and
+`--set key=value` overrides, and calls one function of `stillroom.guard.pipeline`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from stillroom.core.errors import RecipeError
+
+app = typer.Typer(help="Guard a model API: simulate traffic, calibrate on benign traffic, scan logs for distillation campaigns, evaluate.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+RECIPE = typer.Option(None, "--recipe", "-r", help="Recipe YAML file, or a built-in name. Default: guard.")
+SET = typer.Option([], "--set", help="Override any recipe key, e.g. --set calibration.target_fpr=0.0005. Repeatable.")
+QUICK = typer.Option(False, "--quick", help="Apply the recipe's quick preset (smaller traffic).")
+
+
+def resolve(recipe: Optional[str], overrides: dict[str, Any], sets: list[str], quick: bool = False):
+    """Read the recipe, apply the quick preset, options and --set overrides, and validate it."""
+    from stillroom.core.recipe import apply_overrides, read_recipe, validate
+    from stillroom.guard.config import GuardRecipe
+
+    data, source = read_recipe(recipe, default="guard")
+    presets = data.pop("presets", {}) or {}
+    if quick:
+        if "quick" not in presets:
+            raise RecipeError("this recipe has no 'quick' preset", where=source, hint="add a presets.quick mapping, or drop --quick")
+        data = apply_overrides(data, dict(presets["quick"]))
+    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, sets)
+    if data.get("kind", "guard") != "guard":
+        raise RecipeError(f"kind: {data.get('kind')!r} is not a guard recipe; allowed values: guard", where=source)
+    return validate(GuardRecipe, data, source)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(Path("traffic"), "--out", "-o", help="Folder for traffic.<format> and truth.csv."),
+    recipe: Optional[str] = RECIPE,
+    seed: Optional[int] = typer.Option(None, help="Random seed; sets simulate.seed."),
+    days: Optional[float] = typer.Option(None, help="Days of traffic; sets simulate.days."),
+    style: Optional[str] = typer.Option(None, help="Attacker style of a single campaign (blatant, rotating, paraphrased, mixed, slow_low, adaptive, eval_mimic); 'none' for benign traffic only."),
+    attack_accounts: Optional[int] = typer.Option(None, help="Accounts in that campaign."),
+    prompts: Optional[str] = typer.Option(None, help="Folder of real prompt pools (e.g. ../shared/data/prompts); sets simulate.prompts."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet, jsonl or csv."),
+    quick: bool = QUICK,
+    set_: list[str] = SET,
+) -> None:
+    """Simulate API traffic from a seed: legitimate populations and attack campaigns, with the ground truth in a separate file."""
+    from stillroom.guard.pipeline import run_simulate
+
+    overrides: dict[str, Any] = {"simulate.seed": seed, "simulate.days": days, "simulate.prompts": prompts}
+    if style == "none":
+        overrides["simulate.campaigns"] = []
+    elif style is not None or attack_accounts is not None:
+        overrides["simulate.campaigns"] = [{"name": style or "campaign-1", "style": style or "mixed", "accounts": attack_accounts or 300}]
+    run_simulate(resolve(recipe, overrides, set_, quick), out, fmt)
+
+
+@app.command()
+def calibrate(
+    logs: list[str] = typer.Argument(..., help="Benign-only log files (JSONL, CSV, Parquet, OpenAI-style)."),
+    out: Path = typer.Option(Path("calibration"), "--out", "-o", help="Folder to write the calibration to."),
+    recipe: Optional[str] = RECIPE,
+    target_fpr: Optional[float] = typer.Option(None, help="False-positive rate to calibrate for; sets calibration.target_fpr."),
+    set_: list[str] = SET,
+) -> None:
+    """Set every threshold from benign traffic only, for a target false-positive rate."""
+    from stillroom.guard.pipeline import run_calibrate
+
+    run_calibrate(resolve(recipe, {"calibration.target_fpr": target_fpr}, set_), logs, out)
+
+
+@app.command()
+def scan(
+    logs: list[str] = typer.Argument(..., help="Log files to scan (JSONL, CSV, Parquet, OpenAI-style)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", "-c", help="Calibration folder from `stillroom guard calibrate`."),
+    benign: list[str] = typer.Option([], "--benign", help="Or: benign-only logs to calibrate from first. Repeatable."),
+    recipe: Optional[str] = RECIPE,
+    name: Optional[str] = typer.Option(None, help="Run name, the folder under output_dir; sets name."),
+    output_dir: Optional[str] = typer.Option(None, help="Where run folders go; sets output_dir."),
+    redact: Optional[bool] = typer.Option(None, "--redact/--no-redact", help="Replace prompt text in reports by its length and capability."),
+    set_: list[str] = SET,
+) -> None:
+    """Scan logs: score accounts, group them into campaigns, and write ranked alerts with evidence (JSON, markdown, HTML)."""
+    from stillroom.guard.pipeline import run_scan
+
+    overrides: dict[str, Any] = {"calibration.path": calibration, "name": name, "output_dir": output_dir, "report.redact": redact,
+                                 "calibration.benign_logs": benign or None}
+    resolved = resolve(recipe, overrides, set_)
+    alerts, _, folder = run_scan(resolved, paths=logs)
+    from stillroom.guard.pipeline import print_top_campaign
+
+    print_top_campaign(alerts)
+    typer.echo(f"reports in {folder}")
+
+
+@app.command()
+def evaluate(
+    recipe: Optional[str] = RECIPE,
+    styles: Optional[str] = typer.Option(None, help="Comma-separated attacker styles to run; sets evaluate.styles."),
+    prompts: Optional[str] = typer.Option(None, help="Folder of real prompt pools; sets simulate.prompts."),
+    name: Optional[str] = typer.Option(None, help="Run name; sets name."),
+    quick: bool = QUICK,
+    set_: list[str] = SET,
+) -> None:
+    """Precision, recall and FPR by attacker style and legitimate population, with a PRADA baseline in the same run."""
+    from stillroom.guard.pipeline import run_evaluate
+
+    overrides = {"evaluate.styles": styles.split(",") if styles else None, "simulate.prompts": prompts, "name": name}
+    run_evaluate(resolve(recipe, overrides, set_, quick))
+
+
+@app.command()
+def demo(
+    recipe: Optional[str] = RECIPE,
+    seed: Optional[int] = typer.Option(None, help="Seed of the day to scan; sets simulate.seed."),
+    set_: list[str] = SET,
+) -> None:
+    """Simulate a day of traffic with a hidden campaign, scan it, and print the top campaign with its evidence."""
+    from stillroom.guard.pipeline import run_demo
+
+    run_demo(resolve(recipe, {"simulate.seed": seed, "name": "guard-demo"}, set_))

@@ -1,0 +1,179 @@
+"""Recipe schemas for guard: simulation, scanning, calibration, reports and evaluation.
+
+One YAML recipe (`stillroom recipes guard`) holds every section; each command
+reads the sections it needs. Unknown keys are errors, as everywhere in stillroom.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from stillroom.core.recipe import Schema
+from stillroom.guard.capabilities import CAPABILITIES
+
+# Attacker styles: each is a set of knob values; a campaign names a style and may override any knob.
+# `held_out` styles are reported apart. slow_low, adaptive and eval_mimic were written down before the detector
+# and held out at first, but the first full benchmark run showed their results and later design choices saw
+# them; agent_farm and quiet_harvest were added after that and never run before the final benchmark.
+STYLES: dict[str, dict[str, Any]] = {
+    # Everything shared and synchronised: the campaign a per-account rate limit would still miss.
+    "blatant": dict(templating=0.9, paraphrase=0.0, cot=0.9, cot_phrasing="fixed", orchestration="waves",
+                    infra="shared", params="harvest", benign_mix=0.0, per_account_per_day=150),
+    # Fresh infrastructure per account, scheduled but not synchronised.
+    "rotating": dict(templating=0.9, paraphrase=0.0, cot=0.9, cot_phrasing="fixed", orchestration="jitter",
+                     infra="rotating", params="harvest", benign_mix=0.0, per_account_per_day=120),
+    # Paraphrased prompts and varied elicitation, so no template or exact phrase repeats.
+    "paraphrased": dict(templating=0.1, paraphrase=0.8, cot=0.85, cot_phrasing="varied", orchestration="jitter",
+                        infra="rotating", params="harvest", benign_mix=0.0, per_account_per_day=100),
+    # Paraphrased, human-like timing, and benign-looking queries mixed in.
+    "mixed": dict(templating=0.1, paraphrase=0.8, cot=0.8, cot_phrasing="varied", orchestration="human",
+                  infra="rotating", params="harvest", benign_mix=0.4, per_account_per_day=80),
+    # Held out: slow and low, like the reported campaign (~13 interactions per account per day).
+    "slow_low": dict(templating=0.0, paraphrase=0.9, cot=0.8, cot_phrasing="varied", orchestration="human",
+                     infra="rotating", params="default", benign_mix=0.2, per_account_per_day=13, held_out=True),
+    # Held out: every evasion at once, and each account a different persona.
+    "adaptive": dict(templating=0.0, paraphrase=1.0, cot=0.6, cot_phrasing="varied", orchestration="human",
+                     infra="rotating", params="default", benign_mix=0.5, per_account_per_day=30, persona=True,
+                     held_out=True),
+    # Held out: poses as evaluation jobs, sweeping public benchmarks in order, split over many accounts.
+    "eval_mimic": dict(templating=0.3, paraphrase=0.0, cot=0.7, cot_phrasing="fixed", orchestration="jitter",
+                       infra="rotating", params="harvest", benign_mix=0.0, per_account_per_day=150, sweep=True,
+                       held_out=True),
+    # Held out (added last, never used in development): agentic/security targets from a large shared proxy
+    # pool and many cards, half templated, half reworded.
+    "agent_farm": dict(targets=["agentic", "coding", "cybersecurity"], templating=0.5, paraphrase=0.5, cot=0.9,
+                       cot_phrasing="varied", orchestration="jitter", infra="shared", proxy_pool=200, payment_cards=50,
+                       params="default", benign_mix=0.1, per_account_per_day=40, held_out=True),
+    # Held out (added last, never used in development): no reasoning elicitation at all, only harvesting
+    # parameters (log-probabilities, long completions), reworded prompts and human timing.
+    "quiet_harvest": dict(templating=0.0, paraphrase=1.0, cot=0.0, cot_phrasing="varied", orchestration="human",
+                          infra="rotating", params="harvest", benign_mix=0.3, per_account_per_day=25, held_out=True),
+}
+
+
+class CampaignSpec(Schema):
+    """One simulated distillation campaign. `style` fills every knob not given explicitly."""
+
+    name: str = "campaign"
+    style: Optional[str] = None
+    accounts: int = Field(300, ge=1, le=100_000)
+    per_account_per_day: float = Field(120, gt=0)
+    targets: list[str] = ["coding", "debugging", "agentic", "cybersecurity", "math", "logic"]
+    cot: float = Field(0.9, ge=0, le=1, description="share of prompts that ask for the reasoning")
+    cot_phrasing: Literal["fixed", "varied"] = "fixed"
+    templating: float = Field(0.9, ge=0, le=1, description="share of prompts in the campaign's one template")
+    paraphrase: float = Field(0.0, ge=0, le=1, description="share of questions reworded")
+    orchestration: Literal["waves", "jitter", "human"] = "waves"
+    wave_minutes: float = Field(15, gt=0)
+    benign_mix: float = Field(0.0, ge=0, lt=1, description="share of benign-looking queries mixed in")
+    infra: Literal["shared", "rotating"] = "shared"
+    proxy_pool: int = Field(40, ge=1)
+    payment_cards: int = Field(5, ge=1)
+    params: Literal["harvest", "default"] = "harvest"
+    persona: bool = False
+    sweep: bool = False
+    held_out: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_style(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("style") is not None:
+            style = data["style"]
+            if style not in STYLES:
+                raise ValueError(f"style {style!r} is not allowed; allowed values: {', '.join(STYLES)}")
+            data = {**STYLES[style], **data}
+        return data
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in CAPABILITIES]
+        if unknown or not value:
+            raise ValueError(f"unknown capabilities {unknown}; allowed values: {', '.join(CAPABILITIES)}")
+        return value
+
+
+class Populations(Schema):
+    """How many legitimate accounts of each kind."""
+
+    chat: int = Field(3000, ge=0)
+    apps: int = Field(90, ge=0)
+    evals: int = Field(10, ge=0)
+    labelers: int = Field(20, ge=0)
+    researchers: int = Field(80, ge=0)
+
+
+class SimulateConfig(Schema):
+    seed: int = 0
+    start: str = "2026-06-01T00:00:00Z"
+    days: float = Field(1.0, gt=0, le=31)
+    benign: Populations = Populations()
+    campaigns: list[CampaignSpec] = [CampaignSpec(name="campaign-1", style="mixed", accounts=120)]
+    prompts: Optional[str] = Field(None, description="folder of real prompt pools (../shared/data/prompts); none: built-in only")
+
+
+class LogsConfig(Schema):
+    paths: list[str] = []
+    format: Literal["auto", "jsonl", "csv", "parquet", "openai"] = "auto"
+    mapping: dict[str, str] = Field({}, description="schema field -> source field, dotted for nested (usage.completion_tokens)")
+    max_field_chars: int = Field(100_000, ge=100)
+    time_unit: Literal["auto", "s", "ms"] = "auto"
+
+
+class CalibrationConfig(Schema):
+    path: Optional[str] = Field(None, description="a calibration folder written by `stillroom guard calibrate`")
+    benign_logs: list[str] = Field([], description="benign-only logs to calibrate from, when no path is given")
+    target_fpr: float = Field(0.001, gt=0, lt=0.5)
+    campaign_share: float = Field(0.8, gt=0, lt=1, description="share of the FPR budget spent on campaign alerts")
+
+
+class SignalsConfig(Schema):
+    per_account: list[str] = ["volume", "timing", "templating", "coverage", "elicitation", "harvesting"]
+    cross_account: list[str] = ["similarity", "lockstep", "infrastructure"]
+    neighbours: int = Field(15, ge=3, le=100, description="k of the k-nearest-neighbour similarity signal")
+    lockstep_bin_seconds: int = Field(60, ge=1)
+    max_prompts_per_account: int = Field(2000, ge=10, description="prompts per account read by text signals")
+
+
+class CampaignsConfig(Schema):
+    min_accounts: int = Field(3, ge=2)
+
+
+class ReportConfig(Schema):
+    formats: list[Literal["json", "md", "html"]] = ["json", "md", "html"]
+    redact: bool = Field(False, description="replace prompt text in reports by its length and capability")
+    top: int = Field(10, ge=1)
+    examples: int = Field(5, ge=0)
+
+
+class EvaluateConfig(Schema):
+    styles: list[str] = list(STYLES)
+    accounts_per_campaign: int = Field(300, ge=1)
+    slow_low_accounts: int = Field(1000, ge=1)
+    calibration_seed: int = 1000
+    calibration_scale: float = Field(2.0, gt=0, description="benign calibration traffic, as a multiple of simulate.benign")
+    prada_fpr: Optional[float] = Field(None, description="FPR the PRADA baseline is calibrated to; none: the same target_fpr")
+
+    @field_validator("styles")
+    @classmethod
+    def _known_styles(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in STYLES]
+        if unknown:
+            raise ValueError(f"unknown styles {unknown}; allowed values: {', '.join(STYLES)}")
+        return value
+
+
+class GuardRecipe(Schema):
+    kind: Literal["guard"] = "guard"
+    name: str = "guard"
+    output_dir: str = "runs"
+    seed: int = 0
+    logs: LogsConfig = LogsConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    signals: SignalsConfig = SignalsConfig()
+    campaigns: CampaignsConfig = CampaignsConfig()
+    report: ReportConfig = ReportConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()

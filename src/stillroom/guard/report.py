@@ -1,0 +1,276 @@
+"""Alerts a trust-and-safety analyst can act on: JSON, markdown, and a self-contained HTML report.
+
+`build_alerts` turns a `ScanResult` into plain data: ranked campaigns and accounts, each
+with its evidence (which signals fired and by how much against the benign baseline, example
+prompts, a timeline, shared infrastructure, targeted capabilities). The writers only format
+that data. `redact=True` replaces every prompt by its length and capability.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stillroom.guard.capabilities import CAPABILITIES
+from stillroom.guard.detector import Guard, ScanResult
+
+FIRES_AT = 2.0  # a signal "fires" for an account at surprisal >= 2: rarer than 1 benign account in 100
+
+
+def _prompt(text: str, capability: str, redact: bool, limit: int = 400) -> str:
+    if redact:
+        return f"[redacted: {len(text)} characters, {capability}]"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _signal_evidence(members: pd.DataFrame, guard: Guard, names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        values = members[name].to_numpy(float)
+        rows.append({"signal": name, "mean_surprisal": round(float(values.mean()), 3),
+                     "share_fired": round(float((values >= FIRES_AT).mean()), 3),
+                     "fired": bool(values.mean() >= FIRES_AT or (values >= FIRES_AT).mean() >= 0.5)})
+    return sorted(rows, key=lambda r: -r["mean_surprisal"])
+
+
+def _feature_evidence(members: pd.DataFrame, guard: Guard) -> list[dict[str, Any]]:
+    rows = []
+    for signal in guard.per_account.values():
+        for feature, direction in signal.features.items():
+            ref = signal.refs[feature]
+            value = float(members[feature].median())
+            p = float(ref.upper_p(value) if direction > 0 else ref.lower_p(value))
+            rows.append({"signal": signal.name, "feature": feature, "median": round(value, 4),
+                         "benign_median": round(ref.quantile(0.5), 4), "benign_p99": round(ref.quantile(0.99), 4),
+                         "surprisal": round(-np.log10(p), 3)})
+    return sorted(rows, key=lambda r: -r["surprisal"])[:8]
+
+
+def _capabilities(members: pd.DataFrame) -> dict[str, float]:
+    weights = members["requests"].to_numpy(float)
+    shares = {c: float((members[f"cap_{c}"].to_numpy(float) * weights).sum() / max(weights.sum(), 1)) for c in CAPABILITIES}
+    return {c: round(v, 4) for c, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def _infrastructure(result: ScanResult, members: list[str]) -> dict[str, Any]:
+    engine = result.engine
+    engine.con.register("_sel", pd.DataFrame({"account": members}))
+    try:
+        def top(column: str, k: int = 5) -> list[dict[str, Any]]:
+            frame = engine.sql(f"""SELECT {column} AS value, count(DISTINCT account) AS accounts, count(*) AS requests
+                                   FROM interactions JOIN _sel USING (account) WHERE {column} <> ''
+                                   GROUP BY 1 ORDER BY 2 DESC, 3 DESC LIMIT {k}""")
+            return frame.to_dict("records")
+
+        distinct = engine.sql("""SELECT count(DISTINCT ip) AS ips, count(DISTINCT network) AS networks,
+                                 count(DISTINCT payment) AS payments, count(DISTINCT user_agent) AS user_agents,
+                                 count(DISTINCT country) AS countries FROM interactions JOIN _sel USING (account)""")
+        out = {"distinct": {k: int(v) for k, v in distinct.iloc[0].items()}}
+        for column in ("payment", "ip", "network", "user_agent", "country"):
+            out[column] = [r for r in top(column) if r["accounts"] > 1] if column in ("payment", "ip") else top(column, 3)
+        return out
+    finally:
+        engine.con.unregister("_sel")
+
+
+def _timeline(result: ScanResult, members: list[str]) -> list[list[Any]]:
+    hourly = result.engine.hourly(members)
+    return [[str(h), int(n)] for h, n in zip(hourly["hour"], hourly["requests"])]
+
+
+def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: int = 5, redact: bool = False,
+                 quarantine: dict[str, int] | None = None) -> dict[str, Any]:
+    """The alerts of a scan as plain data (what `alerts.json` holds)."""
+    acc = result.accounts
+    flagged_campaigns = result.campaigns[result.campaigns["flagged"]]
+    campaigns = []
+    for row in flagged_campaigns.head(top).itertuples():
+        ids = list(acc.index[acc["campaign"] == row.id])
+        members = acc.loc[ids]
+        lock = result.edges.get("lockstep")
+        lock_pairs = lock[lock["a"].isin(ids) & lock["b"].isin(ids)] if lock is not None else pd.DataFrame()
+        ex = result.engine.examples(ids, examples)
+        campaigns.append({
+            "id": row.id, "z": round(float(row.z), 2), "accounts": len(ids), "requests": int(members["requests"].sum()),
+            "mean_score": round(float(members["score"].mean()), 2),
+            "accounts_flagged_alone": int(members["flagged_alone"].sum()),
+            "first_seen": str(members["first_seen"].min()), "last_seen": str(members["last_seen"].max()),
+            "signals": _signal_evidence(members, guard, result.signal_names),
+            "features": _feature_evidence(members, guard),
+            "capabilities": _capabilities(members),
+            "infrastructure": _infrastructure(result, ids),
+            "lockstep": {"pairs": int(len(lock_pairs)),
+                         "median_lift": round(float(lock_pairs["lift"].median()), 1) if len(lock_pairs) else None},
+            "timeline": _timeline(result, ids),
+            "examples": [{"account": e.account, "ts": str(e.ts), "capability": e.capability,
+                          "prompt": _prompt(e.prompt, e.capability, redact)} for e in ex.itertuples()],
+            "members": ids,
+        })
+    accounts = []
+    for account, row in acc[acc["flagged"]].head(max(top * 5, 50)).iterrows():
+        evidence = []
+        for signal in guard.per_account.values():
+            evidence += [dict(e, signal=signal.name) for e in signal.explain(row)[:1]]
+        evidence = sorted(evidence, key=lambda e: -e["surprisal"])[:4]
+        ex = result.engine.examples([account], min(2, examples))
+        accounts.append({
+            "account": account, "score": round(float(row["score"]), 2), "campaign": row["campaign"] or None,
+            "flagged_alone": bool(row["flagged_alone"]), "requests": int(row["requests"]),
+            "signals": {name: round(float(row[name]), 2) for name in result.signal_names},
+            "evidence": evidence,
+            "examples": [_prompt(e.prompt, e.capability, redact) for e in ex.itertuples()],
+        })
+    overall = result.engine.hourly()
+    return {
+        "summary": {
+            "interactions": result.engine.size(), "accounts": int(len(acc)), "flagged_accounts": int(acc["flagged"].sum()),
+            "flagged_alone": int(acc["flagged_alone"].sum()), "campaigns_found": int(len(result.campaigns)),
+            "campaigns_flagged": int(len(flagged_campaigns)), "quarantined": quarantine or {},
+            "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()},
+            "scan_seconds": round(result.timings.get("total_s", 0.0), 2), "redacted": redact,
+        },
+        "baseline_capabilities": _capabilities(acc[~acc["flagged"]]) if (~acc["flagged"]).any() else {},
+        "timeline": [[str(h), int(n)] for h, n in zip(overall["hour"], overall["requests"])],
+        "campaigns": campaigns,
+        "accounts": accounts,
+    }
+
+
+# ---- writers -------------------------------------------------------------------------
+def to_markdown(alerts: dict[str, Any]) -> str:
+    s = alerts["summary"]
+    lines = ["# stillroom guard: alerts", "",
+             f"{s['interactions']:,} interactions from {s['accounts']:,} accounts. "
+             f"**{s['campaigns_flagged']} campaign(s)** flagged, **{s['flagged_accounts']:,} account(s)** flagged "
+             f"({s['flagged_alone']:,} on their own).", ""]
+    if s["quarantined"]:
+        lines += ["Quarantined records: " + ", ".join(f"{n:,} {why}" for why, n in s["quarantined"].items()), ""]
+    for c in alerts["campaigns"]:
+        lines += [f"## Campaign {c['id']}: {c['accounts']:,} accounts, {c['requests']:,} requests, z = {c['z']}", "",
+                  f"Active {c['first_seen']} to {c['last_seen']}. {c['accounts_flagged_alone']} member(s) would be flagged alone.", "",
+                  "| signal | mean surprisal | share of members fired | fired |", "|---|---|---|---|"]
+        lines += [f"| {r['signal']} | {r['mean_surprisal']:.2f} | {r['share_fired']:.0%} | {'yes' if r['fired'] else ''} |" for r in c["signals"]]
+        lines += ["", "| feature | campaign median | benign median | benign p99 |", "|---|---|---|---|"]
+        lines += [f"| {r['feature']} | {r['median']:.3g} | {r['benign_median']:.3g} | {r['benign_p99']:.3g} |" for r in c["features"]]
+        caps = ", ".join(f"{k} {v:.0%}" for k, v in list(c["capabilities"].items())[:6])
+        infra = c["infrastructure"]
+        shared = [f"{r['value']} ({r['accounts']} accounts)" for r in infra.get("payment", []) + infra.get("ip", [])][:6]
+        lines += ["", f"**Capabilities targeted:** {caps}", "",
+                  f"**Infrastructure:** {infra['distinct']['ips']} addresses, {infra['distinct']['networks']} networks, "
+                  f"{infra['distinct']['payments']} payment fingerprints, {infra['distinct']['user_agents']} user agents"
+                  + (f"; shared: {', '.join(shared)}" if shared else "; nothing shared"), "",
+                  f"**Lockstep pairs:** {c['lockstep']['pairs']}", "", "**Example prompts:**", ""]
+        lines += [f"- `{e['account']}` ({e['capability']}): {e['prompt']!r}" for e in c["examples"]]
+        lines.append("")
+    lines += ["## Flagged accounts", "", "| account | score | campaign | alone | requests | strongest evidence |", "|---|---|---|---|---|---|"]
+    for a in alerts["accounts"]:
+        ev = "; ".join(f"{e['feature']}={e['value']:.3g} (benign p99 {e['benign_p99']:.3g})" for e in a["evidence"][:2])
+        lines.append(f"| `{a['account']}` | {a['score']:.1f} | {a['campaign'] or ''} | {'yes' if a['flagged_alone'] else ''} | {a['requests']} | {ev} |")
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plots(alerts: dict[str, Any], result: ScanResult | None = None) -> dict[str, str]:
+    """Timeline, capability-coverage heatmap and campaign graph, as PNG data URIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    hours = pd.to_datetime([h for h, _ in alerts["timeline"]], utc=True, format="ISO8601")
+    ax.fill_between(hours, [n for _, n in alerts["timeline"]], color="#ddd", label="all traffic")
+    ax.set_ylabel("all requests per hour")
+    twin = ax.twinx()
+    for c in alerts["campaigns"][:5]:
+        ch = pd.to_datetime([h for h, _ in c["timeline"]], utc=True, format="ISO8601")
+        twin.plot(ch, [n for _, n in c["timeline"]], marker=".", label=f"campaign {c['id']}")
+    twin.set_ylabel("campaign requests per hour")
+    twin.set_ylim(bottom=0)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title("Timeline")
+    out["timeline"] = _png(fig)
+
+    rows = [("benign baseline", alerts["baseline_capabilities"])] + [(f"campaign {c['id']}", c["capabilities"]) for c in alerts["campaigns"][:8]]
+    matrix = np.array([[r.get(cap, 0.0) for cap in CAPABILITIES] for _, r in rows])
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.6))
+    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(CAPABILITIES)), CAPABILITIES, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    fig.colorbar(image, ax=ax, label="share of requests")
+    ax.set_title("Capability coverage")
+    out["heatmap"] = _png(fig)
+
+    if alerts["campaigns"] and result is not None:
+        out["graph"] = _campaign_graph(alerts["campaigns"][0], result, plt)
+    return out
+
+
+def _campaign_graph(campaign: dict[str, Any], result: ScanResult, plt) -> str:
+    members = campaign["members"][:150]
+    index = {a: i for i, a in enumerate(members)}
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, len(members))
+    radius = np.sqrt(rng.uniform(0, 1, len(members)))
+    pos = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
+    fig, ax = plt.subplots(figsize=(6, 6))
+    colours = {"similarity": "#4c78a8", "lockstep": "#e45756", "infrastructure": "#54a24b"}
+    for kind, frame in result.edges.items():
+        if frame is None or frame.empty:
+            continue
+        if kind == "infrastructure":
+            sel = frame[frame["account"].isin(index)].sort_values(["key", "value"])
+            pairs = [(a, b) for (_, g) in sel.groupby(["key", "value"]) for a, b in zip(g["account"], g["account"].iloc[1:])]
+        else:
+            sel = frame[frame["a"].isin(index) & frame["b"].isin(index)]
+            pairs = list(zip(sel["a"], sel["b"]))
+        for a, b in pairs[:1500]:
+            ax.plot(*zip(pos[index[a]], pos[index[b]]), color=colours[kind], alpha=0.15, lw=0.6)
+        ax.plot([], [], color=colours[kind], label=kind)
+    ax.scatter(pos[:, 0], pos[:, 1], s=14, color="black", zorder=3)
+    ax.set_axis_off()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Campaign {campaign['id']}: links between members")
+    return _png(fig)
+
+
+def to_html(alerts: dict[str, Any], result: ScanResult | None = None) -> str:
+    import jinja2
+
+    template = resources.files("stillroom.guard").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(template).render(alerts=alerts, plots=plots(alerts, result), escape=html.escape)
+
+
+def write_reports(alerts: dict[str, Any], folder: Path, formats: list[str], result: ScanResult | None = None) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    if "json" in formats:
+        paths["json"] = folder / "alerts.json"
+        paths["json"].write_text(json.dumps(alerts, indent=1, default=str) + "\n", encoding="utf-8")
+    if "md" in formats:
+        paths["md"] = folder / "report.md"
+        paths["md"].write_text(to_markdown(alerts), encoding="utf-8")
+    if "html" in formats:
+        paths["html"] = folder / "report.html"
+        paths["html"].write_text(to_html(alerts, result), encoding="utf-8")
+    return paths

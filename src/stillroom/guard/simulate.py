@@ -1,0 +1,499 @@
+"""A traffic simulator with ground truth: legitimate populations and distillation campaigns.
+
+`simulate(config)` returns the interaction log (one row per request, in the
+schema of `stillroom.guard.schema`) and, separately, the truth: one row per
+account with its population, campaign and attacker style. Everything is drawn
+from one seed.
+
+The legitimate populations carry the known false positives on purpose:
+developers' applications are templated and programmatic; evaluation jobs sweep
+benchmarks broadly, ask for step-by-step reasoning and run in lockstep from
+shared infrastructure; labelers run templates at temperature 0 with logprobs;
+researchers ask for reasoning with varied parameters from shared university
+networks; chat users share carrier-grade NAT addresses. Attack traffic uses the
+same user agents and network kinds as legitimate traffic, so that nothing
+trivial (a user agent, a cloud network) separates them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stillroom.guard.capabilities import CAPABILITIES
+from stillroom.guard.config import CampaignSpec, SimulateConfig
+from stillroom.guard.prompts import SLOTS, PromptPools, load_shared_pools
+
+COUNTRIES = ["US", "IN", "BR", "GB", "DE", "FR", "JP", "KR", "NG", "ID", "MX", "CA", "AU", "VN", "SG", "PL"]
+COUNTRY_WEIGHTS = np.array([24, 14, 7, 6, 6, 5, 5, 4, 4, 4, 4, 4, 3, 3, 2, 3], float)
+TZ = dict(US=-6, IN=5.5, BR=-3, GB=0, DE=1, FR=1, JP=9, KR=9, NG=1, ID=7, MX=-6, CA=-5, AU=10, VN=7, SG=8, PL=1)
+# Activity by local hour: low at night, peaks late morning and evening.
+DIURNAL = np.array([1.2, 0.7, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.4, 3.0, 3.3, 3.3, 3.0, 3.1, 3.2, 3.1, 3.0, 2.9, 3.0, 3.4, 3.6, 3.3, 2.6, 1.8])
+WORKDAY = np.array([0.1] * 7 + [1.5, 3, 3.5, 3.5, 3, 2.5, 3.2, 3.4, 3.2, 2.6, 1.4] + [0.3] * 6)
+BROWSERS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0", "Mozilla/5.0 (Windows NT 10.0) Edg/131.0", "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1) Mobile/15E148"]
+MOBILE_APPS = ["StillChat/3.4.1 (iOS 18.1)", "StillChat/3.4.0 (Android 15)", "StillChat/3.3.9 (Android 14)"]
+SDKS = ["stillroom-python/1.42.0", "stillroom-python/1.41.2", "stillroom-node/4.7.1", "python-requests/2.32.3", "curl/8.5.0", "langchain/0.3.7"]
+EVAL_UAS = ["lm-eval-harness/0.4.5 stillroom-python/1.42.0", "helm/0.5 python-requests/2.32.3", "stillroom-python/1.42.0"]
+CLOUD_ASNS = ["AS16509", "AS15169", "AS8075", "AS14061", "AS24940", "AS63949"]
+UNIVERSITY_ASNS = [f"AS{n}" for n in (786, 1103, 3, 2200, 680, 7539, 22, 11537, 2907, 1955)]
+MODELS = ["stillroom-large", "stillroom-mini"]
+
+CASUAL_PREFIX = ["", "", "", "hey, ", "quick question: ", "pls help - ", "hi! ", "ok so ", "can you help? "]
+CASUAL_SUFFIX = ["", "", "", " thanks", " thx!", " please", "?", " :)"]
+FOLLOW_UPS = ["can you explain that more simply?", "thanks! can you make it shorter?", "what about the second part?",
+              "give me an example", "why?", "ok and what would you recommend?", "can you make it more formal", "that's wrong, try again",
+              "perfect, thank you", "and in one sentence?"]
+HUMAN_COT = ["Explain step by step.", "Can you explain your reasoning?", "Walk me through it.", "Show your work please."]
+# Reasoning-elicitation phrasings an extraction campaign uses (fixed: the first; varied: any).
+ATTACK_COT = [
+    "Think step by step and show your full reasoning before giving the final answer.",
+    "Before answering, reason through the problem carefully and write out every intermediate step.",
+    "Lay out your complete thought process, then state the answer.",
+    "Explain your reasoning in detail; do not skip any steps.",
+    "First analyse the problem thoroughly, considering alternatives, and only then conclude.",
+    "Provide a detailed chain of thought followed by a concise final answer.",
+    "Work through this methodically, justifying each step.",
+    "Walk through the derivation in full, then give the result.",
+    "Describe how an expert would approach this, every step of the way, before answering.",
+    "Please reason it out at length and show your work.",
+]
+ATTACK_WRAPPERS = [  # "fixed" templating uses one of these per campaign; paraphrase draws any
+    "### Task\n{q}\n### Requirements\nGive a complete, expert-level answer. {cot}",
+    "You are a world-class expert. {q} {cot}",
+    "Question: {q}\nInstructions: answer thoroughly. {cot}",
+    "{q}\n\n{cot}",
+    "I need a high-quality answer to the following. {q} {cot}",
+    "Help me with this: {q} {cot}",
+    "{cot} {q}",
+]
+# A paraphraser's building blocks: with LLM rewording an attacker's prompts rarely repeat a prefix or suffix.
+REWORD_OPEN = ["", "", "Hi. ", "Hello! ", "Okay, ", "So, ", "Quick one: ", "Hey there, ", "Good morning. ", "Right, ", "Alright - ", "Well, "]
+REWORD_CONTEXT = ["", "", "I'm preparing for an interview and ", "for a class project ", "my team is debating this and ",
+                  "while reviewing some material ", "as part of my studies ", "a friend challenged me, so ", "at work today ",
+                  "out of curiosity ", "for documentation purposes ", "before a deadline "]
+REWORD_ASK = ["I'd like to know: ", "could you help with this? ", "here's the question. ", "can you answer the following. ",
+              "please look at this: ", "I'm stuck on this one. ", "what do you make of this? ", "I need help. "]
+REWORD_CLOSE = ["", "", "", " Thanks.", " Much appreciated!", " (no rush)", " Be precise.", " Cheers.", " Thank you so much.",
+                " I'll check it later.", " Keep it accurate.", " It matters a lot."]
+COT_VERB = ["Explain", "Lay out", "Describe", "Write out", "Go over", "Present", "Spell out", "Detail", "Document", "Break down"]
+COT_OBJECT = ["your reasoning", "every step", "the intermediate steps", "your thought process", "each step of the solution",
+              "how you get there", "the full derivation", "the logic behind each move", "all the steps", "your chain of reasoning"]
+COT_MANNER = ["before the final answer", "in detail", "carefully", "one step at a time", "thoroughly", "as you go",
+              "before concluding", "without skipping anything", "as an expert would", "at length"]
+
+
+def _reword(question: str, rng: np.random.Generator) -> str:
+    lead = REWORD_OPEN[int(rng.integers(len(REWORD_OPEN)))] + REWORD_CONTEXT[int(rng.integers(len(REWORD_CONTEXT)))] + \
+        REWORD_ASK[int(rng.integers(len(REWORD_ASK)))]
+    lead = lead[:1].upper() + lead[1:]
+    return lead + question + REWORD_CLOSE[int(rng.integers(len(REWORD_CLOSE)))]
+
+
+def _varied_cot(rng: np.random.Generator) -> str:
+    if rng.random() < 0.4:
+        return ATTACK_COT[int(rng.integers(len(ATTACK_COT)))]
+    return (f"{COT_VERB[int(rng.integers(len(COT_VERB)))]} {COT_OBJECT[int(rng.integers(len(COT_OBJECT)))]} "
+            f"{COT_MANNER[int(rng.integers(len(COT_MANNER)))]}.")
+
+
+APP_TEMPLATES = [
+    ("extraction", "Extract the invoice number, date and total amount from this document and return JSON: {doc}"),
+    ("extraction", "Summarize the following support ticket in two sentences: {doc}"),
+    ("chat", "You are a friendly support assistant for {company}. Customer message: {doc} Reply helpfully."),
+    ("data_sql", "Convert this question to a SQL query over the sales table: {doc}"),
+    ("translation", "Translate the following product description into {lang2}: {doc}"),
+    ("writing", "Write a product description for an online shop. Product: {doc}"),
+    ("coding", "Generate a Python docstring for this function: def f_{n}(x, y): return {doc}"),
+    ("extraction", "Classify the sentiment of this review as positive, negative or neutral: {doc}"),
+]
+LABELER_TEMPLATES = [
+    "Label the following text as one of [sports, politics, tech, health, other]. Text: {doc} Answer with one word.",
+    "Is this comment toxic? Answer yes or no. Comment: {doc}",
+    "Classify the intent of this banking query into one of 77 categories. Query: {doc}",
+    "Rate the relevance of the passage to the query from 1 to 5. Query: {q} Passage: {doc}",
+]
+EVAL_SUFFIX = {"math": " Let's think step by step.", "logic": " Let's think step by step.", "coding": "", "default": " Answer with the letter only."}
+COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell", "Soylent"]
+RESPONSES = ["Sure! Here is an answer.", "Here's a detailed explanation.", "Let me work through this.", "Great question.", "Certainly."]
+
+
+@dataclass
+class _Out:
+    """Column buffers for the interaction log, filled one account at a time."""
+
+    cols: dict[str, list] = field(default_factory=dict)
+
+    def add(self, rows: int, **values: Any) -> None:
+        for key, value in values.items():
+            buf = self.cols.setdefault(key, [])
+            if isinstance(value, (list, np.ndarray)):
+                buf.extend(value.tolist() if isinstance(value, np.ndarray) else value)
+            else:
+                buf.extend([value] * rows)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cols)
+
+
+class Simulator:
+    def __init__(self, config: SimulateConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.pools = PromptPools(load_shared_pools(config.prompts) if config.prompts else None)
+        self.t0 = pd.Timestamp(config.start).tz_convert("UTC") if pd.Timestamp(config.start).tzinfo else pd.Timestamp(config.start, tz="UTC")
+        self.span = config.days * 86400.0
+        self.out = _Out()
+        self.truth: list[dict[str, Any]] = []
+        self._ids: set[str] = set()
+        self._popularity = self._capability_popularity()
+
+    # ---- shared helpers -------------------------------------------------
+    def _capability_popularity(self) -> np.ndarray:
+        weights = {c: 1.0 for c in CAPABILITIES}
+        weights.update(chat=6, coding=5, writing=4, editing=2.5, extraction=2, math=2, debugging=2, science=1.5, humanities=1.5,
+                       medicine=1.2, finance=1.3, translation=1.2, data_sql=1, agentic=0.6, cybersecurity=0.4, logic=0.5, law=0.8)
+        w = np.array([weights[c] for c in CAPABILITIES])
+        return w / w.sum()
+
+    def new_account(self) -> str:
+        while True:
+            acct = "acct_" + "".join(self.rng.choice(list("0123456789abcdef"), 10))
+            if acct not in self._ids:
+                self._ids.add(acct)
+                return acct
+
+    def ip(self, kind: str = "residential", country: str = "US") -> tuple[str, str]:
+        if kind == "cloud":
+            asn = CLOUD_ASNS[int(self.rng.integers(len(CLOUD_ASNS)))]
+            return f"{int(self.rng.integers(3, 54))}.{int(self.rng.integers(256))}.{int(self.rng.integers(256))}.{int(self.rng.integers(1, 255))}", asn
+        base = 60 + COUNTRIES.index(country) * 8
+        asn = f"AS{(COUNTRIES.index(country) + 1) * 1000 + int(self.rng.integers(5))}"
+        return f"{base + int(self.rng.integers(8))}.{int(self.rng.integers(256))}.{int(self.rng.integers(256))}.{int(self.rng.integers(1, 255))}", asn
+
+    def payment(self) -> str:
+        return "pm_" + "".join(self.rng.choice(list("0123456789abcdef"), 12))
+
+    def country(self) -> str:
+        return COUNTRIES[int(self.rng.choice(len(COUNTRIES), p=COUNTRY_WEIGHTS / COUNTRY_WEIGHTS.sum()))]
+
+    def times_by_curve(self, n: int, curve: np.ndarray, tz: float) -> np.ndarray:
+        """n times (seconds from start) following an hourly curve in local time."""
+        days = max(1, math.ceil(self.config.days))
+        hours_utc = np.arange(24 * days)
+        weights = curve[((hours_utc + tz) % 24).astype(int)]
+        hours = self.rng.choice(len(hours_utc), size=n, p=weights / weights.sum())
+        t = hours * 3600.0 + self.rng.uniform(0, 3600, n)
+        return t[t < self.span] if days > self.config.days else t
+
+    def sessions(self, volume: int, curve: np.ndarray, tz: float, mean_len: float = 4.0, gap_s: float = 70.0) -> np.ndarray:
+        """Request times grouped in sessions: a start from the curve, then reading/typing gaps."""
+        times: list[np.ndarray] = []
+        left = volume
+        while left > 0:
+            k = min(left, int(self.rng.geometric(1 / mean_len)))
+            start = self.times_by_curve(1, curve, tz)
+            if start.size == 0:
+                continue
+            gaps = self.rng.lognormal(math.log(gap_s), 0.8, k - 1)
+            times.append(start[0] + np.concatenate([[0.0], np.cumsum(gaps)]))
+            left -= k
+        t = np.concatenate(times)
+        return np.sort(t[t < self.span])
+
+    def emit(self, acct: str, t: np.ndarray, prompts: list[str], caps: list[str], *, temperature, max_tokens, logprobs=False,
+             top_logprobs=0, n=1, ua, ip, network, country, payment, org, model=None, long_answers: float = 1.0) -> None:
+        k = len(t)
+        if k == 0:
+            return
+        comp = np.rint(self.rng.lognormal(math.log(220 * long_answers), 0.7, k)).astype(int)
+        if isinstance(max_tokens, (int, np.integer)) and max_tokens:
+            comp = np.minimum(comp, int(max_tokens))
+        elif isinstance(max_tokens, np.ndarray):
+            comp = np.minimum(comp, np.where(max_tokens > 0, max_tokens, 10**6))
+        self.out.add(
+            k, ts=t, account=acct, model=model or MODELS[int(self.rng.integers(2))], prompt=prompts,
+            temperature=temperature, max_tokens=max_tokens, logprobs=logprobs, top_logprobs=top_logprobs, n=n,
+            response=[RESPONSES[int(i)] for i in self.rng.integers(len(RESPONSES), size=k)],
+            prompt_tokens=[max(1, len(p) // 4) for p in prompts], completion_tokens=comp,
+            ip=ip, network=network, user_agent=ua, org=org, payment=payment, country=country,
+        )
+
+    def record(self, acct: str, population: str, campaign: str = "", style: str = "", held_out: bool = False) -> None:
+        self.truth.append(dict(account=acct, population=population, campaign=campaign, style=style,
+                               held_out=held_out, is_attack=population == "attack"))
+
+    def casual(self, question: str) -> str:
+        p = CASUAL_PREFIX[int(self.rng.integers(len(CASUAL_PREFIX)))]
+        s = CASUAL_SUFFIX[int(self.rng.integers(len(CASUAL_SUFFIX)))]
+        text = p + question + s
+        return text.lower() if self.rng.random() < 0.3 else text
+
+    # ---- legitimate populations -----------------------------------------
+    def chat_users(self, count: int) -> None:
+        cgnat: dict[str, list[tuple[str, str]]] = {}
+        orgs: list[tuple[str, str, str, str]] = []  # (org, ip, asn, payment)
+        for _ in range(count):
+            acct = self.new_account()
+            country = self.country()
+            tz = TZ[country]
+            volume = int(np.clip(self.rng.lognormal(math.log(6), 1.0) * self.config.days, 1, 400))
+            t = self.sessions(volume, DIURNAL, tz + self.rng.normal(0, 1.5))
+            favourites = self.rng.choice(len(CAPABILITIES), size=int(self.rng.integers(1, 5)), replace=False, p=self._popularity)
+            habit = self.rng.dirichlet(np.ones(len(favourites)) * 0.8)
+            cot_rate = 0.3 if self.rng.random() < 0.08 else 0.03
+            prompts, caps = [], []
+            for i in range(len(t)):
+                if i > 0 and t[i] - t[i - 1] < 600 and self.rng.random() < 0.25:
+                    prompts.append(FOLLOW_UPS[int(self.rng.integers(len(FOLLOW_UPS)))])
+                    caps.append("chat")
+                    continue
+                cap = CAPABILITIES[int(favourites[self.rng.choice(len(favourites), p=habit)])] if self.rng.random() > 0.1 else \
+                    CAPABILITIES[int(self.rng.choice(len(CAPABILITIES), p=self._popularity))]
+                text = self.casual(self.pools.draw(cap, self.rng))
+                if self.rng.random() < cot_rate:
+                    text += " " + HUMAN_COT[int(self.rng.integers(len(HUMAN_COT)))]
+                prompts.append(text)
+                caps.append(cap)
+            u = self.rng.random()
+            org, payment = "", (self.payment() if self.rng.random() < 0.6 else "")
+            if u < 0.15:  # carrier-grade NAT: one address for many subscribers
+                pool = cgnat.setdefault(country, [self.ip("residential", country) for _ in range(40)])
+                ip, asn = pool[int(self.rng.integers(len(pool)))]
+            elif u < 0.22:  # an office: a NAT address, an organisation and a shared card
+                if not orgs or self.rng.random() < 0.15:
+                    orgs.append((f"org_{len(orgs):04d}c", *self.ip("residential", country), self.payment()))
+                org, ip, asn, payment = orgs[int(self.rng.integers(len(orgs)))]
+            else:
+                ip, asn = self.ip("residential", country)
+            client = self.rng.random()
+            if client < 0.6:
+                ua, temperature, max_tokens = BROWSERS[int(self.rng.integers(len(BROWSERS)))], 1.0, 4096
+            elif client < 0.85:
+                ua, temperature, max_tokens = MOBILE_APPS[int(self.rng.integers(len(MOBILE_APPS)))], 1.0, 4096
+            else:
+                ua = SDKS[int(self.rng.integers(len(SDKS)))]
+                temperature = float(self.rng.choice([0.0, 0.2, 0.7, 1.0]))
+                max_tokens = int(self.rng.choice([0, 256, 512, 1024, 2048, 4096]))
+            self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, ua=ua, ip=ip, network=asn,
+                      country=country, payment=payment, org=org)
+            self.record(acct, "chat")
+
+    def apps(self, count: int) -> None:
+        made = 0
+        while made < count:
+            company = f"org_{COMPANIES[int(self.rng.integers(len(COMPANIES)))].lower()}{int(self.rng.integers(1000)):03d}"
+            payment = self.payment()
+            cap, template = APP_TEMPLATES[int(self.rng.integers(len(APP_TEMPLATES)))]
+            ips = [self.ip("cloud") for _ in range(int(self.rng.integers(1, 6)))]
+            temperature = float(self.rng.choice([0.0, 0.2, 0.7]))
+            max_tokens = int(self.rng.choice([128, 256, 512, 1024]))
+            logprobs = bool(self.rng.random() < 0.15)
+            ua = SDKS[int(self.rng.integers(len(SDKS)))]
+            country = self.country()
+            cron = self.rng.random() < 0.35
+            volume = int(np.clip(self.rng.lognormal(math.log(300), 1.0) * self.config.days, 20, 4000))
+            base_t = (np.sort((self.rng.uniform(0, 1) * 600 + np.arange(volume) * (self.span / volume)
+                               + self.rng.normal(0, 2, volume)) % self.span) if cron
+                      else np.sort(self.times_by_curve(volume, DIURNAL, TZ[country])))
+            envs = int(self.rng.integers(2, 4)) if self.rng.random() < 0.2 else 1  # prod, staging, dev keys
+            for env in range(min(envs, count - made)):
+                acct = self.new_account()
+                t = base_t if env == 0 else np.sort(self.rng.choice(base_t, size=max(5, len(base_t) // (3 * env)), replace=False) + 0.5)
+                prompts = [_fill_app(template, self.rng) for _ in range(len(t))]
+                ip, asn = ips[int(self.rng.integers(len(ips)))]
+                self.emit(acct, t, prompts, [cap] * len(t), temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
+                          top_logprobs=5 if logprobs else 0, ua=ua, ip=ip, network=asn, country=country, payment=payment,
+                          org=company, model=MODELS[env % 2], long_answers=0.6)
+                self.record(acct, "app")
+                made += 1
+
+    def evals(self, count: int) -> None:
+        made = 0
+        while made < count:
+            team = min(int(self.rng.integers(1, 4)), count - made)
+            org = f"org_lab{int(self.rng.integers(10000)):04d}"
+            payment = self.payment()
+            ip, asn = self.ip("cloud")
+            ua = EVAL_UAS[int(self.rng.integers(len(EVAL_UAS)))]
+            logprobs = bool(self.rng.random() < 0.4)
+            runs = int(self.rng.integers(1, 4))
+            suites = [list(self.rng.choice(len(CAPABILITIES) - 1, size=int(self.rng.integers(2, 7)), replace=False)) for _ in range(runs)]
+            starts = self.rng.uniform(0, self.span * 0.8, runs)
+            for member in range(team):
+                acct = self.new_account()
+                t_all, prompts, caps = [], [], []
+                for start, suite in zip(starts, suites):
+                    clock = start + member * self.rng.uniform(0, 5)
+                    for ci in suite:
+                        cap = CAPABILITIES[int(ci)]
+                        items = self.pools.sweep(cap)[: int(self.rng.integers(80, 250))]
+                        gaps = self.rng.exponential(0.6, len(items))
+                        t_all.append(clock + np.cumsum(gaps))
+                        clock = t_all[-1][-1] + self.rng.uniform(2, 30)
+                        suffix = EVAL_SUFFIX.get(cap, EVAL_SUFFIX["default"])
+                        prompts += [q + suffix for q in items]
+                        caps += [cap] * len(items)
+                t = np.concatenate(t_all)
+                keep = t < self.span
+                self.emit(acct, t[keep], [p for p, k in zip(prompts, keep) if k], [c for c, k in zip(caps, keep) if k],
+                          temperature=0.0, max_tokens=int(self.rng.choice([512, 1024])), logprobs=logprobs,
+                          top_logprobs=5 if logprobs else 0, ua=ua, ip=ip, network=asn, country="US", payment=payment, org=org,
+                          model=MODELS[member % 2])
+                self.record(acct, "eval")
+                made += 1
+
+    def labelers(self, count: int) -> None:
+        for _ in range(count):
+            acct = self.new_account()
+            country = self.country()
+            template = LABELER_TEMPLATES[int(self.rng.integers(len(LABELER_TEMPLATES)))]
+            volume = int(np.clip(self.rng.lognormal(math.log(800), 0.7) * self.config.days, 50, 5000))
+            t = np.sort(self.times_by_curve(volume, WORKDAY, TZ[country]))
+            prompts = [_fill_app(template, self.rng) for _ in range(len(t))]
+            ip, asn = self.ip("cloud")
+            logprobs = bool(self.rng.random() < 0.5)
+            self.emit(acct, t, prompts, ["extraction"] * len(t), temperature=0.0, max_tokens=int(self.rng.choice([1, 5, 10, 20])),
+                      logprobs=logprobs, top_logprobs=10 if logprobs else 0, ua=SDKS[int(self.rng.integers(len(SDKS)))], ip=ip,
+                      network=asn, country=country, payment=self.payment(), org=f"org_lbl{int(self.rng.integers(10000)):04d}",
+                      long_answers=0.05)
+            self.record(acct, "labeler")
+
+    def researchers(self, count: int) -> None:
+        unis = [(f"org_uni{i:02d}", *self.ip("residential", "US")) for i in range(12)]
+        for i in range(count):
+            acct = self.new_account()
+            org, ip, _ = unis[int(self.rng.integers(len(unis)))]
+            asn = UNIVERSITY_ASNS[int(org[-2:]) % len(UNIVERSITY_ASNS)]
+            volume = int(np.clip(self.rng.lognormal(math.log(40), 0.9) * self.config.days, 3, 1500))
+            t = self.sessions(volume, WORKDAY, TZ["US"] + self.rng.normal(0, 3), mean_len=8, gap_s=20)
+            weights = self.rng.dirichlet(np.ones(len(CAPABILITIES)) * 0.5)
+            caps = [CAPABILITIES[int(c)] for c in self.rng.choice(len(CAPABILITIES), size=len(t), p=weights)]
+            cot = self.rng.uniform(0, 0.5)
+            prompts = [self.pools.draw(c, self.rng) + (" Let's think step by step." if self.rng.random() < cot else "") for c in caps]
+            temps = self.rng.choice([0.0, 0.3, 0.7, 1.0, 1.3], size=len(t))
+            logprobs = self.rng.random() < 0.3
+            self.emit(acct, t, prompts, caps, temperature=temps, max_tokens=int(self.rng.choice([256, 1024, 2048])),
+                      logprobs=bool(logprobs), top_logprobs=5 if logprobs else 0, n=int(self.rng.choice([1, 1, 1, 4])),
+                      ua=SDKS[int(self.rng.integers(len(SDKS)))], ip=ip, network=asn, country="US", payment=self.payment() if i % 3 else "",
+                      org=org)
+            self.record(acct, "researcher")
+
+    # ---- attack campaigns ------------------------------------------------
+    def campaign(self, spec: CampaignSpec) -> None:
+        rng = self.rng
+        wrapper = ATTACK_WRAPPERS[int(rng.integers(len(ATTACK_WRAPPERS)))]
+        fixed_cot = ATTACK_COT[int(rng.integers(len(ATTACK_COT)))]
+        pool = [self.ip("residential", self.country()) if rng.random() < 0.7 else self.ip("cloud") for _ in range(spec.proxy_pool)]
+        cards = [self.payment() for _ in range(spec.payment_cards)]
+        ua_shared = SDKS[0]
+        wave_every = spec.wave_minutes * 60
+        n_waves = max(1, int(self.span // wave_every))
+        sweep_caps = [c for c in CAPABILITIES if c != "chat"]
+        for a in range(spec.accounts):
+            acct = self.new_account()
+            country = self.country()
+            rate = spec.per_account_per_day * self.config.days * rng.lognormal(0, 0.3)
+            volume = max(1, int(rng.poisson(rate)))
+            if spec.orchestration == "waves":
+                p_active = min(1.0, volume / (n_waves * 3))
+                active = np.flatnonzero(rng.random(n_waves) < p_active)
+                if active.size == 0:
+                    active = rng.integers(n_waves, size=1)
+                per = np.maximum(1, rng.poisson(volume / active.size, active.size))
+                t = np.concatenate([w * wave_every + rng.uniform(0, 8, k) for w, k in zip(active, per)])
+            elif spec.orchestration == "jitter":
+                t = np.sort(rng.uniform(0, self.span, volume))
+            else:
+                t = self.sessions(volume, DIURNAL, TZ[country] + rng.normal(0, 1.5), mean_len=5, gap_s=60)
+            t = np.sort(t[t < self.span])
+            if spec.persona:
+                targets = list(rng.choice(spec.targets, size=int(rng.integers(1, len(spec.targets) + 1)), replace=False))
+                weights = rng.dirichlet(np.ones(len(targets)))
+                cot = spec.cot * rng.uniform(0.5, 1.0)
+                mix = spec.benign_mix * rng.uniform(0.5, 1.5)
+            else:
+                targets, weights, cot, mix = spec.targets, np.ones(len(spec.targets)) / len(spec.targets), spec.cot, spec.benign_mix
+            if spec.sweep:
+                suite = list(rng.choice(sweep_caps, size=4, replace=False))
+                offset = int(rng.integers(1000))
+            prompts, caps = [], []
+            for i in range(len(t)):
+                if rng.random() < mix:
+                    cap = CAPABILITIES[int(rng.choice(len(CAPABILITIES), p=self._popularity))]
+                    prompts.append(self.casual(self.pools.draw(cap, rng)))
+                    caps.append(cap)
+                    continue
+                if spec.sweep:
+                    cap = suite[min(3, i * 4 // max(1, len(t)))]
+                    items = self.pools.sweep(cap)
+                    question = items[(offset + i) % len(items)]
+                else:
+                    cap = targets[int(rng.choice(len(targets), p=weights))]
+                    question = self.pools.draw(cap, rng)
+                if rng.random() < spec.paraphrase:
+                    question = _reword(question, rng)
+                cot_text = ""
+                if rng.random() < cot:
+                    cot_text = fixed_cot if spec.cot_phrasing == "fixed" else _varied_cot(rng)
+                if rng.random() < spec.templating:
+                    text = wrapper.format(q=question, cot=cot_text)
+                elif rng.random() < 0.5:
+                    text = f"{cot_text} {question}"
+                else:
+                    text = f"{question} {cot_text}"
+                prompts.append(text.strip())
+                caps.append(cap)
+            if spec.infra == "shared":
+                picks = rng.integers(len(pool), size=len(t))
+                ip = [pool[int(i)][0] for i in picks]
+                asn = [pool[int(i)][1] for i in picks]
+                payment = cards[a % len(cards)]
+                ua = ua_shared
+            else:
+                ip, asn = self.ip("residential", country)
+                payment = self.payment() if rng.random() < 0.7 else ""
+                ua = (SDKS + BROWSERS)[int(rng.integers(len(SDKS) + len(BROWSERS)))] if spec.persona else SDKS[int(rng.integers(len(SDKS)))]
+            if spec.params == "harvest":
+                temperature, max_tokens, logprobs, top = float(rng.choice([0.0, 1.0])), 4096, bool(rng.random() < 0.7), 20
+            else:
+                temperature = float(rng.choice([0.7, 1.0])) if not spec.persona else float(rng.choice([0.0, 0.2, 0.7, 1.0]))
+                max_tokens, logprobs, top = int(rng.choice([0, 2048, 4096])), False, 0
+            self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
+                      top_logprobs=top if logprobs else 0, ua=ua, ip=ip, network=asn, country=country, payment=payment,
+                      org="", long_answers=2.5 if cot > 0.5 else 1.5)
+            self.record(acct, "attack", spec.name, spec.style or "custom", spec.held_out)
+
+    def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        b = self.config.benign
+        self.chat_users(b.chat)
+        self.apps(b.apps)
+        self.evals(b.evals)
+        self.labelers(b.labelers)
+        self.researchers(b.researchers)
+        for spec in self.config.campaigns:
+            self.campaign(spec)
+        log = self.out.frame()
+        log["ts"] = self.t0 + pd.to_timedelta(log["ts"], unit="s")
+        log = log.sort_values("ts", kind="stable").reset_index(drop=True)
+        return log, pd.DataFrame(self.truth)
+
+
+def _fill_app(template: str, rng: np.random.Generator) -> str:
+    doc = SLOTS["sent"][int(rng.integers(len(SLOTS["sent"])))]
+    words = doc.split()
+    rng.shuffle(words)
+    return (template.replace("{doc}", " ".join(words[: int(rng.integers(4, len(words) + 1))]) + f" #{int(rng.integers(10**6))}")
+            .replace("{q}", SLOTS["topic"][int(rng.integers(len(SLOTS["topic"])))])
+            .replace("{company}", COMPANIES[int(rng.integers(len(COMPANIES)))])
+            .replace("{lang2}", SLOTS["lang2"][int(rng.integers(len(SLOTS["lang2"])))])
+            .replace("{n}", str(int(rng.integers(1000)))))
+
+
+def simulate(config: SimulateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate traffic. Returns (interaction log, per-account ground truth)."""
+    return Simulator(config).run()

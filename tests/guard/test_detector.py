@@ -1,0 +1,120 @@
+"""Calibration on benign traffic only, and campaign grouping and scoring."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stillroom.core.errors import DataError, StillroomError
+from stillroom.guard.config import CalibrationConfig, Populations, SimulateConfig
+from stillroom.guard.detector import CONTENT_FEATURES as CONTENT_COLUMNS, MIN_CAMPAIGN_Z, Guard, fold_of
+from stillroom.guard.simulate import simulate
+
+
+def test_calibration_takes_traffic_only_and_sets_thresholds_from_the_held_back_fold(calibrated):
+    assert list(inspect.signature(Guard.fit).parameters) == ["self", "benign"]  # no labels can be passed
+    base = calibrated.baseline
+    assert base["fold_a"] + base["fold_b"] == base["accounts"] and min(base["fold_a"], base["fold_b"]) > 500
+    th = calibrated.thresholds
+    assert th["benign_std"] > 0
+    for kind in ("crowd", "linked"):
+        assert th[f"campaign_z_{kind}"] >= MIN_CAMPAIGN_Z
+        # the budget (0.0004 of fold B: < 1 account) is too small for any benign campaign of 3+: all stay below
+        assert th[f"campaign_z_{kind}"] >= (base[f"max_benign_{kind}_z"] or 0)
+
+
+def test_benign_traffic_from_another_seed_stays_near_the_target_fpr(calibrated):
+    fresh, _ = simulate(SimulateConfig(seed=55, benign=Populations(chat=1500, apps=45, evals=6, labelers=12, researchers=45), campaigns=[]))
+    result = calibrated.scan(fresh)
+    # 0.001 of ~1,600 accounts is 1.6: allow sampling noise, not a broken calibration
+    assert result.accounts["flagged"].sum() <= 8
+    assert not result.campaigns["flagged"].any() or result.campaigns.loc[result.campaigns["flagged"], "size"].sum() <= 8
+
+
+def test_a_stricter_target_gives_higher_thresholds():
+    benign, _ = simulate(SimulateConfig(seed=101, benign=Populations(chat=800, apps=24, evals=4, labelers=6, researchers=24), campaigns=[]))
+    loose = Guard(calibration=CalibrationConfig(target_fpr=0.05)).fit(benign)
+    strict = Guard(calibration=CalibrationConfig(target_fpr=0.001)).fit(benign)
+    assert strict.thresholds["account"] > loose.thresholds["account"]
+    assert strict.thresholds["campaign_z_linked"] >= loose.thresholds["campaign_z_linked"]
+
+
+def test_calibration_needs_enough_accounts():
+    small, _ = simulate(SimulateConfig(seed=1, benign=Populations(chat=40, apps=0, evals=0, labelers=0, researchers=0), campaigns=[]))
+    with pytest.raises(DataError, match="at least 100 accounts"):
+        Guard().fit(small)
+    with pytest.raises(StillroomError, match="not calibrated"):
+        Guard().scan(small)
+
+
+def test_related_accounts_share_a_fold():
+    feats = pd.DataFrame({"org": ["o1", "o1", "", ""], "payment": ["p", "q", "pm", "pm"]}, index=["a", "b", "c", "d"])
+    folds = fold_of(feats)
+    assert folds[0] == folds[1] and folds[2] == folds[3]
+
+
+def test_save_and_load_give_the_same_scan(calibrated, scanned, tmp_path):
+    result, _, log = scanned
+    loaded = Guard.load(calibrated.save(tmp_path / "cal"))
+    again = loaded.scan(log)
+    assert again.thresholds == result.thresholds
+    pd.testing.assert_series_equal(again.accounts["score"].sort_index(), result.accounts["score"].sort_index(), rtol=1e-5)
+    assert again.accounts["flagged"].sort_index().equals(result.accounts["flagged"].sort_index())
+
+
+def test_the_hidden_campaign_is_found_as_one_campaign(scanned):
+    result, truth, _ = scanned
+    attackers = set(truth.loc[truth["is_attack"], "account"])
+    flagged = result.campaigns[result.campaigns["flagged"]]
+    assert len(flagged) >= 1
+    top = set(flagged["members"].iloc[0])
+    assert len(top & attackers) / len(top) > 0.95 and len(top & attackers) / len(attackers) > 0.9
+    benign = ~result.accounts.index.isin(attackers)
+    assert result.accounts.loc[benign, "flagged"].mean() < 0.005
+
+
+def test_a_campaign_is_flagged_though_its_accounts_alone_look_ordinary(scanned):
+    result, truth, _ = scanned
+    attackers = truth.loc[truth["is_attack"], "account"]
+    members = result.accounts.loc[result.accounts.index.isin(attackers)]
+    assert (members["campaign"] != "").mean() > 0.9
+    assert members["flagged_alone"].mean() < 0.5  # most of them would pass on their own
+
+
+def test_campaign_grouping_and_z_on_a_hand_built_graph():
+    guard = Guard()
+    guard.thresholds = {"similarity_edge": 2.0, "link_score": 5.0, "benign_mean": 1.0, "benign_std": 1.0,
+                        "campaign_z_crowd": 9.0, "campaign_z_linked": 9.0}
+    names = [f"a{i}" for i in range(12)]
+    scored = pd.DataFrame({"score": [6, 6, 6, 6, 9, 9, 0, 0, 8, 8, 8, 8], "similarity": [3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0],
+                           "requests": 10.0, **{c: 0.0 for c in CONTENT_COLUMNS}}, index=names, dtype=float)
+    edges = {
+        "similarity": pd.DataFrame({"a": ["a0", "a1", "a2", "a3"], "b": ["a1", "a2", "a3", "a6"], "distance": 0.1}),  # a6 not strong
+        "lockstep": pd.DataFrame({"a": ["a4", "a8"], "b": ["a5", "a9"], "shared": 9, "jaccard": 0.5, "lift": 40.0}),
+        # a6, a7 are below link_score: the card links a5 to nobody; a8..a11 share an address
+        "infrastructure": pd.DataFrame({"account": ["a5", "a6", "a7", "a9", "a10", "a11"], "key": ["payment"] * 3 + ["ip"] * 3,
+                                        "value": ["pm_x"] * 3 + ["1.2.3.4"] * 3, "accounts": 3}),
+    }
+    campaigns = guard._campaigns(scored, edges)
+    got = {(kind, tuple(sorted(m))) for kind, m in zip(campaigns["kind"], campaigns["members"])}
+    assert got == {("crowd", ("a0", "a1", "a2", "a3")), ("linked", ("a10", "a11", "a8", "a9"))}  # a4-a5: a pair, too small
+    z = dict(zip(campaigns["kind"], campaigns["z"]))
+    assert z["crowd"] == pytest.approx((6 - 1) * np.sqrt(4) / 1) and z["linked"] == pytest.approx((8 - 1) * np.sqrt(4))
+    flagged = guard._flag(scored, campaigns)
+    assert list(flagged["flagged"]) == [True, True] and list(flagged["id"]) == ["C001", "C002"]
+    assert flagged["kind"].iloc[0] == "linked"  # the higher z ranks first
+    overlapping = pd.concat([campaigns, pd.DataFrame([{"kind": "linked", "size": 3, "z": 20.0, "mean_score": 6.0,
+                                                       "members": ["a3", "a4", "a5"]}])], ignore_index=True)
+    alerts = guard._flag(scored, overlapping)
+    merged = alerts[alerts["flagged"] & (alerts["kind"] == "crowd+linked")]
+    assert sorted(merged["members"].iloc[0]) == ["a0", "a1", "a2", "a3", "a4", "a5"]  # one alert, not two
+
+
+def test_the_campaign_threshold_spends_the_fpr_budget_on_the_highest_benign_campaigns():
+    campaigns = pd.DataFrame({"z": [12.0, 9.0, 5.0], "size": [2, 3, 50]})
+    assert Guard._campaign_threshold(campaigns, n_accounts=10_000, budget_share=0.0004) == 9.0  # 4 accounts: 2 fit, then 3 do not
+    assert Guard._campaign_threshold(campaigns, n_accounts=10_000, budget_share=0.01) == MIN_CAMPAIGN_Z  # 55 fit
+    assert Guard._campaign_threshold(campaigns, n_accounts=100, budget_share=0.001) == 12.0

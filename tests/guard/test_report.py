@@ -1,0 +1,87 @@
+"""Alerts and reports: evidence in the JSON, redaction, and the HTML rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from stillroom.guard.report import build_alerts, to_markdown, write_reports
+
+
+@pytest.fixture(scope="module")
+def alerts(calibrated, scanned):
+    result, _, _ = scanned
+    return build_alerts(result, calibrated, top=5, examples=4)
+
+
+def test_each_campaign_alert_carries_its_evidence(alerts, scanned):
+    _, truth, _ = scanned
+    c = alerts["campaigns"][0]
+    assert c["accounts"] >= 70 and c["z"] > alerts["summary"]["thresholds"]["campaign_z_crowd"]
+    fired = {s["signal"] for s in c["signals"] if s["fired"]}
+    assert "similarity" in fired  # the crowding is what gives this campaign away
+    assert all(s["mean_surprisal"] >= 0 for s in c["signals"])
+    assert c["features"][0]["median"] > c["features"][0]["benign_p99"] or c["features"][0]["surprisal"] > 2
+    assert list(c["capabilities"])[0] in {"coding", "debugging", "agentic", "cybersecurity", "math", "logic", "chat"}
+    assert c["infrastructure"]["distinct"]["ips"] >= 1 and "payment" in c["infrastructure"]
+    assert sum(n for _, n in c["timeline"]) == c["requests"]
+    assert len(c["examples"]) == 4 and all(e["prompt"] for e in c["examples"])
+    assert set(c["members"]) <= set(truth["account"])
+    ranked = [a["score"] for a in alerts["accounts"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert alerts["accounts"][0]["evidence"][0]["surprisal"] >= alerts["accounts"][0]["evidence"][-1]["surprisal"]
+
+
+def test_redaction_removes_every_prompt(calibrated, scanned, tmp_path):
+    result, _, log = scanned
+    plain = build_alerts(result, calibrated, top=3, examples=3)
+    redacted = build_alerts(result, calibrated, top=3, examples=3, redact=True)
+    shown = [e["prompt"] for c in plain["campaigns"] for e in c["examples"]]
+    assert shown and all(p in set(log["prompt"]) or p.endswith("…") for p in shown)
+    paths = write_reports(redacted, tmp_path, ["json", "md", "html"], result)
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        assert not any(p[:60] in text for p in shown)
+        assert "[redacted:" in text
+
+
+def test_markdown_names_the_campaign_and_its_signals(alerts):
+    text = to_markdown(alerts)
+    assert "## Campaign C001" in text and "| similarity |" in text and "**Capabilities targeted:**" in text
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("STILLROOM_REQUIRE_CHROMIUM") == "1":
+        pytest.fail("STILLROOM_REQUIRE_CHROMIUM=1 but no chromium on PATH (Debian package: chromium)")
+    if found is None:
+        pytest.skip("chromium is not installed (Debian package: chromium)")
+    return found
+
+
+def test_html_report_renders_in_headless_chromium(alerts, scanned, tmp_path):
+    chromium = _chromium()
+    result, _, _ = scanned
+    page = write_reports(alerts, tmp_path / "report", ["html"], result)["html"]
+    html = page.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "<h1>stillroom guard: alerts</h1>" in dom
+    assert len(re.findall(r'<img id="plot-(timeline|heatmap|graph)"[^>]*src="data:image/png;base64,', dom)) == 3
+    assert 'id="campaign-C001"' in dom and dom.count("<tr>") > 10
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] == 2000 and pixels.shape[1] == 1280
+    assert float(np.std(pixels[..., :3])) > 0.05  # text and plots, not a blank page
