@@ -44,7 +44,7 @@ from stillroom.guard.config import CalibrationConfig, CampaignsConfig, SignalsCo
 from stillroom.guard.features import FeatureEngine
 from stillroom.guard.signals import CROSS_ACCOUNT, PER_ACCOUNT
 from stillroom.guard.signals.base import Reference
-from stillroom.guard.signals.cross_account import Infrastructure, Lockstep, Similarity
+from stillroom.guard.signals.cross_account import Infrastructure, Lockstep, Similarity, binomial_surprisal
 
 SIGNAL_CAP = 6.0
 MIN_CAMPAIGN_Z = 3.0
@@ -141,11 +141,11 @@ class Guard:
         if self.lockstep is not None:
             pairs = self.lockstep.pairs(engine)
             self.lockstep.fit(Lockstep.partners(pairs, a.index))
-            cross_b["lockstep"], edges_b["lockstep"] = self.lockstep.score(engine, b)
+            cross_b["lockstep"], edges_b["lockstep"] = self.lockstep.score(engine, b, pairs)
         if self.infrastructure is not None:
             members = self.infrastructure.memberships(engine)
             self.infrastructure.fit(Infrastructure.group_size(members, a.index))
-            cross_b["infrastructure"], edges_b["infrastructure"] = self.infrastructure.score(engine, b)
+            cross_b["infrastructure"], edges_b["infrastructure"] = self.infrastructure.score(engine, b, members)
         scored = self._combine(b, cross_b)
         score = scored["score"].to_numpy()
         fpr, share = self.calibration_cfg.target_fpr, self.calibration_cfg.campaign_share
@@ -327,8 +327,6 @@ class Guard:
 
     def _join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, similarity: pd.DataFrame) -> None:
         """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members."""
-        from scipy.stats import binom
-
         k = self.similarity.k
         population = len(scored) + len(self.similarity.reference)
         joined = pd.Series(0, index=campaigns.index)
@@ -339,8 +337,8 @@ class Guard:
             counts = counts[~counts.index.map(member).to_numpy(bool) & (scored.loc[counts.index, "campaign"] == "").to_numpy()]
             if counts.empty:
                 continue
-            p = binom.sf(counts.to_numpy() - 1, k, min(0.5, row["size"] / population))
-            new = counts.index[-np.log10(np.maximum(p, 1e-300)) >= JOIN_SURPRISAL]
+            surprisal = binomial_surprisal(counts.to_numpy(), k, min(0.5, row["size"] / population))
+            new = counts.index[surprisal >= JOIN_SURPRISAL]
             scored.loc[new, "campaign"] = row["id"]
             joined[i] = len(new)
         campaigns["joined"] = joined

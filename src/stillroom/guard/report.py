@@ -47,10 +47,9 @@ def _feature_evidence(members: pd.DataFrame, guard: Guard) -> list[dict[str, Any
         for feature, direction in signal.features.items():
             ref = signal.refs[feature]
             value = float(members[feature].median())
-            p = float(ref.upper_p(value) if direction > 0 else ref.lower_p(value))
             rows.append({"signal": signal.name, "feature": feature, "median": round(value, 4),
                          "benign_median": round(ref.quantile(0.5), 4), "benign_p99": round(ref.quantile(0.99), 4),
-                         "surprisal": round(-np.log10(p), 3)})
+                         "surprisal": round(float(ref.surprisal(value, direction)), 3)})
     return sorted(rows, key=lambda r: -r["surprisal"])[:8]
 
 

@@ -38,6 +38,14 @@ class Reference:
         below = np.searchsorted(self.values, np.asarray(x, dtype=float), side="right")
         return (1 + below) / (n + 1)
 
+    def p(self, x: np.ndarray | float, direction: int = +1) -> np.ndarray:
+        """How rare x is among benign values, in the suspicious direction (+1: high, -1: low)."""
+        return self.upper_p(x) if direction > 0 else self.lower_p(x)
+
+    def surprisal(self, x: np.ndarray | float, direction: int = +1) -> np.ndarray:
+        """-log10 of `p`: 3 means rarer than 1 benign value in 1,000."""
+        return -np.log10(self.p(x, direction))
+
     def quantile(self, q: float) -> float:
         return float(np.quantile(self.values, q)) if self.values.size else float("nan")
 
@@ -71,10 +79,7 @@ class AccountSignal:
         self._check(accounts)
         out = pd.DataFrame(index=accounts.index)
         for feature, direction in self.features.items():
-            ref = self.refs[feature]
-            x = accounts[feature].to_numpy(dtype=float)
-            p = ref.upper_p(x) if direction > 0 else ref.lower_p(x)
-            out[f"{self.name}.{feature}"] = -np.log10(p)
+            out[f"{self.name}.{feature}"] = self.refs[feature].surprisal(accounts[feature].to_numpy(dtype=float), direction)
         out[self.name] = out.max(axis=1) if len(out.columns) else 0.0
         return out
 
@@ -84,7 +89,7 @@ class AccountSignal:
         for feature, direction in self.features.items():
             ref = self.refs[feature]
             value = float(row[feature])
-            p = float(ref.upper_p(value) if direction > 0 else ref.lower_p(value))
+            p = float(ref.p(value, direction))
             items.append({"feature": feature, "value": round(value, 4), "benign_median": round(ref.quantile(0.5), 4),
                           "benign_p99": round(ref.quantile(0.99 if direction > 0 else 0.01), 4),
                           "rarer_than_benign": round(1 - p, 5), "surprisal": round(-np.log10(p), 3)})

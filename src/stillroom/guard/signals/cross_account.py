@@ -36,6 +36,11 @@ CAPABILITY_WEIGHT = 2.0
 MAX_SURPRISAL = 8.0
 
 
+def binomial_surprisal(count: np.ndarray, k: int, p0: float) -> np.ndarray:
+    """-log10 P(X >= count) for X ~ Binomial(k, p0): how unlikely this many of k neighbours are by chance."""
+    return -np.log10(np.maximum(binom.sf(np.asarray(count) - 1, k, p0), 1e-300))
+
+
 @CROSS_ACCOUNT.register("similarity")
 class Similarity:
     """Density excess of the scanned accounts over the benign reference, per account (k-NN binomial test)."""
@@ -86,8 +91,7 @@ class Similarity:
         from_scan = idx >= n_ref
         count = from_scan.sum(axis=1)
         p0 = (n_scan - 1) / max(1, n_scan - 1 + n_ref)
-        p = binom.sf(count - 1, k, p0)
-        surprisal = np.minimum(-np.log10(np.maximum(p, 1e-300)), MAX_SURPRISAL)
+        surprisal = np.minimum(binomial_surprisal(count, k, p0), MAX_SURPRISAL)
         out = pd.DataFrame({self.name: surprisal, f"{self.name}.scan_neighbours": count,
                             f"{self.name}.expected": np.full(n_scan, k * p0)}, index=accounts.index)
         rows, cols = np.nonzero(from_scan)
@@ -138,10 +142,12 @@ class Lockstep:
         self.ref = Reference.fit(partners.to_numpy())
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        pairs = self.pairs(engine)
+    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+              pairs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per-account surprisal of the number of lockstep partners, and the pairs (computed unless given)."""
+        pairs = self.pairs(engine) if pairs is None else pairs
         partners = self.partners(pairs, accounts.index)
-        surprisal = np.where(partners > 0, -np.log10(self.ref.upper_p(partners.to_numpy())), 0.0)
+        surprisal = np.where(partners > 0, self.ref.surprisal(partners.to_numpy()), 0.0)
         out = pd.DataFrame({self.name: surprisal, f"{self.name}.partners": partners}, index=accounts.index)
         return out, pairs[["a", "b", "shared", "jaccard", "lift"]]
 
@@ -179,10 +185,12 @@ class Infrastructure:
         self.ref = Reference.fit(group_size.to_numpy())
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        members = self.memberships(engine)
+    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+              members: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per-account surprisal of the shared-infrastructure group size, and the memberships (computed unless given)."""
+        members = self.memberships(engine) if members is None else members
         size = self.group_size(members, accounts.index)
-        surprisal = np.where(size > 0, -np.log10(self.ref.upper_p(size.to_numpy())), 0.0)
+        surprisal = np.where(size > 0, self.ref.surprisal(size.to_numpy()), 0.0)
         return pd.DataFrame({self.name: surprisal, f"{self.name}.shared_with": size}, index=accounts.index), members
 
     def state(self) -> dict[str, Any]:
