@@ -43,7 +43,7 @@ def main() -> None:
         recipe = resolve(None, {"simulate.benign": benign}, sets)
     report = run_evaluate(recipe)
     keep = ("benign_accounts", "attack_accounts", "account_recall", "account_fpr", "account_precision", "campaign_recall",
-            "campaign_precision", "held_out_recall", "rows", "baseline", "by_population", "accounts_per_s", "scan_seconds",
+            "campaign_precision", "held_out_recall", "never_seen_recall", "rows", "baseline", "by_population", "accounts_per_s", "scan_seconds",
             "calibrate_seconds", "target_fpr", "calibration", "thresholds")
     payload = {k: report[k] for k in keep}
     payload["setup"] = {"prompt_pools": "shared + built-in" if recipe.simulate.prompts else "built-in",

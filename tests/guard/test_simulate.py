@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from stillroom.guard.config import STYLES, CampaignSpec, Populations, SimulateConfig
+from stillroom.guard.config import NEVER_SEEN, STYLES, CampaignSpec, Populations, SimulateConfig
 from stillroom.guard.features import FeatureEngine
 from stillroom.guard.prompts import load_shared_pools
 from stillroom.guard.schema import FIELDS
-from stillroom.guard.simulate import BROWSERS, SDKS, simulate
+from stillroom.guard.simulate import BROWSERS, CLOUD_ASNS, HUMAN_COT, MOBILE_APPS, SDKS, simulate
 
 from ..conftest import shared_data
 
@@ -76,9 +76,43 @@ def test_targets_benign_mix_and_pacing():
     assert 5 <= slow["requests"].median() <= 25
 
 
+def _attack_log(campaign: dict) -> pd.DataFrame:
+    log, truth = run(campaign)
+    return log[log["account"].isin(truth.loc[truth["is_attack"], "account"])]
+
+
+def test_account_rotation_keeps_each_account_within_a_short_staggered_life():
+    for orchestration in ("jitter", "human", "waves", "cron"):
+        feats = _features({"lifetime_hours": 3, "per_account_per_day": 8, "orchestration": orchestration})
+        assert feats["span_hours"].max() <= 3.0 and feats["requests"].median() <= 12
+        assert feats["first_seen"].max() - feats["first_seen"].min() > pd.Timedelta(hours=12)  # lives are staggered
+
+
+def test_browser_client_and_sticky_residential_proxies():
+    log = _attack_log({"client": "browser", "infra": "residential", "orchestration": "human", "cot": 1.0,
+                       "cot_phrasing": "human", "per_account_per_day": 40})
+    assert set(log["user_agent"]) <= set(BROWSERS + MOBILE_APPS)
+    assert (log["temperature"] == 1.0).all() and (log["max_tokens"] == 4096).all() and not log["logprobs"].any()
+    assert log["prompt"].map(lambda p: any(c.lower().rstrip(".") in p.lower() for c in HUMAN_COT)).mean() > 0.9
+    per_account = log.groupby("account")["ip"].nunique()
+    assert per_account.median() > 1  # a new exit address per session
+    assert not log["network"].isin(CLOUD_ASNS).any()  # home addresses, not a data centre
+
+
+def test_cron_timing_cloud_addresses_and_a_template_per_account():
+    feats = _features({"orchestration": "cron", "infra": "cloud", "template_per_account": True, "templating": 1.0,
+                       "per_account_per_day": 200})
+    assert feats["regularity"].median() > 0.5 and feats["ips"].max() == 1
+    assert feats["template_share"].median() > 0.8 and feats["org"].str.startswith("org_").all()
+    log = _attack_log({"template_per_account": True, "templating": 1.0})
+    heads = log.groupby("account")["prompt"].agg(lambda p: p.str[:24].mode().iloc[0])
+    assert heads.nunique() > len(heads) // 2  # each account its own template, not the campaign's one
+
+
 def test_every_style_is_valid_and_unknown_ones_are_refused():
     for style in STYLES:
         CampaignSpec(style=style)
+    assert set(NEVER_SEEN) <= {s for s, knobs in STYLES.items() if knobs.get("held_out")}
     with pytest.raises(ValueError, match="allowed values"):
         CampaignSpec(style="ninja")
 

@@ -45,7 +45,7 @@ def simulate(
     recipe: Optional[str] = RECIPE,
     seed: Optional[int] = typer.Option(None, help="Random seed; sets simulate.seed."),
     days: Optional[float] = typer.Option(None, help="Days of traffic; sets simulate.days."),
-    style: Optional[str] = typer.Option(None, help="Attacker style of a single campaign (blatant, rotating, paraphrased, mixed, slow_low, adaptive, eval_mimic); 'none' for benign traffic only."),
+    style: Optional[str] = typer.Option(None, help="Attacker style of a single campaign (see `stillroom recipes guard` and docs/guard.md); 'none' for benign traffic only."),
     attack_accounts: Optional[int] = typer.Option(None, help="Accounts in that campaign."),
     prompts: Optional[str] = typer.Option(None, help="Folder of real prompt pools (e.g. ../shared/data/prompts); sets simulate.prompts."),
     fmt: str = typer.Option("parquet", "--format", help="parquet, jsonl or csv."),

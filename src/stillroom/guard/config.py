@@ -16,7 +16,9 @@ from stillroom.guard.capabilities import CAPABILITIES
 # Attacker styles: each is a set of knob values; a campaign names a style and may override any knob.
 # `held_out` styles are reported apart. slow_low, adaptive and eval_mimic were written down before the detector
 # and held out at first, but the first full benchmark run showed their results and later design choices saw
-# them; agent_farm and quiet_harvest were added after that and never run before the final benchmark.
+# them; agent_farm and quiet_harvest were added after that and first run in the first round's final benchmark,
+# so the second round of detector work saw them too. burner, web_scrape and app_mimic (`NEVER_SEEN`) were
+# written down before the second round touched the detector and are run only in its final benchmark.
 STYLES: dict[str, dict[str, Any]] = {
     # Everything shared and synchronised: the campaign a per-account rate limit would still miss.
     "blatant": dict(templating=0.9, paraphrase=0.0, cot=0.9, cot_phrasing="fixed", orchestration="waves",
@@ -50,7 +52,23 @@ STYLES: dict[str, dict[str, Any]] = {
     # parameters (log-probabilities, long completions), reworded prompts and human timing.
     "quiet_harvest": dict(templating=0.0, paraphrase=1.0, cot=0.0, cot_phrasing="varied", orchestration="human",
                           infra="rotating", params="harvest", benign_mix=0.3, per_account_per_day=25, held_out=True),
+    # Held out, never seen in development: an operator that rotates accounts every few hours and keeps each one
+    # tiny (~8 requests within a 3-hour life, the lives staggered over the day), reworded prompts, fresh addresses.
+    "burner": dict(lifetime_hours=3, per_account_per_day=8, templating=0.0, paraphrase=0.8, cot=0.7, cot_phrasing="varied",
+                   orchestration="jitter", infra="rotating", params="default", benign_mix=0.2, held_out=True),
+    # Held out, never seen in development: scrapes the consumer chat app by browser automation through sticky
+    # residential proxies (a new home address each session), with chat users' clients, parameters, diurnal sessions
+    # and their own way of asking for reasoning ("Explain step by step."), ~20 requests per account per day.
+    "web_scrape": dict(client="browser", infra="residential", orchestration="human", templating=0.0, paraphrase=0.6, cot=0.5,
+                       cot_phrasing="human", params="default", benign_mix=0.3, per_account_per_day=20, held_out=True),
+    # Held out, never seen in development: poses as developers' applications: each account its own prompt template
+    # and its own few target capabilities, cron-like timing from one cloud address, an organisation name, fixed parameters.
+    "app_mimic": dict(template_per_account=True, templating=1.0, paraphrase=0.0, persona=True, cot=0.4, cot_phrasing="fixed",
+                      orchestration="cron", infra="cloud", params="default", benign_mix=0.0, per_account_per_day=200,
+                      held_out=True),
 }
+# Styles no design decision has seen: their first run is the final benchmark (reported apart).
+NEVER_SEEN = ("burner", "web_scrape", "app_mimic")
 
 
 class CampaignSpec(Schema):
@@ -62,13 +80,21 @@ class CampaignSpec(Schema):
     per_account_per_day: float = Field(120, gt=0)
     targets: list[str] = ["coding", "debugging", "agentic", "cybersecurity", "math", "logic"]
     cot: float = Field(0.9, ge=0, le=1, description="share of prompts that ask for the reasoning")
-    cot_phrasing: Literal["fixed", "varied"] = "fixed"
+    cot_phrasing: Literal["fixed", "varied", "human"] = Field(
+        "fixed", description="fixed: one phrase; varied: many; human: the phrases chat users themselves use")
     templating: float = Field(0.9, ge=0, le=1, description="share of prompts in the campaign's one template")
+    template_per_account: bool = Field(False, description="each account its own template instead of the campaign's one")
     paraphrase: float = Field(0.0, ge=0, le=1, description="share of questions reworded")
-    orchestration: Literal["waves", "jitter", "human"] = "waves"
+    orchestration: Literal["waves", "jitter", "human", "cron"] = "waves"
     wave_minutes: float = Field(15, gt=0)
+    lifetime_hours: Optional[float] = Field(None, gt=0, description="each account active only this long, lives staggered "
+                                            "over the period (account rotation); its requests all fall within its life")
     benign_mix: float = Field(0.0, ge=0, lt=1, description="share of benign-looking queries mixed in")
-    infra: Literal["shared", "rotating"] = "shared"
+    infra: Literal["shared", "rotating", "residential", "cloud"] = Field(
+        "shared", description="shared proxy pool and cards; rotating: a fresh home address per account; residential: "
+                              "a fresh home address per session (sticky residential proxy); cloud: one cloud address per account")
+    client: Literal["sdk", "browser"] = Field("sdk", description="browser: the consumer app's clients and fixed parameters, "
+                                                                 "casual phrasing")
     proxy_pool: int = Field(40, ge=1)
     payment_cards: int = Field(5, ge=1)
     params: Literal["harvest", "default"] = "harvest"

@@ -18,7 +18,7 @@ import pandas as pd
 from stillroom.core.errors import StillroomError
 from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import open_run
-from stillroom.guard.config import STYLES, CampaignSpec, GuardRecipe, Populations, SimulateConfig
+from stillroom.guard.config import NEVER_SEEN, STYLES, CampaignSpec, GuardRecipe, Populations, SimulateConfig
 from stillroom.guard.detector import Guard, ScanResult
 from stillroom.guard.prada import Prada
 from stillroom.guard.report import build_alerts, write_reports
@@ -153,6 +153,12 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 5) if b else float("nan")
 
 
+def _pooled_recall(rows: list[dict[str, Any]]) -> float | None:
+    """Recall over the attack accounts of several style rows together; None when there are none."""
+    accounts = sum(r["accounts"] for r in rows)
+    return _ratio(sum(r["recall"] * r["accounts"] for r in rows), accounts) if accounts else None
+
+
 def run_evaluate(recipe: GuardRecipe, log_every: bool = True) -> dict[str, Any]:
     """Calibrate on benign-only traffic (its own seed), then scan one scenario per attacker style."""
     ev, sim = recipe.evaluate, recipe.simulate
@@ -184,12 +190,13 @@ def run_evaluate(recipe: GuardRecipe, log_every: bool = True) -> dict[str, Any]:
         prada_flags = prada.predict(result.engine.prompts_by_account(prada.max_queries))["prada_flagged"]
         s = score_scenario(result, truth, prada_flags)
         scenarios[style] = s
-        held_out = bool(STYLES[style].get("held_out", False))
-        rows.append({"style": style, "held_out": held_out, "accounts": s["attack"], "recall": _ratio(s["tp"], s["attack"]),
+        held_out, never_seen = bool(STYLES[style].get("held_out", False)), style in NEVER_SEEN
+        rows.append({"style": style, "held_out": held_out, "never_seen": never_seen, "accounts": s["attack"],
+                     "recall": _ratio(s["tp"], s["attack"]),
                      "fpr": _ratio(s["fp"], s["benign"]), "recall_alone": _ratio(s["tp_alone"], s["attack"]),
                      "campaign_detected": all(c["detected"] for c in s["campaigns"].values()),
                      "false_positives": s["fp"], "benign_accounts": s["benign"]})
-        baseline_rows.append({"style": style, "held_out": held_out, "recall": _ratio(s["prada_tp"], s["attack"]),
+        baseline_rows.append({"style": style, "held_out": held_out, "never_seen": never_seen, "recall": _ratio(s["prada_tp"], s["attack"]),
                               "fpr": _ratio(s["prada_fp"], s["benign"])})
         if log_every:
             LOG.info("%-12s held_out=%-5s recall %.3f (alone %.3f)  FPR %.5f (%d FP)  | PRADA recall %.3f FPR %.5f",
@@ -213,8 +220,8 @@ def run_evaluate(recipe: GuardRecipe, log_every: bool = True) -> dict[str, Any]:
         "campaign_recall": _ratio(sum(c["detected"] for c in campaigns), len(campaigns)),
         "campaign_precision": _ratio(total("flagged_campaigns_attack"), flagged_c) if flagged_c else None,
         "rows": rows,
-        "held_out_recall": _ratio(sum(r["recall"] * r["accounts"] for r in rows if r["held_out"]),
-                                  sum(r["accounts"] for r in rows if r["held_out"])),
+        "held_out_recall": _pooled_recall([r for r in rows if r["held_out"]]),
+        "never_seen_recall": _pooled_recall([r for r in rows if r["never_seen"]]),
         "by_population": populations,
         "baseline": {"name": "PRADA (per account, Shapiro-Wilk on nearest-query distances)", "delta": prada.delta,
                      "account_recall": _ratio(total("prada_tp"), total("attack")),
@@ -243,19 +250,25 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def evaluation_markdown(report: dict[str, Any]) -> str:
     lines = ["# stillroom guard: evaluation", "",
              f"Calibrated on {report['calibration']['accounts']:,} benign accounts only, for a target FPR of {report['target_fpr']}; "
              f"then {len(report['rows'])} scenarios, one per attacker style, each with its own benign traffic and seed.", "",
              f"- account recall **{report['account_recall']:.4f}**, account FPR **{report['account_fpr']:.5f}** "
              f"({report['benign_accounts']:,} benign, {report['attack_accounts']:,} attack accounts), precision {report['account_precision']:.4f}",
-             f"- campaign recall {report['campaign_recall']:.3f}; held-out styles' recall {report['held_out_recall']:.4f}",
+             f"- campaign recall {report['campaign_recall']:.3f}; held-out styles' recall {_fmt(report['held_out_recall'])}, "
+             f"of those never seen in development {_fmt(report['never_seen_recall'])}",
              f"- PRADA baseline at the same FPR budget: recall {report['baseline']['account_recall']:.4f}, FPR {report['baseline']['account_fpr']:.5f}",
              f"- scan speed: {report['accounts_per_s']} accounts/s", "",
              "| style | held out | attack accounts | recall | recall alone | FPR | campaign found | PRADA recall | PRADA FPR |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row, base in zip(report["rows"], report["baseline"]["rows"]):
-        lines.append(f"| {row['style']} | {'yes' if row['held_out'] else ''} | {row['accounts']} | {row['recall']:.4f} | "
+        held = "yes, never seen" if row["never_seen"] else "yes" if row["held_out"] else ""
+        lines.append(f"| {row['style']} | {held} | {row['accounts']} | {row['recall']:.4f} | "
                      f"{row['recall_alone']:.4f} | {row['fpr']:.5f} | {'yes' if row['campaign_detected'] else 'no'} | "
                      f"{base['recall']:.4f} | {base['fpr']:.5f} |")
     lines += ["", "| legitimate population | accounts | false positives | FPR |", "|---|---|---|---|"]

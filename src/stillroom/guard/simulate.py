@@ -101,6 +101,13 @@ def _varied_cot(rng: np.random.Generator) -> str:
             f"{COT_MANNER[int(rng.integers(len(COT_MANNER)))]}.")
 
 
+# `template_per_account`: an attacker posing as many developers' applications gives each account a template of its own.
+APP_MIMIC_HEADERS = ["You are the assistant inside {company}'s developer portal.", "[{company} copilot] Request:",
+                     "System: you answer questions for the {company} engineering wiki.", "Ticket from the {company} helpdesk:",
+                     "Context: internal tool at {company}. Query:", "Instruction for the {company} knowledge base:",
+                     "{company} tutor app, student question:", "Support bot for {company} customers. Question:"]
+APP_MIMIC_CLOSINGS = ["Respond in markdown.", "Return a complete answer.", "Answer for an engineer.", "Keep the answer self-contained.",
+                      "Format the answer for our docs.", ""]
 APP_TEMPLATES = [
     ("extraction", "Extract the invoice number, date and total amount from this document and return JSON: {doc}"),
     ("extraction", "Summarize the following support ticket in two sentences: {doc}"),
@@ -190,20 +197,21 @@ class Simulator:
         t = hours * 3600.0 + self.rng.uniform(0, 3600, n)
         return t[t < self.span] if days > self.config.days else t
 
-    def sessions(self, volume: int, curve: np.ndarray, tz: float, mean_len: float = 4.0, gap_s: float = 70.0) -> np.ndarray:
-        """Request times grouped in sessions: a start from the curve, then reading/typing gaps."""
+    def sessions(self, volume: int, curve: np.ndarray, tz: float, mean_len: float = 4.0, gap_s: float = 70.0,
+                 window: tuple[float, float] | None = None) -> np.ndarray:
+        """Request times grouped in sessions: a start from the curve (or uniform in `window`), then reading/typing gaps."""
         times: list[np.ndarray] = []
         left = volume
         while left > 0:
             k = min(left, int(self.rng.geometric(1 / mean_len)))
-            start = self.times_by_curve(1, curve, tz)
+            start = self.times_by_curve(1, curve, tz) if window is None else self.rng.uniform(*window, 1)
             if start.size == 0:
                 continue
             gaps = self.rng.lognormal(math.log(gap_s), 0.8, k - 1)
             times.append(start[0] + np.concatenate([[0.0], np.cumsum(gaps)]))
             left -= k
         t = np.concatenate(times)
-        return np.sort(t[t < self.span])
+        return np.sort(t[t < (self.span if window is None else window[1])])
 
     def emit(self, acct: str, t: np.ndarray, prompts: list[str], caps: list[str], *, temperature, max_tokens, logprobs=False,
              top_logprobs=0, n=1, ua, ip, network, country, payment, org, model=None, long_answers: float = 1.0) -> None:
@@ -384,6 +392,51 @@ class Simulator:
             self.record(acct, "researcher")
 
     # ---- attack campaigns ------------------------------------------------
+    def _attack_times(self, spec: CampaignSpec, volume: int, country: str, n_waves: int, wave_every: float) -> np.ndarray:
+        """One attack account's request times, by the campaign's orchestration, within the account's life."""
+        rng = self.rng
+        lo, hi = 0.0, self.span
+        if spec.lifetime_hours:  # account rotation: a short life somewhere in the period
+            life = min(self.span, spec.lifetime_hours * 3600.0)
+            lo = float(rng.uniform(0, self.span - life))
+            hi = lo + life
+        if spec.orchestration == "waves":
+            waves = np.arange(math.ceil(lo / wave_every), max(math.ceil(lo / wave_every) + 1, int(hi // wave_every)))[:n_waves]
+            p_active = min(1.0, volume / (len(waves) * 3))
+            active = waves[rng.random(len(waves)) < p_active]
+            if active.size == 0:
+                active = waves[rng.integers(len(waves), size=1)]
+            per = np.maximum(1, rng.poisson(volume / active.size, active.size))
+            t = np.concatenate([w * wave_every + rng.uniform(0, 8, k) for w, k in zip(active, per)])
+        elif spec.orchestration == "jitter":
+            t = np.sort(rng.uniform(lo, hi, volume))
+        elif spec.orchestration == "cron":  # a fixed interval with a little jitter, like an application's scheduled job
+            t = lo + (rng.uniform(0, 600) + np.arange(volume) * ((hi - lo) / volume) + rng.normal(0, 2, volume)) % (hi - lo)
+        else:
+            window = (lo, hi) if spec.lifetime_hours else None
+            t = self.sessions(volume, DIURNAL, TZ[country] + rng.normal(0, 1.5), mean_len=5, gap_s=60, window=window)
+        return np.sort(t[t < hi])
+
+    def _cot_phrase(self, phrasing: str, fixed: str) -> str:
+        """The campaign's one phrase, any of many, or one of those chat users themselves use."""
+        if phrasing == "fixed":
+            return fixed
+        if phrasing == "human":
+            return HUMAN_COT[int(self.rng.integers(len(HUMAN_COT)))]
+        return _varied_cot(self.rng)
+
+    def _app_wrapper(self) -> str:
+        """A template of one's own, as a developer's application would have (for `template_per_account`)."""
+        company = f"{COMPANIES[int(self.rng.integers(len(COMPANIES)))]}{int(self.rng.integers(1000)):03d}"
+        head = APP_MIMIC_HEADERS[int(self.rng.integers(len(APP_MIMIC_HEADERS)))].format(company=company)
+        return head + " {q} " + APP_MIMIC_CLOSINGS[int(self.rng.integers(len(APP_MIMIC_CLOSINGS)))] + " {cot}"
+
+    def _residential_sessions(self, t: np.ndarray, country: str) -> tuple[list[str], list[str]]:
+        """A sticky residential proxy: a fresh home address in `country` for each session (gap > 30 min)."""
+        session = np.concatenate([[0], np.cumsum(np.diff(t) > 1800)]) if len(t) else np.zeros(0, int)
+        exits = [self.ip("residential", country) for _ in range(int(session.max()) + 1 if len(t) else 0)]
+        return [exits[s][0] for s in session], [exits[s][1] for s in session]
+
     def campaign(self, spec: CampaignSpec) -> None:
         rng = self.rng
         wrapper = ATTACK_WRAPPERS[int(rng.integers(len(ATTACK_WRAPPERS)))]
@@ -399,18 +452,7 @@ class Simulator:
             country = self.country()
             rate = spec.per_account_per_day * self.config.days * rng.lognormal(0, 0.3)
             volume = max(1, int(rng.poisson(rate)))
-            if spec.orchestration == "waves":
-                p_active = min(1.0, volume / (n_waves * 3))
-                active = np.flatnonzero(rng.random(n_waves) < p_active)
-                if active.size == 0:
-                    active = rng.integers(n_waves, size=1)
-                per = np.maximum(1, rng.poisson(volume / active.size, active.size))
-                t = np.concatenate([w * wave_every + rng.uniform(0, 8, k) for w, k in zip(active, per)])
-            elif spec.orchestration == "jitter":
-                t = np.sort(rng.uniform(0, self.span, volume))
-            else:
-                t = self.sessions(volume, DIURNAL, TZ[country] + rng.normal(0, 1.5), mean_len=5, gap_s=60)
-            t = np.sort(t[t < self.span])
+            t = self._attack_times(spec, volume, country, n_waves, wave_every)
             if spec.persona:
                 targets = list(rng.choice(spec.targets, size=int(rng.integers(1, len(spec.targets) + 1)), replace=False))
                 weights = rng.dirichlet(np.ones(len(targets)))
@@ -421,6 +463,7 @@ class Simulator:
             if spec.sweep:
                 suite = list(rng.choice(sweep_caps, size=4, replace=False))
                 offset = int(rng.integers(1000))
+            mine = self._app_wrapper() if spec.template_per_account else wrapper
             prompts, caps = [], []
             for i in range(len(t)):
                 if rng.random() < mix:
@@ -439,14 +482,15 @@ class Simulator:
                     question = _reword(question, rng)
                 cot_text = ""
                 if rng.random() < cot:
-                    cot_text = fixed_cot if spec.cot_phrasing == "fixed" else _varied_cot(rng)
+                    cot_text = self._cot_phrase(spec.cot_phrasing, fixed_cot)
                 if rng.random() < spec.templating:
-                    text = wrapper.format(q=question, cot=cot_text)
+                    text = mine.format(q=question, cot=cot_text)
                 elif rng.random() < 0.5:
                     text = f"{cot_text} {question}"
                 else:
                     text = f"{question} {cot_text}"
-                prompts.append(text.strip())
+                text = text.strip()
+                prompts.append(self.casual(text) if spec.client == "browser" else text)
                 caps.append(cap)
             if spec.infra == "shared":
                 picks = rng.integers(len(pool), size=len(t))
@@ -455,17 +499,28 @@ class Simulator:
                 payment = cards[a % len(cards)]
                 ua = ua_shared
             else:
-                ip, asn = self.ip("residential", country)
+                if spec.infra == "residential":
+                    ip, asn = self._residential_sessions(t, country)
+                elif spec.infra == "cloud":
+                    ip, asn = self.ip("cloud")
+                else:
+                    ip, asn = self.ip("residential", country)
                 payment = self.payment() if rng.random() < 0.7 else ""
-                ua = (SDKS + BROWSERS)[int(rng.integers(len(SDKS) + len(BROWSERS)))] if spec.persona else SDKS[int(rng.integers(len(SDKS)))]
-            if spec.params == "harvest":
+                ua = (SDKS + BROWSERS)[int(rng.integers(len(SDKS) + len(BROWSERS)))] if spec.persona and spec.infra != "cloud" \
+                    else SDKS[int(rng.integers(len(SDKS)))]
+            org = f"org_{COMPANIES[int(rng.integers(len(COMPANIES)))].lower()}{int(rng.integers(1000)):03d}" \
+                if spec.infra == "cloud" else ""
+            if spec.client == "browser":  # the consumer app fixes the parameters
+                ua = (BROWSERS + MOBILE_APPS)[int(rng.integers(len(BROWSERS) + len(MOBILE_APPS)))]
+                temperature, max_tokens, logprobs, top = 1.0, 4096, False, 0
+            elif spec.params == "harvest":
                 temperature, max_tokens, logprobs, top = float(rng.choice([0.0, 1.0])), 4096, bool(rng.random() < 0.7), 20
             else:
                 temperature = float(rng.choice([0.7, 1.0])) if not spec.persona else float(rng.choice([0.0, 0.2, 0.7, 1.0]))
                 max_tokens, logprobs, top = int(rng.choice([0, 2048, 4096])), False, 0
             self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
                       top_logprobs=top if logprobs else 0, ua=ua, ip=ip, network=asn, country=country, payment=payment,
-                      org="", long_answers=2.5 if cot > 0.5 else 1.5)
+                      org=org, long_answers=2.5 if cot > 0.5 else 1.5)
             self.record(acct, "attack", spec.name, spec.style or "custom", spec.held_out)
 
     def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
