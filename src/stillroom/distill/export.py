@@ -17,7 +17,7 @@ tags: [stillroom, distillation]
 
 # {name}
 
-A student distilled by [stillroom](https://github.com/) from `{teacher}`.
+A student distilled by stillroom from `{teacher}`.
 
 | | accuracy | macro-F1 | params | MB | latency b1 (ms) | throughput b64 (/s) |
 |---|---|---|---|---|---|---|
@@ -27,23 +27,33 @@ Retention (student / teacher accuracy): {retention}. Gap closed over the hard-la
 
 ## Use
 
-```python
+{usage}
+
+Labels are also in `labels.json`. The full card and recipe are in the run folder above this one.
+"""
+
+TRANSFORMERS_USAGE = """```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 model = AutoModelForSequenceClassification.from_pretrained("{folder}")
 tokenizer = AutoTokenizer.from_pretrained("{folder}")
 batch = tokenizer(["{example}"], return_tensors="pt")
 label = model.config.id2label[model(**batch).logits.argmax(-1).item()]
-```
+```"""
 
-Labels are also in `labels.json`. The full card and recipe are in the run folder above this one.
-"""
+MODULE_USAGE = """This student is a custom `torch.nn.Module` saved as `model.safetensors`; load it into the same class:
+
+```python
+from safetensors.torch import load_model
+load_model(module, "{folder}/model.safetensors")
+```"""
 
 
 def export_student(student: nn.Module, tokenizer, labels: LabelMap, folder: Path, card: dict, teacher_name: str,
                    example: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(student, "save_pretrained"):
+    is_transformers = hasattr(student, "save_pretrained")
+    if is_transformers:
         student.config.id2label = dict(enumerate(labels.names))
         student.config.label2id = dict(labels.ids)
         student.save_pretrained(folder, safe_serialization=True)
@@ -56,7 +66,8 @@ def export_student(student: nn.Module, tokenizer, labels: LabelMap, folder: Path
         f"{r['latency_ms_b1']:.2f} | {r['throughput_b64']:.0f} |" for r in card["rows"])
     summary = card.get("summary", {})
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    usage = (TRANSFORMERS_USAGE if is_transformers else MODULE_USAGE).format(folder=folder, example=example.replace('"', "'"))
     (folder / "README.md").write_text(MODEL_CARD.format(
         name=folder.parent.name, teacher=teacher_name, rows=rows, retention=fmt(summary.get("retention")),
-        gap_closed=fmt(summary.get("gap_closed")), folder=folder, example=example.replace('"', "'")), encoding="utf-8")
+        gap_closed=fmt(summary.get("gap_closed")), usage=usage), encoding="utf-8")
     return folder

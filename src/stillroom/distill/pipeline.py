@@ -265,6 +265,7 @@ CARD_COLUMNS = [
     Column("params", "params", "{:,}"), Column("bytes", "bytes", "{:,}"),
     Column("latency_ms_b1", "latency b1 median (ms)", "{:.2f}"), Column("latency_p90_ms_b1", "latency b1 p90 (ms)", "{:.2f}"),
     Column("throughput_b64", "throughput b64 (/s)", "{:.0f}"), Column("retention", "retention", "{:.3f}"),
+    Column("gap_closed", "gap closed", "{:.2f}"),
 ]
 
 
@@ -284,8 +285,11 @@ def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "di
             rows.append(measure(f"{name} int8", quantize_int8(model), data))
     by_name = {r["name"]: r for r in rows}
     teacher_accuracy = by_name["teacher"]["accuracy"]
+    scratch_accuracy = by_name[scratch]["accuracy"] if scratch in by_name else None
     for row in rows:
         row["retention"] = row["accuracy"] / teacher_accuracy if teacher_accuracy else float("nan")
+        if scratch_accuracy is not None and not row["name"].startswith("teacher") and teacher_accuracy > scratch_accuracy:
+            row["gap_closed"] = (row["accuracy"] - scratch_accuracy) / (teacher_accuracy - scratch_accuracy)
     summary = {}
     if distilled in by_name:
         student, teacher = by_name[distilled], by_name["teacher"]
@@ -293,9 +297,8 @@ def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "di
                    "size_ratio": student["bytes"] / teacher["bytes"],
                    "speedup_b64": student["throughput_b64"] / teacher["throughput_b64"],
                    "latency_ratio_b1": student["latency_ms_b1"] / teacher["latency_ms_b1"]}
-        if scratch in by_name:
-            gap = teacher_accuracy - by_name[scratch]["accuracy"]
-            summary["gap_closed"] = (student["accuracy"] - by_name[scratch]["accuracy"]) / gap if gap > 0 else float("nan")
+        if scratch_accuracy is not None:
+            summary["gap_closed"] = student.get("gap_closed", float("nan"))
     notes = [f"test split: {len(ws.student_encoded['test'])} examples; latency is the model's forward pass at batch 1 "
              f"on {c.threads} CPU threads ({c.latency_samples} test inputs); throughput at batch {c.throughput_batch_size}.",
              "int8: torch dynamic quantization of every nn.Linear; bytes are the serialized state dict."]
