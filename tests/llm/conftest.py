@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_fixtures import make_model, make_tokenizer
+from .llm_fixtures import make_model, make_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from stillroom.core.errors import DataError
 from stillroom.distill.llm.prompts import Prompt, builtin_prompts, encode_prompt, load_prompts, split_prompts
 
-from llm_fixtures import SHARED_PROMPTS
+from .llm_fixtures import SHARED_PROMPTS
 
 
 def write(path, lines):

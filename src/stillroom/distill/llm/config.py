@@ -43,7 +43,9 @@ class LoraConfig(Schema):
 
 class StudentConfig(Schema):
     init: Literal["prune", "config", "path"] = Field("prune", description="prune: teacher layers; config: smaller config, random init; path: a local model")
-    layers: Union[int, list[int]] = Field(6, description="prune: how many evenly spaced layers to keep, or their indices")
+    layers: Union[int, list[int]] = Field(6, description="prune: how many teacher layers to keep, or their indices")
+    layer_choice: Literal["influence", "evenly"] = Field(
+        "influence", description="prune with a count: the layers of highest block influence on the training prompts (ShortGPT), or evenly spaced")
     config: dict[str, int] = Field(default_factory=dict, description="config: fields of the teacher's config to change")
     path: Optional[str] = Field(None, description="path: a local model folder (its vocabulary must match the teacher's)")
     freeze_embeddings: bool = Field(False, description="Keep the (shared) input embeddings and head fixed")
@@ -67,6 +69,7 @@ class TrainingConfig(Schema):
     beta: float = Field(0.5, gt=0, lt=1, description="β of the generalized JSD")
     checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints")
     onpolicy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's own completions")
+    onpolicy_warmup: float = Field(0.5, ge=0, lt=1, description="Share of the steps trained on teacher text before on-policy batches start")
 
 
 class VariantConfig(Schema):
@@ -99,6 +102,7 @@ class EvalConfig(Schema):
     speed_new_tokens: int = Field(48, ge=1, description="New tokens per prompt when timing generation (greedy)")
     speed_batches: list[int] = Field([1, 32], description="Batch sizes timed; the card shows tok_s_b<n> for each")
     speed_calls_b1: int = Field(2, ge=1, description="Prompts timed one at a time")
+    speed_repeats: int = Field(1, ge=1, description="Time each speed this many times and keep the fastest (robust to other load)")
     threads: int = Field(2, ge=1, description="CPU threads for timing")
     int8: bool = Field(True, description="Add dynamic-int8 rows for the teacher and the exported student")
     batch_size: int = Field(8, ge=1, description="Batch size for the NLL / agreement passes")

@@ -32,8 +32,9 @@ from stillroom.distill.llm.config import LLMRecipe, StudentConfig
 from stillroom.distill.llm.evaluate import generation_speed, heldout_metrics, size_metrics
 from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, Item, generate,
                                             sparse_bytes_per_token, teacher_fingerprint)
-from stillroom.distill.llm.prompts import load_prompts, split_prompts
-from stillroom.distill.llm.student import (add_lora, check_vocabularies, merged, prune_layers, smaller_config)
+from stillroom.distill.llm.prompts import Prompt, encode_prompt, load_prompts, split_prompts
+from stillroom.distill.llm.student import (add_lora, check_vocabularies, choose_layers, merged, prune_layers,
+                                           smaller_config)
 from stillroom.distill.llm.teacher import LoadedLM, load_causal_lm
 from stillroom.distill.llm.train import TrainConfig, train_student
 
@@ -43,11 +44,14 @@ COLUMNS_AFTER_SPEED = [Column("params", "params", "{:,}"), Column("bytes", "byte
                        Column("train_tokens", "train tokens", "{:,}")]
 
 
-def build_student(config: StudentConfig, teacher: LoadedLM) -> tuple[Any, str]:
+def build_student(config: StudentConfig, teacher: LoadedLM, sample_prompts: list[Prompt], chat_template: bool = True) -> tuple[Any, str]:
     """The untrained student and a short description of how it was made; refuses mismatched vocabularies."""
     if config.init == "prune":
-        student, keep = prune_layers(teacher.model, config.layers)
-        description = f"layers {keep} of the teacher's {teacher.model.config.num_hidden_layers}"
+        sample = [encode_prompt(teacher.tokenizer, p, chat_template) for p in sample_prompts[:32]]
+        keep = choose_layers(teacher.model, config.layers, config.layer_choice, sample, teacher.tokenizer.pad_token_id)
+        student, keep = prune_layers(teacher.model, keep)
+        how = f" ({config.layer_choice})" if isinstance(config.layers, int) else ""
+        description = f"layers {keep}{how} of the teacher's {teacher.model.config.num_hidden_layers}"
         student_tokenizer = teacher.tokenizer
     elif config.init == "config":
         student = smaller_config(teacher.model, config.config)
@@ -88,8 +92,9 @@ class Measurer:
                                    threads=self.recipe.eval.threads))
         for batch in self.recipe.eval.speed_batches:
             calls = self.recipe.eval.speed_calls_b1 if batch == 1 else 1
-            row[f"tok_s_b{batch}"] = generation_speed(model, self.pad_id, self.speed_prompts, batch,
-                                                      self.recipe.eval.speed_new_tokens, calls, self.recipe.eval.threads)
+            row[f"tok_s_b{batch}"] = max(
+                generation_speed(model, self.pad_id, self.speed_prompts, batch, self.recipe.eval.speed_new_tokens, calls,
+                                 self.recipe.eval.threads) for _ in range(self.recipe.eval.speed_repeats))
         row.update(size_metrics(model))
         row.update(extra)
         LOG.info("%s: nll %.3f, agreement %.1f%%, %s (%.0fs)", name, row["nll"], 100 * row["agreement"],
@@ -131,7 +136,7 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     train_prompts, val_prompts, test_prompts = split_prompts(prompt_set.prompts, recipe.data.test_prompts,
                                                              recipe.data.val_prompts, recipe.data.train_prompts, recipe.seed)
 
-    base_student, student_description = build_student(recipe.student, teacher)
+    base_student, student_description = build_student(recipe.student, teacher, train_prompts, recipe.teacher.chat_template)
     LOG.info("student: %s", student_description)
 
     clock = time.perf_counter()
@@ -158,7 +163,8 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
                              grad_clip=recipe.training.grad_clip, seed=recipe.seed,
                              checkpoint_every=recipe.training.checkpoint_every,
                              onpolicy_max_new_tokens=recipe.generation.max_new_tokens,
-                             onpolicy_temperature=recipe.training.onpolicy_temperature)
+                             onpolicy_temperature=recipe.training.onpolicy_temperature,
+                             onpolicy_warmup=recipe.training.onpolicy_warmup)
         result = train_student(student, teacher.model, tokenizer, train_items, train_cache, config,
                                checkpoints=folder.checkpoints / variant.name, desc=variant.name)
         timings[f"train_{variant.name}_s"] = result.seconds
@@ -263,9 +269,12 @@ def _card(recipe, rows, summary, notes, teacher, student_description, export_nam
     notes = list(notes)
     notes.append(f"NLL and agreement: teacher-forced on the teacher's greedy completions of {recipe.data.test_prompts} "
                  f"held-out prompts; tok/s: greedy, exactly {recipe.eval.speed_new_tokens} new tokens a prompt, "
-                 f"{recipe.eval.threads} CPU threads.")
-    notes.append(f"Every student starts from the same untrained student ({student_description}) and sees the same "
-                 f"{recipe.training.epochs} epoch(s) of teacher generations; on-policy batches are the student's own samples.")
+                 f"{recipe.eval.threads} CPU threads" + (f", fastest of {recipe.eval.speed_repeats} timings." if recipe.eval.speed_repeats > 1 else ".")
+                 + " int8 rows quantize every Linear layer, the head included, to dynamic int8.")
+    notes.append(f"Every student starts from the same untrained student ({student_description}) and trains for the same "
+                 f"{recipe.training.epochs} epoch(s) of the teacher's completions of the same prompts; in on-policy variants, "
+                 f"after the first {recipe.training.onpolicy_warmup:.0%} of the steps, a share λ of the batches are the "
+                 f"student's own samples scored by the live teacher instead.")
     notes.append(f"Exported: {export_name} (highest validation agreement)" if recipe.export == "best" else f"Exported: {export_name}")
     return Card(
         title=f"LLM distillation: {teacher.name} -> {export_name}",

@@ -1,8 +1,9 @@
 """Students: layer-pruned copies of the teacher, smaller configs, optional LoRA; and the vocabulary check.
 
-A pruned student keeps N evenly spaced decoder layers of the teacher (first and
-last included), or the layers named, plus the teacher's embeddings, final norm,
-head and tokenizer. It is built from the teacher's config with fewer layers, so
+A pruned student keeps N of the teacher's decoder layers, plus its embeddings,
+final norm, head and tokenizer. The N layers are evenly spaced (first and last
+included), or the N with the highest block influence on sample text (ShortGPT),
+or the indices named in the recipe. It is built from the teacher's config with fewer layers, so
 per-layer indices (KV cache slots, `layer_types`) are renumbered by transformers
 itself, and then the kept layers' weights are copied in.
 """
@@ -27,6 +28,49 @@ def evenly_spaced_layers(total: int, keep: int) -> list[int]:
     if keep == 1:
         return [0]
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def layer_influence(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_id: int) -> list[float]:
+    """Block influence of each decoder layer: 1 - mean cosine(input, output hidden state) over real tokens.
+
+    Men et al., "ShortGPT: Layers in Large Language Models are More Redundant
+    Than You Expect" (2024): a layer that barely turns its input matters least.
+    """
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = torch.tensor(list(seq))
+        mask[row, :len(seq)] = 1
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def capture(module, args, kwargs, output):
+        before = args[0] if args else kwargs["hidden_states"]
+        captured.append((before, output[0] if isinstance(output, tuple) else output))
+
+    hooks = [layer.register_forward_hook(capture, with_kwargs=True) for layer in _decoder_layers(model)]
+    try:
+        with torch.inference_mode():
+            model.get_decoder()(input_ids=input_ids, attention_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    real = mask.bool()
+    return [1.0 - torch.nn.functional.cosine_similarity(before[real], after[real], dim=-1).mean().item()
+            for before, after in captured]
+
+
+def choose_layers(teacher: PreTrainedModel, layers: int | Sequence[int], choice: str,
+                  sample: Sequence[Sequence[int]] = (), pad_id: int = 0) -> list[int]:
+    """Which teacher layers a pruned student keeps: a list as given, or N by `choice` (evenly | influence)."""
+    if not isinstance(layers, int):
+        return list(layers)
+    total = teacher.config.num_hidden_layers
+    if choice == "evenly":
+        return evenly_spaced_layers(total, layers)
+    evenly_spaced_layers(total, layers)  # validates the count
+    scores = layer_influence(teacher, sample, pad_id)
+    return sorted(sorted(range(total), key=lambda i: -scores[i])[:layers])
 
 
 def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

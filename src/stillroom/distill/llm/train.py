@@ -2,7 +2,10 @@
 
 Each step takes a batch of prompts with the teacher's completions, or, with
 probability λ (`on_policy`), the same prompts completed by the student itself
-and scored by the live teacher (GKD, Agarwal et al. 2024). The loss is taken on
+and scored by the live teacher (GKD, Agarwal et al. 2024). On-policy batches
+start after the first `onpolicy_warmup` share of the steps: a freshly pruned
+student's samples are noise, and GKD, too, starts from a student that has
+already been fine-tuned on teacher text. The loss is taken on
 completion tokens only. The shuffle order and the on-policy coin are functions
 of (seed, epoch, step), so a run killed mid-epoch resumes from its last
 checkpoint and continues exactly as it would have.
@@ -86,6 +89,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     onpolicy_max_new_tokens: int = 64
     onpolicy_temperature: float = 1.0
+    onpolicy_warmup: float = 0.5
 
     def digest(self, items: Sequence[Item]) -> str:
         payload = json.dumps([self.__dict__, [item.uid for item in items]], sort_keys=True, default=str)
@@ -139,7 +143,8 @@ def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: Gen
         random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
         chosen = [items[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
         start = time.perf_counter()
-        on_policy = random.Random(config.seed * 7919 + step).random() < config.on_policy
+        warm = step >= config.onpolicy_warmup * total_steps
+        on_policy = warm and random.Random(config.seed * 7919 + step).random() < config.on_policy
         if on_policy:
             completions = student_samples(student, tokenizer, [item.prompt_ids for item in chosen], config, seed=config.seed + step)
             batch = make_batch([(item.prompt_ids, c) for item, c in zip(chosen, completions)], tokenizer.pad_token_id)
