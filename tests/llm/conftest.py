@@ -34,7 +34,8 @@ def prompts_file(tmp_path) -> Path:
     path = tmp_path / "prompts.jsonl"
     texts = [f"Question {i}: what is {i} plus {i + 1}?" for i in range(14)] + [
         "Write a haiku about rain.", "Name a colour.", "Say hello in French.", "What is a prime number?"]
-    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
+    lines = [json.dumps({"prompt": t}) for t in texts] + ["{broken", json.dumps({"prompt": texts[0]})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 

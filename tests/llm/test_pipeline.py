@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stillroom.cli import resolve_distill_recipe
@@ -62,7 +61,9 @@ def test_tiny_pipeline_end_to_end_and_rerun(tmp_path, tiny_lm_dir, prompts_file)
     assert summary["cache_bytes_per_token_payload"] == 6 * 4 + 2
     for name in ("card.json", "card.md", "card.png", "recipe.yaml", "log.txt"):
         assert (folder / name).exists(), name
-    assert "held-out NLL" in (folder / "card.md").read_text()
+    card_text = (folder / "card.md").read_text()
+    assert "held-out NLL" in card_text
+    assert "2 records of" in card_text and "1 lines that are not valid JSON" in card_text  # skipped, and said so
 
     # plain transformers loads the exported student and generates
     model = AutoModelForCausalLM.from_pretrained(folder / "model")

@@ -21,7 +21,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,7 +84,6 @@ class GenerationStats:
     reused_items: int = 0
     truncated_tail_lines: int = 0
     skipped_long_prompts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

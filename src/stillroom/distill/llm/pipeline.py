@@ -144,8 +144,12 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
         recipe, teacher, folder, train_prompts, val_prompts, test_prompts)
     timings["generation_s"] = time.perf_counter() - clock
 
+    notes = list(gen_notes)
+    if prompt_set.skipped:
+        notes.insert(0, f"{sum(prompt_set.skipped.values())} records of {prompt_set.source} were skipped: "
+                        f"{prompt_set.describe_skipped()}")
     measurer = Measurer(recipe, tokenizer.pad_token_id, test_items, eval_cache,
-                        [item.prompt_ids for item in test_items], notes=list(gen_notes))
+                        [item.prompt_ids for item in test_items], notes=notes)
     clock = time.perf_counter()
     rows = [measurer.row("teacher", teacher.model, train_tokens=None),
             measurer.row("student-untrained", base_student, train_tokens=0)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -114,12 +115,14 @@ def _dequantized_cache(gguf: Path, trust_remote_code: bool, where: str) -> Path:
     model.hf_quantizer = None  # saving a model still marked as quantized fails
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # two runs dequantizing at once don't collide
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another run finished first; its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
