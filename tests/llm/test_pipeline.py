@@ -118,6 +118,7 @@ def test_builtin_recipe_and_quick_preset_validate():
     (["generation.top_k_cache=0"], "targets: cache need generation.top_k_cache > 0"),
     (["student.init=path"], "student.init: path needs student.path"),
     (["training.beta=1.0"], "training.beta"),
+    (["variants=[{name: a, loss: sft, on_policy: 0.5}]"], "on-policy batches are scored by the teacher"),
 ])
 def test_recipe_mistakes_are_one_clear_error(sets, message):
     with pytest.raises(RecipeError, match=message):

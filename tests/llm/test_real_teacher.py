@@ -18,15 +18,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return teacher_module.load_causal_lm(None)
+def smollm2(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:  # the session's private cache, as the function-level tests see it
+        patch.setenv("STILLROOM_CACHE", str(tmp_path_factory.getbasetemp() / "stillroom-cache"))
+        return teacher_module.load_causal_lm(None)
 
 
-def test_gguf_is_dequantized_once_then_loaded_from_the_float32_cache(smollm2, monkeypatch):
-    from stillroom.core.runs import cache_dir
-
-    cached = list(cache_dir("teachers").glob("SmolLM2-135M-Instruct.Q4_1-*/model.safetensors"))
-    assert len(cached) == 1
+def test_gguf_is_dequantized_once_then_loaded_from_the_float32_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STILLROOM_CACHE", str(tmp_path / "empty-cache"))
     calls = []
     real = AutoModelForCausalLM.from_pretrained
 
@@ -35,11 +34,17 @@ def test_gguf_is_dequantized_once_then_loaded_from_the_float32_cache(smollm2, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(teacher_module.AutoModelForCausalLM, "from_pretrained", spy)
+    first = teacher_module.load_causal_lm(None)
+    assert calls == [teacher_module.DEFAULT_GGUF, None]  # dequantized from the GGUF, then read back from the cache
+    cached = list((tmp_path / "empty-cache" / "teachers").glob("SmolLM2-135M-Instruct.Q4_1-*/model.safetensors"))
+    assert len(cached) == 1
+    calls.clear()
     again = teacher_module.load_causal_lm(None)
-    assert calls == [None]  # read from the safetensors cache, not from the GGUF file
+    assert calls == [None]  # later runs read the float32 safetensors only
     assert again.model.dtype == torch.float32 and again.model.config.num_hidden_layers == 30
     assert not hasattr(again.model.config, "quantization_config")
-    assert torch.equal(again.model.model.layers[7].mlp.up_proj.weight, smollm2.model.model.layers[7].mlp.up_proj.weight)
+    assert torch.equal(again.model.model.layers[7].mlp.up_proj.weight, first.model.model.layers[7].mlp.up_proj.weight)
+    assert again.tokenizer.chat_template == first.tokenizer.chat_template
 
 
 def test_smollm2_chat_template_and_a_sensible_answer(smollm2):
@@ -64,13 +69,13 @@ def test_six_layer_student_size(smollm2):
 def test_pipeline_on_the_real_teacher(tmp_path):
     recipe = validate(LLMRecipe, {
         "kind": "llm", "name": "real", "output_dir": str(tmp_path), "threads": 2,
-        "data": {"train_prompts": 8, "val_prompts": 4, "test_prompts": 4},
-        "generation": {"max_new_tokens": 12, "batch_size": 8},
+        "data": {"train_prompts": 8, "val_prompts": 2, "test_prompts": 3},
+        "generation": {"max_new_tokens": 10, "batch_size": 8},
         "student": {"layers": 4, "freeze_embeddings": True},
         "training": {"epochs": 1, "batch_size": 4},
         "variants": [{"name": "sft", "loss": "sft"}, {"name": "fkl", "loss": "forward_kl", "targets": "live"},
                      {"name": "fkl-sparse", "loss": "forward_kl", "targets": "cache"}],
-        "eval": {"speed_new_tokens": 8, "speed_batches": [1, 4], "speed_calls_b1": 1},
+        "eval": {"speed_new_tokens": 4, "speed_batches": [1, 4], "speed_calls_b1": 1},
     }, "test")
     card = run(recipe)
     rows = {row["name"]: row for row in card["rows"]}

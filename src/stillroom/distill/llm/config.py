@@ -87,6 +87,13 @@ class VariantConfig(Schema):
             raise ValueError(f"unknown loss {value!r}; allowed: {', '.join(LOSSES.names())}")
         return value
 
+    @model_validator(mode="after")
+    def _on_policy_needs_a_divergence(self):
+        if self.on_policy > 0 and self.loss == "sft":
+            raise ValueError(f"variant {self.name}: on-policy batches are scored by the teacher's distributions; "
+                             "use forward_kl, reverse_kl or jsd")
+        return self
+
 
 def _default_variants() -> list[VariantConfig]:
     return [

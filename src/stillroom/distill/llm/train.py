@@ -92,7 +92,8 @@ class TrainConfig:
     onpolicy_warmup: float = 0.5
 
     def digest(self, items: Sequence[Item]) -> str:
-        payload = json.dumps([self.__dict__, [item.uid for item in items]], sort_keys=True, default=str)
+        settings = {k: v for k, v in self.__dict__.items() if k != "checkpoint_every"}  # cadence may change on resume
+        payload = json.dumps([settings, [item.uid for item in items]], sort_keys=True, default=str)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
@@ -111,9 +112,10 @@ def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: Gen
                   progress: bool = True) -> TrainResult:
     """Train `student` in place on the teacher's generations; resumable from `checkpoints`."""
     loss_fn = LOSSES.get(config.loss, where="variants.loss")(temperature=config.temperature, beta=config.beta)
-    needs_teacher = loss_fn.needs_teacher or config.on_policy > 0
-    if needs_teacher and config.targets == "live" and teacher is None:
-        raise ValueError("this loss needs the live teacher")
+    if teacher is None and ((loss_fn.needs_teacher and config.targets == "live") or config.on_policy > 0):
+        raise ValueError("live targets and on-policy batches need the live teacher")
+    if config.on_policy > 0 and not loss_fn.needs_teacher:
+        raise ValueError("on-policy batches need a token-level loss, not sft")
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     params = [p for p in student.parameters() if p.requires_grad]
