@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SHARED_DATA, write_result  # noqa: E402
 
+from stillroom.core.recipe import dump_recipe  # noqa: E402
 from stillroom.core.runs import setup_console_logging  # noqa: E402
 from stillroom.distill import pipeline  # noqa: E402
 from stillroom.distill.config import ClassifierRecipe, LossConfig, StudentConfig  # noqa: E402
@@ -76,7 +77,7 @@ def timing(ws, epochs: float, repeats: int = 3) -> dict[str, float]:
     timing_ws.student_encoded = dict(ws.student_encoded, transfer=ws.student_encoded["train"])
     timing_ws.teacher_encoded = dict(ws.teacher_encoded, transfer=ws.teacher_encoded["train"])
     timing_ws.recipe = ws.recipe.model_copy(update={"training": ws.recipe.training.model_copy(update={"epochs": epochs})})
-    kd = [LossConfig(name="hinton_kd", temperature=ws.recipe.losses[0].temperature, alpha=ws.recipe.losses[0].alpha)]
+    kd = [LossConfig(name="hinton_kd", temperature=ws.recipe.losses[0].kd_temperature, alpha=ws.recipe.losses[0].kd_alpha)]
     pipeline.teacher_signal(timing_ws, pipeline.student_losses(timing_ws, ws.student_init, kd))  # fill the cache first
     seconds: dict[str, list[float]] = {"ce": [], "kd_cached": [], "kd_online": []}
     for repeat in range(repeats):
@@ -95,31 +96,29 @@ def main() -> None:
     ws = pipeline.start(recipe)
     pipeline.load_splits(ws)
     pipeline.prepare_teacher(ws)
-    teacher_row = None
+    teacher_rows = pipeline.measure_rows(ws, {"teacher": ws.teacher}, int8=("teacher",))
     rows, students, timings = [], {}, None
     for count in [int(c) for c in args.students.split(",")]:
         ws.recipe.student = StudentConfig(num_layers=count, trim_vocab=True)
         pipeline.prepare_student(ws)
         distilled, kd_result = pipeline.train_distilled(ws, stage=f"distilled-{count}L")
         scratch, ce_result = pipeline.train_scratch(ws, stage=f"scratch-{count}L")
-        card = pipeline.build_card(ws, {"teacher": ws.teacher, f"scratch {count}L": scratch, f"distilled {count}L": distilled},
-                                   distilled=f"distilled {count}L", scratch=f"scratch {count}L")
+        names = (f"distilled {count}L", f"scratch {count}L")
+        student_rows = pipeline.measure_rows(ws, {names[1]: scratch, names[0]: distilled}, int8=(names[0],))
+        card = pipeline.card_from_rows(ws, teacher_rows + student_rows, distilled=names[0], scratch=names[1],
+                                       title=f"banking77: {count}-layer student")
         card.write(ws.run.path(f"card-{count}L"))
+        dump_recipe(ws.recipe, ws.run.path(f"card-{count}L", "recipe.yaml"))
         card.print()
-        for row in card.rows:
-            if row["name"].startswith("teacher"):
-                teacher_row = teacher_row or {}
-                teacher_row[row["name"]] = row
-            else:
-                rows.append(row)
-        students[f"distilled {count}L"] = {**card.summary, "layers": ws.student_layers, "kd_steps": kd_result.steps,
-                                           "scratch_steps": ce_result.steps, "kd_history": kd_result.history,
-                                           "scratch_history": ce_result.history}
+        rows += [row for row in card.rows if not row["name"].startswith("teacher")]
+        students[names[0]] = {**card.summary, "layers": ws.student_layers, "kd_steps": kd_result.steps,
+                              "scratch_steps": ce_result.steps, "kd_history": kd_result.history,
+                              "scratch_history": ce_result.history}
         if timings is None and count == 2 and not args.no_timing:
             timings = timing(ws, args.timing_epochs)
-    all_rows = list(teacher_row.values()) + rows
+    all_rows = teacher_rows + rows
     keys = ["name", "accuracy", "macro_f1", "params", "bytes", "latency_ms_b1", "throughput_b64"]
-    teacher = teacher_row["teacher"]
+    teacher = teacher_rows[0]
     eligible = {name: s for name, s in students.items() if s["speedup_b64"] >= 2 and s["size_ratio"] <= 0.6} or students
     best = max(eligible, key=lambda name: eligible[name]["retention"])
     payload = {

@@ -48,6 +48,8 @@ def resolve_distill_recipe(recipe: Optional[str], overrides: dict[str, Any], set
         data = apply_overrides(data, dict(presets["quick"]))
     data = apply_overrides(data, overrides)
     data = apply_overrides(data, sets)
+    if sets or any(v is not None for v in overrides.values()):
+        source = f"{source} (with command-line overrides)"
     kind = data.get("kind", "classifier")
     if kind not in DISTILL_KINDS:
         raise StillroomError(f"kind: {kind!r} is not allowed; allowed values: {', '.join(DISTILL_KINDS)}", where=source)

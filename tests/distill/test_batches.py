@@ -4,7 +4,7 @@ import random
 import torch
 
 from stillroom.distill.encoding import Encoded
-from stillroom.distill.trainer import epoch_batches
+from stillroom.distill.trainer import epoch_batches, process_share
 
 
 def test_epoch_batches_cover_every_example_once_and_are_reproducible():
@@ -26,3 +26,10 @@ def test_eval_batches_return_indices_to_restore_order():
         assert batch["input_ids"].shape[1] == max(len(data.input_ids[i]) for i in batch["index"].tolist())
         seen += batch["index"].tolist()
     assert sorted(seen) == [0, 1, 2, 3] and seen == [3, 1, 0, 2]
+
+
+def test_every_process_gets_a_share_even_of_a_one_example_batch():
+    assert [process_share(torch.tensor([7]), rank, 2).tolist() for rank in (0, 1)] == [[7], [7]]
+    shares = [process_share(torch.arange(5), rank, 2).tolist() for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == [0, 1, 2, 3, 4]
+    assert process_share(torch.arange(5), 0, 1).tolist() == [0, 1, 2, 3, 4]

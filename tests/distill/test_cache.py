@@ -17,7 +17,8 @@ def prepared(recipe):
     return ws
 
 
-def test_teacher_is_not_called_after_the_cache_is_built(tiny_recipe):
+def test_teacher_is_not_called_after_the_cache_is_built(tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("STILLROOM_CACHE", str(tmp_path / "own-cache"))  # start empty, whatever ran before
     recipe = tiny_recipe(**{"training.epochs": 2, "name": "cache-a"})
     ws = prepared(recipe)
     calls = count_calls(ws.teacher)
@@ -46,5 +47,5 @@ def test_cache_holds_hidden_states_for_hidden_losses(tiny_recipe):
     ws = prepared(recipe)
     loss = pipeline.student_losses(ws, ws.student_init)
     signal = pipeline.teacher_signal(ws, loss)
-    assert sorted(signal.cache.hidden) == loss.teacher_layers == [2, 4]
+    assert sorted(signal.cache.hidden) == loss.teacher_layers == [1, 4]  # copied from teacher layers 0 and 3
     assert signal.cache.logits.shape == (len(ws.teacher_encoded["transfer"]), len(ws.splits.labels))

@@ -39,6 +39,7 @@ def test_reads_csv_tsv_jsonl_and_parquet(tmp_path):
     ("header_only.csv", "text,label\n", "no data rows", "header_only.csv"),
     ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 2}\n', "not valid JSON", "line 2"),
     ("wide.csv", "text,label\na,b,c\n", "has 3 fields but the header has 2", "line 2"),
+    ("short.csv", "text,label\nfine,a\nno label here\n", "has 1 fields but the header has 2", "line 3"),
 ])
 def test_bad_input_names_the_file_line_and_fix(tmp_path, name, content, message, where):
     path = write(tmp_path, name, content)
@@ -56,7 +57,7 @@ def test_undecodable_bytes_give_line_and_column(tmp_path):
     assert "line 3, column 4" in info.value.render() and "iconv" in info.value.render()
 
 
-def test_drop_empty_skips_and_counts(tmp_path, caplog):
+def test_drop_empty_skips_and_counts(tmp_path):
     path = write(tmp_path, "some_empty.csv", "text,label\nfine,a\n,b\nok,a\n")
     records = read_records(path, drop_empty=True)
     assert records.texts == ["fine", "ok"] and records.skipped == 1
@@ -103,6 +104,37 @@ def test_cli_reports_bad_data_in_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "no column named 'text'" in result.stderr and "data.text_column" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_recipe_errors_name_the_key_as_written():
+    from stillroom.core.errors import RecipeError
+    from stillroom.core.recipe import apply_overrides, validate
+    from stillroom.distill.config import ClassifierRecipe
+
+    cases = {
+        "unknown key 'Training'; did you mean 'training'?": {"Training": {}},
+        "unknown key 'training.Epochs'; did you mean 'epochs'?": {"training": {"Epochs": 1}},
+        "losses.0.temperature: Input should be a valid number": {"losses": [{"name": "hinton_kd", "temperature": "hot"}]},
+        "temperature and alpha apply to hinton_kd only": {"losses": [{"name": "logit_mse", "temperature": 3}]},
+        "test_path and validation_path need data.path too": {"data": {"test_path": "x.csv"}},
+    }
+    for message, data in cases.items():
+        with pytest.raises(RecipeError, match=message.replace("?", r"\?").replace(".", r"\.")):
+            validate(ClassifierRecipe, data)
+    recipe = apply_overrides({"losses": [{"name": "hinton_kd"}]}, ["losses.0.temperature=4"])
+    assert validate(ClassifierRecipe, recipe).losses[0].temperature == 4.0
+    with pytest.raises(RecipeError, match="index from 0 to 0"):
+        apply_overrides(recipe, ["losses.2.alpha=1"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    from stillroom.core.recipe import dump_recipe, load_recipe
+    from stillroom.distill.config import ClassifierRecipe
+
+    recipe = load_recipe(ClassifierRecipe, "classifier", ["losses=[{name: hinton_kd}, {name: hidden_cosine}]"])
+    dump_recipe(recipe, tmp_path / "resolved.yaml")
+    assert load_recipe(ClassifierRecipe, tmp_path / "resolved.yaml") == recipe
+    assert recipe.losses[0].kd_temperature == 2.0 and recipe.losses[1].temperature is None
 
 
 def test_cli_reports_recipe_mistakes_with_allowed_values(tmp_path):

@@ -51,8 +51,12 @@ def test_hard_label_term_ignores_unlabelled_transfer_examples():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     labelled = CrossEntropy()(Outputs(logits), None, torch.tensor([0, IGNORE]))
     assert labelled.item() == pytest.approx(F.cross_entropy(logits[:1], torch.tensor([0])).item())
-    none = HintonKD(2.0, 0.0)(Outputs(logits), Outputs(logits), torch.tensor([IGNORE, IGNORE]))
+    teacher = torch.tensor([[0.0, 3.0], [3.0, 0.0]])
+    none = HintonKD(2.0, 0.0)(Outputs(logits), Outputs(teacher), torch.tensor([IGNORE, IGNORE]))
     assert none.item() == 0.0
+    soft_only = HintonKD(2.0, 1.0)(Outputs(logits), Outputs(teacher), torch.tensor([IGNORE, IGNORE]))
+    mixed = HintonKD(2.0, 0.5)(Outputs(logits), Outputs(teacher), torch.tensor([IGNORE, IGNORE]))
+    assert mixed.item() == pytest.approx(0.5 * soft_only.item()) and soft_only.item() > 0
 
 
 def test_logit_mse():

@@ -73,24 +73,27 @@ def free_port() -> int:
 
 
 def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
-    """Tolerance: 0.02 accuracy on the 360-example test split (7 examples), and 2% on the final loss.
+    """Tolerance: 0.02 validation and test accuracy (about 2 and 7 examples), and 2% on the last training loss.
 
     The global batch is the same in both runs (each process takes half), so only the order of float
-    reductions differs; dropout is off so both runs draw no random masks.
+    reductions differs; dropout is off so neither run draws random masks. Each run has its own cache, so
+    the 2-process run fine-tunes its teacher and fills the teacher-output cache with two processes too.
     """
-    common = {"training.dropout": 0.0, "training.epochs": 2, "scratch_baseline": False}
+    common = {"training.dropout": 0.0, "training.epochs": 2, "training.lr": 3e-3, "teacher.finetune.lr": 3e-3,
+              "scratch_baseline": False}
     one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
     dump_recipe(tiny_recipe(name="one", **common), one)
     dump_recipe(tiny_recipe(name="two", **common), two)
     log = tmp_path / "output.txt"
-    single = cli(["distill", "--recipe", str(one)], log)
+    single = cli(["distill", "--recipe", str(one)], log, env={**os.environ, "STILLROOM_CACHE": str(tmp_path / "cache-1")})
     assert single.wait(timeout=900) == 0, log.read_text()[-3000:]
     launch = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "stillroom", "distill", "--recipe", str(two)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "STILLROOM_CACHE": str(tmp_path / "cache-2")})
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    assert "fine-tuning a classification head" in (tmp_path / "runs" / "two" / "log.txt").read_text()
 
     cards = {name: json.loads((tmp_path / "runs" / name / "card.json").read_text()) for name in ("one", "two")}
     rows = {name: {r["name"]: r for r in card["rows"]} for name, card in cards.items()}
@@ -99,6 +102,8 @@ def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
     for name in ("one", "two"):
         state = tmp_path / "runs" / name / "checkpoints" / "distilled" / "last" / "state.json"
         histories[name] = json.loads(state.read_text())["history"]
-    assert len(histories["one"]) == len(histories["two"]) == 2
-    assert histories["one"][-1]["step"] == histories["two"][-1]["step"]
-    assert histories["one"][-1]["accuracy"] == pytest.approx(histories["two"][-1]["accuracy"], abs=0.02)
+    first, second = histories["one"][-1], histories["two"][-1]
+    assert len(histories["one"]) == len(histories["two"]) == 2 and first["step"] == second["step"]
+    assert first["accuracy"] > 2 / 12, "both runs should learn: at least twice chance (1/12)"
+    assert first["accuracy"] == pytest.approx(second["accuracy"], abs=0.02)
+    assert first["loss"] == pytest.approx(second["loss"], rel=0.02)

@@ -77,3 +77,23 @@ def test_trimmed_vocabulary_tokenizes_the_data_identically(tiny_encoder_dir):
     assert torch.allclose(before, after, atol=1e-5)
     # Unseen words still tokenize (into smaller pieces), never into errors.
     assert trimmed("zyxwvut quokka")["input_ids"]
+
+
+def test_teacher_folder_without_tokenizer_is_a_clear_error(tmp_path):
+    from stillroom.distill.config import TeacherConfig
+    from stillroom.distill.data import LabelMap
+    from stillroom.distill.models import load_teacher
+
+    BertForSequenceClassification(BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="tokenizer files are probably missing"):
+        load_teacher(TeacherConfig(path=str(tmp_path)), LabelMap(["a", "b"]))
+
+
+def test_hidden_losses_match_copied_layers_by_default():
+    from stillroom.distill.config import LossConfig
+    from stillroom.distill.losses import build_losses
+
+    loss = build_losses([LossConfig(name="hidden_mse")], 2, 6, 16, 16, kept_layers=[0, 5])
+    assert loss.terms[0].layer_map == {1: 1, 2: 6}
+    assert build_losses([LossConfig(name="hidden_mse")], 2, 6, 16, 16).terms[0].layer_map == {1: 3, 2: 6}

@@ -103,7 +103,7 @@ class Card:
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / "card.json", "md": folder / "card.md", "png": folder / "card.png"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        paths["json"].write_text(json.dumps(_finite(self.to_dict()), indent=2, default=_jsonable) + "\n", encoding="utf-8")
         paths["md"].write_text(self.to_markdown(), encoding="utf-8")
         self.plot(paths["png"])
         return paths
@@ -113,6 +113,17 @@ def _fmt_summary(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity become null: JSON has no such numbers, and other languages' parsers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

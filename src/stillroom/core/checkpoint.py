@@ -59,7 +59,12 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     if restore_rng and (folder / "rng.json").exists():
         _set_rng_state(json.loads((folder / "rng.json").read_text(encoding="utf-8")))
-    return json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    return read_state(folder)
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """The saved progress of a checkpoint, without loading any weights."""
+    return json.loads((Path(folder) / "state.json").read_text(encoding="utf-8"))
 
 
 def find_checkpoint(checkpoints: Path, which: str = LAST) -> Path | None:

@@ -89,17 +89,33 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any] | list[str] | None)
     for key, value in pairs:
         if value is None and not isinstance(overrides, list):
             continue  # an unset CLI option leaves the recipe's value alone
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"cannot set {key!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        _set_path(data, key, value)
     return data
+
+
+def _set_path(data: dict, key: str, value: Any) -> None:
+    """Set `a.b.0.c` in nested dicts and lists; a number steps into a list."""
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list of "
+                                  f"{len(node)}, so the next part must be an index from 0 to {len(node) - 1}")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"cannot set {key!r}: {'.'.join(parts[:depth])!r} is a value, not a section")
+        if last:
+            node[part] = value
+            return
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
 
 
 def validate(schema: type[S], data: dict, source: str = "recipe") -> S:
@@ -107,15 +123,15 @@ def validate(schema: type[S], data: dict, source: str = "recipe") -> S:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(schema, err) for err in exc.errors()]
+        lines = [_describe(schema, err, data) for err in exc.errors()]
         raise RecipeError("\n  ".join(lines), where=source) from None
 
 
-def _describe(schema: type[BaseModel], err: dict) -> str:
-    loc = [p for p in err["loc"] if not _is_union_tag(p)]
+def _describe(schema: type[BaseModel], err: dict, data: dict) -> str:
+    loc = _user_path(err["loc"], data)
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and loc:
         parent = _model_at(schema, loc[:-1])
         allowed = sorted(parent.model_fields) if parent else []
         text = f"unknown key {key!r}"
@@ -130,12 +146,22 @@ def _describe(schema: type[BaseModel], err: dict) -> str:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{key}: {given!r} is not allowed; allowed values: {expected}"
-    return f"{key}: {err['msg']}{shown}"
+    return f"{key}: {err['msg'].removeprefix('Value error, ')}{shown}"
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic adds the member type's name to the location of a union error, e.g. "function-after[...]"
-    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+def _user_path(loc: tuple, data: Any) -> list:
+    """The error location as the user wrote it, without the tags pydantic adds (`function-after[...]`, `[key]`)."""
+    path, node = [], data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+            path.append(part)
+            node = node[part]
+        elif isinstance(part, str) and "[" in part:
+            continue
+        else:
+            path.append(part)  # a missing key, or one past what the user gave
+            node = None
+    return path
 
 
 def _model_at(schema: type[BaseModel], loc: list) -> type[BaseModel] | None:

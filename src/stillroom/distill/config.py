@@ -20,9 +20,16 @@ class DataConfig(Schema):
     validation_path: Optional[str] = None
     test_path: Optional[str] = None
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of what remains after the test split is taken (when no validation_path is given)."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     drop_empty: bool = False
     max_length: int = Field(64, ge=4, le=4096)
+
+    @model_validator(mode="after")
+    def _splits_need_data(self) -> "DataConfig":
+        if self.path is None and (self.test_path or self.validation_path):
+            raise ValueError("test_path and validation_path need data.path too; without it the built-in demo data is used")
+        return self
 
 
 class AugmentConfig(Schema):
@@ -62,15 +69,43 @@ class StudentConfig(Schema):
     trim_vocab: bool = False
     """Keep only the vocabulary the data uses (plus single characters), shrinking the embedding matrix."""
 
+    @model_validator(mode="after")
+    def _options_fit_the_kind(self) -> "StudentConfig":
+        if self.kind == "layers" and any(v is not None for v in (self.hidden_size, self.intermediate_size,
+                                                                  self.num_attention_heads)):
+            raise ValueError("hidden_size, intermediate_size and num_attention_heads apply to kind: config only")
+        if self.kind == "config" and self.layers is not None:
+            raise ValueError("layers applies to kind: layers only; use num_layers for kind: config")
+        return self
+
 
 class LossConfig(Schema):
     name: Literal["hinton_kd", "ce", "logit_mse", "hidden_cosine", "hidden_mse"]
     weight: float = Field(1.0, ge=0.0)
-    temperature: float = Field(2.0, gt=0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    """hinton_kd: weight of the soft-target term; 1 - alpha weighs hard-label cross-entropy."""
+    temperature: Optional[float] = Field(None, gt=0)
+    """hinton_kd only; None means 2.0."""
+    alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
+    """hinton_kd only: weight of the soft-target term; 1 - alpha weighs hard-label cross-entropy. None means 0.5."""
+
+    @property
+    def kd_temperature(self) -> float:
+        return 2.0 if self.temperature is None else self.temperature
+
+    @property
+    def kd_alpha(self) -> float:
+        return 0.5 if self.alpha is None else self.alpha
     layer_map: Optional[dict[int, int]] = None
-    """hidden_*: student hidden-state index -> teacher index (0 is the embeddings). None: uniform, last to last."""
+    """hidden_*: student hidden-state index -> teacher index (0 is the embeddings). None: for a student built
+    from teacher layers, each layer's output to the output of the teacher layer it copies; otherwise uniform,
+    last to last (TinyBERT)."""
+
+    @model_validator(mode="after")
+    def _options_fit_the_loss(self) -> "LossConfig":
+        if self.name != "hinton_kd" and (self.temperature is not None or self.alpha is not None):
+            raise ValueError(f"temperature and alpha apply to hinton_kd only, not to {self.name}")
+        if not self.name.startswith("hidden_") and self.layer_map is not None:
+            raise ValueError(f"layer_map applies to hidden_cosine and hidden_mse only, not to {self.name}")
+        return self
 
 
 class TrainingConfig(Schema):

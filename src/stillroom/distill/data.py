@@ -125,10 +125,11 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[tuple[int, di
     rows = []
     try:
         for row in reader:
-            if None in row:
-                raise DataError(f"has {len(reader.fieldnames or []) + len(row[None])} fields but the header has "
-                                f"{len(reader.fieldnames or [])}", where=f"{path}, line {reader.line_num}",
-                                hint="quote fields that contain the delimiter")
+            width = len(reader.fieldnames or [])
+            if None in row or None in row.values():  # DictReader's markers for too many or too few fields
+                fields = width + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                raise DataError(f"has {fields} fields but the header has {width}", where=f"{path}, line {reader.line_num}",
+                                hint="quote fields that contain the delimiter, and give every column a value")
             rows.append((reader.line_num, row))
     except csv.Error as exc:
         raise DataError(f"malformed row: {exc}", where=f"{path}, line {reader.line_num}",

@@ -117,15 +117,17 @@ def demo_examples(n_train: int = 1200, n_test: int = 360, seed: int = 0) -> tupl
     return train, test
 
 
+def demo_paths(folder: Path) -> tuple[Path, Path]:
+    return folder / "demo_train.csv", folder / "demo_test.csv"
+
+
 def write_demo_data(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """Write `demo_train.csv` and `demo_test.csv` into `folder` (so a user can look at them)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, rows in zip(("demo_train.csv", "demo_test.csv"), demo_examples(seed=seed)):
-        path = folder / name
+    paths = demo_paths(folder)
+    for path, rows in zip(paths, demo_examples(seed=seed)):
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["text", "label"])
             writer.writeheader()
             writer.writerows(rows)
-        paths.append(path)
-    return paths[0], paths[1]
+    return paths

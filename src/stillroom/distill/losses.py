@@ -168,20 +168,29 @@ class CompositeLoss(nn.Module):
         return total, parts
 
 
+def copied_layer_map(kept_layers: list[int]) -> dict[int, int]:
+    """A student built from teacher layers `kept_layers`: its hidden state i is matched to the output of the
+    teacher layer its layer i was copied from (index + 1, since hidden state 0 is the embeddings)."""
+    return {i + 1: layer + 1 for i, layer in enumerate(sorted(kept_layers))}
+
+
 def build_losses(configs: list[LossConfig], student_layers: int, teacher_layers: int,
-                 student_width: int, teacher_width: int) -> CompositeLoss:
+                 student_width: int, teacher_width: int, kept_layers: list[int] | None = None) -> CompositeLoss:
+    """The recipe's losses. Hidden-state losses default to `copied_layer_map` for a student built from
+    teacher layers, and to `uniform_layer_map` for any other student."""
     built = []
     for i, config in enumerate(configs):
         cls = LOSSES.get(config.name, where=f"losses[{i}].name")
         if issubclass(cls, _HiddenStateLoss):
-            layer_map = config.layer_map or uniform_layer_map(student_layers, teacher_layers)
+            default = copied_layer_map(kept_layers) if kept_layers else uniform_layer_map(student_layers, teacher_layers)
+            layer_map = config.layer_map or default
             for s, t in layer_map.items():
                 if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
                     raise RecipeError(f"layer_map {s}: {t} is out of range; the student has hidden states 0..{student_layers} "
                                       f"and the teacher 0..{teacher_layers}", where=f"losses[{i}].layer_map")
             module = cls(layer_map, student_width, teacher_width)
         elif cls is HintonKD:
-            module = cls(config.temperature, config.alpha)
+            module = cls(config.kd_temperature, config.kd_alpha)
         else:
             module = cls()
         built.append((config.name, config.weight, module))

@@ -66,22 +66,30 @@ def load_teacher(config: TeacherConfig, labels: LabelMap):
     if not (folder / "config.json").exists():
         raise ModelError("no config.json in the teacher folder", where=str(path),
                          hint="save the model with `save_pretrained`, or point at the folder that holds config.json")
-    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the teacher's config or tokenizer: {exc}", where=str(path),
+                         hint="the folder needs config.json and tokenizer files, as written by save_pretrained") from None
+    if len(tokenizer) < 0.5 * getattr(hf_config, "vocab_size", 0):
+        raise ModelError(f"the tokenizer in the teacher folder has {len(tokenizer)} tokens but the model expects "
+                         f"{hf_config.vocab_size}; the tokenizer files are probably missing", where=str(path),
+                         hint="save the tokenizer next to the model with tokenizer.save_pretrained(folder)")
     is_classifier = config.kind == "classifier" or (
         config.kind == "auto" and any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or [])))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-    label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels.names)),
-                    "label2id": dict(labels.ids)}
+    label_kwargs = {} if is_classifier else {"num_labels": len(labels), "id2label": dict(enumerate(labels.names)),
+                                              "label2id": dict(labels.ids)}
+    if is_classifier:
+        _check_teacher_labels(hf_config, labels, path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a fresh head's "newly initialized weights" warning is expected here
     try:
-        if is_classifier:
-            _check_teacher_labels(hf_config, labels, path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=config.trust_remote_code,
-                                                                       use_safetensors=_has_safetensors(folder))
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, trust_remote_code=config.trust_remote_code, use_safetensors=_has_safetensors(folder), **label_kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=config.trust_remote_code, use_safetensors=_has_safetensors(folder), **label_kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the teacher as a sequence classifier: {exc}", where=str(path),
+                         hint="check that the weights match config.json, or set teacher.kind") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.float(), tokenizer, not is_classifier

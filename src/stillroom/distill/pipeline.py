@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +28,13 @@ from stillroom.core.runs import LOG, RunDir, cache_dir, git_commit, open_run, se
 from stillroom.distill.augment import transfer_set
 from stillroom.distill.config import ClassifierRecipe, LossConfig
 from stillroom.distill.data import Records, Splits, read_records, split_records
-from stillroom.distill.demo_data import write_demo_data
+from stillroom.distill.demo_data import demo_paths, write_demo_data
 from stillroom.distill.encoding import Encoded, encode
 from stillroom.distill.evaluate import card_row, evaluator
 from stillroom.distill.export import export_student
 from stillroom.distill.losses import IGNORE, CompositeLoss, build_losses
-from stillroom.distill.models import build_student, load_teacher, set_dropout, trim_vocabulary
-from stillroom.distill.teacher_cache import TeacherCache, model_fingerprint
+from stillroom.distill.models import build_student, load_teacher, run_model, set_dropout, trim_vocabulary
+from stillroom.distill.teacher_cache import TeacherCache, data_fingerprint, model_fingerprint
 from stillroom.distill.trainer import CachedTeacher, LoopConfig, OnlineTeacher, TrainResult, train
 
 
@@ -52,13 +54,15 @@ class Workspace:
     student_tokenizer: object = None
     student_layers: list[int] | None = None
     student_encoded: dict[str, Encoded] = field(default_factory=dict)
+    student_fingerprint: str = ""
     results: dict[str, TrainResult] = field(default_factory=dict)
 
 
 def make_accelerator():
+    """stillroom trains on the CPU (its measurements are CPU measurements); `accelerate launch` adds processes."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    return Accelerator(cpu=True)
 
 
 def start(recipe: ClassifierRecipe, accelerator=None) -> Workspace:
@@ -77,7 +81,10 @@ def start(recipe: ClassifierRecipe, accelerator=None) -> Workspace:
 def load_splits(ws: Workspace) -> Splits:
     config = ws.recipe.data
     if config.path is None:
-        train_path, test_path = write_demo_data(ws.run.path("data"), seed=0)
+        if ws.accelerator.is_main_process:
+            write_demo_data(ws.run.path("data"), seed=0)
+        ws.accelerator.wait_for_everyone()
+        train_path, test_path = demo_paths(ws.run.path("data"))
         LOG.info("data: built-in demo (%s)", train_path.parent)
         read = lambda p: read_records(p, "text", "label")  # noqa: E731
         records, test_records = read(train_path), read(test_path)
@@ -110,7 +117,17 @@ def prepare_teacher(ws: Workspace, teacher: nn.Module | None = None, tokenizer=N
     for name, records in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
         ws.teacher_encoded[name] = encode(ws.teacher_tokenizer, records.texts, splits.labels.encode(records),
                                           recipe.data.max_length)
+    _check_output_width(ws.teacher, ws.teacher_encoded["train"], len(splits.labels), "teacher")
     return ws.teacher
+
+
+@torch.inference_mode()
+def _check_output_width(model: nn.Module, data: Encoded, labels: int, role: str) -> None:
+    batch = data.batch([0])
+    width = run_model(model.eval(), batch["input_ids"], batch["attention_mask"]).logits.shape[-1]
+    if width != labels:
+        raise ModelError(f"the {role} outputs {width} logits but the data has {labels} labels",
+                         hint=f"give a {role} whose classification head has {labels} outputs")
 
 
 def _finetuned_teacher(ws: Workspace, encoder: nn.Module, tokenizer) -> nn.Module:
@@ -118,7 +135,8 @@ def _finetuned_teacher(ws: Workspace, encoder: nn.Module, tokenizer) -> nn.Modul
 
     recipe, splits = ws.recipe, ws.splits
     key_parts = [model_fingerprint(encoder), recipe.teacher.finetune.model_dump_json(), str(recipe.data.max_length),
-                 str(recipe.seed), json.dumps(splits.train.texts), json.dumps(splits.train.labels)]
+                 str(recipe.seed), json.dumps([splits.train.texts, splits.train.labels]),
+                 json.dumps([splits.validation.texts, splits.validation.labels])]
     key = hashlib.blake2b("|".join(key_parts).encode(), digest_size=12).hexdigest()
     folder = cache_dir("teachers") / key
     if (folder / "config.json").exists():
@@ -135,10 +153,13 @@ def _finetuned_teacher(ws: Workspace, encoder: nn.Module, tokenizer) -> nn.Modul
                    ws.run.checkpoints / "teacher", ws.accelerator, seed=recipe.seed, fingerprint=key, desc="teacher")
     ws.results["teacher"] = result
     if ws.accelerator.is_main_process:
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
         encoder.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run cached the same teacher first; theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
     ws.accelerator.wait_for_everyone()
     return encoder.eval()
 
@@ -146,6 +167,7 @@ def _finetuned_teacher(ws: Workspace, encoder: nn.Module, tokenizer) -> nn.Modul
 def prepare_student(ws: Workspace, student: nn.Module | None = None, tokenizer=None) -> nn.Module:
     """Build the student (kept in its initial state for the scratch baseline) and encode the data for it."""
     recipe, splits = ws.recipe, ws.splits
+    seed_everything(recipe.seed)  # the student's initialisation must not depend on what ran before
     transfer = transfer_set(splits.train.texts, recipe.augment.copies, ws.teacher_tokenizer.mask_token or "[MASK]",
                             recipe.augment.mask_prob, recipe.augment.replace_prob, recipe.augment.ngram_prob, recipe.seed)
     if student is None:
@@ -167,6 +189,9 @@ def prepare_student(ws: Workspace, student: nn.Module | None = None, tokenizer=N
     for name in ("validation", "test"):
         records: Records = getattr(splits, name)
         ws.student_encoded[name] = encode(tokenizer, records.texts, labels.encode(records), max_length)
+    _check_output_width(student, ws.student_encoded["train"], len(labels), "student")
+    ws.student_fingerprint = "|".join([model_fingerprint(student), data_fingerprint(ws.student_encoded["transfer"]),
+                                       data_fingerprint(ws.student_encoded["validation"])])
     layers = ws.student_layers if ws.student_layers is not None else "random init"
     LOG.info("student: %s, teacher layers %s, transfer set %d examples", type(student).__name__, layers,
              len(ws.student_encoded["transfer"]))
@@ -177,25 +202,32 @@ def _concat(a: Encoded, b: Encoded) -> Encoded:
     return Encoded(a.input_ids + b.input_ids, torch.cat([a.labels, b.labels]), a.pad_id)
 
 
-def _hidden_count(model: nn.Module) -> tuple[int, int]:
-    config = model.config
+def _hidden_count(model: nn.Module, role: str) -> tuple[int, int]:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        raise ModelError(f"hidden-state losses need the {role}'s config (num_hidden_layers, hidden_size), "
+                         f"and {type(model).__name__} has none", hint="use logit losses only for this model")
     return config.num_hidden_layers, config.hidden_size
 
 
 def student_losses(ws: Workspace, student: nn.Module, configs: list[LossConfig] | None = None) -> CompositeLoss:
+    """The recipe's losses for this student. Hidden states of a layer-selected student are matched to
+    the teacher layers they were copied from, unless the recipe gives a `layer_map`."""
     configs = configs if configs is not None else ws.recipe.losses
-    needs_hidden = any(c.name.startswith("hidden_") for c in configs)
-    if needs_hidden:
-        (s_layers, s_width), (t_layers, t_width) = _hidden_count(student), _hidden_count(ws.teacher)
+    seed_everything(ws.recipe.seed)  # projections start the same whatever ran before
+    if any(c.name.startswith("hidden_") for c in configs):
+        (s_layers, s_width), (t_layers, t_width) = _hidden_count(student, "student"), _hidden_count(ws.teacher, "teacher")
     else:
         s_layers = s_width = t_layers = t_width = 0
-    return build_losses(configs, s_layers, t_layers, s_width, t_width)
+    return build_losses(configs, s_layers, t_layers, s_width, t_width, kept_layers=ws.student_layers)
 
 
 def teacher_signal(ws: Workspace, loss: CompositeLoss, mode: str | None = None):
     """The teacher's outputs for the transfer set: from the cache (computed once) or live every step."""
     mode = mode or ws.recipe.training.teacher_signal
     data = ws.teacher_encoded["transfer"]
+    if not loss.uses_teacher:
+        return None
     if mode == "online":
         return OnlineIndexedTeacher(ws.teacher, data, loss.teacher_layers)
     acc = ws.accelerator
@@ -223,8 +255,10 @@ def loop_config(ws: Workspace, max_steps: int | None = None) -> LoopConfig:
 
 
 def fingerprint(ws: Workspace, stage: str, extra: str = "") -> str:
+    """What a stage's checkpoints belong to: the recipe, the student's initial weights and the data it sees."""
     recipe = ws.recipe.model_dump(mode="json", exclude={"card", "name", "output_dir"})
-    return hashlib.blake2b(f"{stage}|{json.dumps(recipe, sort_keys=True)}|{extra}".encode(), digest_size=12).hexdigest()
+    text = f"{stage}|{json.dumps(recipe, sort_keys=True)}|{ws.student_fingerprint}|{extra}"
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def distill_steps(ws: Workspace) -> int:
@@ -269,46 +303,58 @@ CARD_COLUMNS = [
 ]
 
 
-def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "distilled student",
-               scratch: str = "student from scratch") -> Card:
-    """Measure every model on the test split; add int8 rows for the teacher and the distilled student."""
+def measure_rows(ws: Workspace, models: dict[str, nn.Module], int8: tuple[str, ...] = ()) -> list[dict]:
+    """One card row per model, measured on the test split; an int8 row after each model named in `int8`."""
     c = ws.recipe.card
-    measure = lambda name, model, data: card_row(name, model, data, c.threads, c.latency_samples,  # noqa: E731
-                                                 c.throughput_batch_size, c.throughput_batches)
     rows = []
     for name, model in models.items():
         data = ws.teacher_encoded["test"] if name.startswith("teacher") else ws.student_encoded["test"]
-        model.eval()
-        rows.append(measure(name, model, data))
-        LOG.info("card: %s accuracy %.4f", name, rows[-1]["accuracy"])
-        if c.int8 and (name == "teacher" or name == distilled):
-            rows.append(measure(f"{name} int8", quantize_int8(model), data))
+        variants = [(name, model.eval())] + ([(f"{name} int8", quantize_int8(model))] if c.int8 and name in int8 else [])
+        for row_name, variant in variants:
+            rows.append(card_row(row_name, variant, data, c.threads, c.latency_samples, c.throughput_batch_size,
+                                 c.throughput_batches))
+            LOG.info("card: %s accuracy %.4f", row_name, rows[-1]["accuracy"])
+    return rows
+
+
+def card_from_rows(ws: Workspace, rows: list[dict], distilled: str = "distilled student",
+                   scratch: str = "student from scratch", title: str | None = None) -> Card:
+    """Retention and gap closed for every row, the distilled student's summary, notes and provenance."""
+    rows = [dict(row) for row in rows]
     by_name = {r["name"]: r for r in rows}
-    teacher_accuracy = by_name["teacher"]["accuracy"]
+    teacher = by_name["teacher"]
     scratch_accuracy = by_name[scratch]["accuracy"] if scratch in by_name else None
     for row in rows:
-        row["retention"] = row["accuracy"] / teacher_accuracy if teacher_accuracy else float("nan")
-        if scratch_accuracy is not None and not row["name"].startswith("teacher") and teacher_accuracy > scratch_accuracy:
-            row["gap_closed"] = (row["accuracy"] - scratch_accuracy) / (teacher_accuracy - scratch_accuracy)
+        row["retention"] = row["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else float("nan")
+        if scratch_accuracy is not None and not row["name"].startswith("teacher") and teacher["accuracy"] > scratch_accuracy:
+            row["gap_closed"] = (row["accuracy"] - scratch_accuracy) / (teacher["accuracy"] - scratch_accuracy)
+    c = ws.recipe.card
+    notes = [f"test split: {len(ws.student_encoded['test'])} examples; latency is the model's forward pass at batch 1 "
+             f"on {c.threads} CPU threads ({c.latency_samples} test inputs); throughput at batch {c.throughput_batch_size}.",
+             "int8: torch dynamic quantization of every nn.Linear; bytes are the serialized state dict."]
     summary = {}
     if distilled in by_name:
-        student, teacher = by_name[distilled], by_name["teacher"]
-        summary = {"retention": student["accuracy"] / teacher_accuracy if teacher_accuracy else float("nan"),
-                   "size_ratio": student["bytes"] / teacher["bytes"],
+        student = by_name[distilled]
+        summary = {"retention": student["retention"], "size_ratio": student["bytes"] / teacher["bytes"],
                    "speedup_b64": student["throughput_b64"] / teacher["throughput_b64"],
                    "latency_ratio_b1": student["latency_ms_b1"] / teacher["latency_ms_b1"]}
         if scratch_accuracy is not None:
             summary["gap_closed"] = student.get("gap_closed", float("nan"))
-    notes = [f"test split: {len(ws.student_encoded['test'])} examples; latency is the model's forward pass at batch 1 "
-             f"on {c.threads} CPU threads ({c.latency_samples} test inputs); throughput at batch {c.throughput_batch_size}.",
-             "int8: torch dynamic quantization of every nn.Linear; bytes are the serialized state dict."]
+            if "gap_closed" not in student:
+                notes.append("gap closed is undefined: the scratch student is as accurate as the teacher")
     if ws.student_layers is not None:
         notes.append(f"student: teacher layers {ws.student_layers} with the teacher's embeddings"
                      + (", vocabulary trimmed to the training data" if ws.recipe.student.trim_vocab else ""))
     meta = {"recipe": str(ws.run.recipe), "teacher": ws.teacher_name, "commit": git_commit(),
-            "losses": ", ".join(l.name for l in ws.recipe.losses)}
-    return Card(f"stillroom card: {ws.recipe.name}", CARD_COLUMNS, rows, summary, notes,
+            "losses": ", ".join(loss.name for loss in ws.recipe.losses)}
+    return Card(title or f"stillroom card: {ws.recipe.name}", CARD_COLUMNS, rows, summary, notes,
                 quality_key="accuracy", speed_key="latency_ms_b1", size_key="bytes", meta=meta)
+
+
+def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "distilled student",
+               scratch: str = "student from scratch") -> Card:
+    """Measure every model on the test split, with int8 rows for the teacher and the distilled student."""
+    return card_from_rows(ws, measure_rows(ws, models, int8=("teacher", distilled)), distilled, scratch)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from stillroom.core.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, save_checkpoint
+from stillroom.core.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from stillroom.core.errors import StillroomError
 from stillroom.core.runs import LOG, seed_everything
 from stillroom.distill.encoding import Encoded
@@ -104,6 +104,16 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, wi
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def process_share(global_batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's part of a global batch. A last batch smaller than the number of processes is
+    repeated until each process has an example, so none is left without one (which would stall the others)."""
+    if world == 1:
+        return global_batch
+    if len(global_batch) < world:
+        global_batch = global_batch.repeat(world)[:world]
+    return global_batch[rank::world]
+
+
 def _optimizer(module: nn.Module, config: LoopConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in module.named_parameters():
@@ -139,11 +149,10 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
     if last is None:
         seed_everything(seed)  # each stage starts from its own seed, whatever ran before it
     else:
-        saved = load_checkpoint(last, step_module, optimizer, scheduler)
-        if saved.get("fingerprint") != fingerprint:
+        if read_state(last).get("fingerprint") != fingerprint:
             raise StillroomError(f"{checkpoints} holds a checkpoint of a different run (other recipe, data or model)",
                                  hint="choose another run name (--name) or delete that folder to start over")
-        state.update(saved)
+        state.update(load_checkpoint(last, step_module, optimizer, scheduler))
         LOG.info("%s: resuming from step %d of %d (%s)", desc, state["step"], total_steps, last)
 
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)
@@ -159,8 +168,7 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(lengths, config.batch_size, seed, epoch), epoch
-        global_index = batches[position]
-        batch = data.batch(global_index[rank::world] if world > 1 else global_index)
+        batch = data.batch(process_share(batches[position], rank, world))
         target = teacher(batch) if loss.uses_teacher else None
         value, parts = wrapped(batch, target)
         accelerator.backward(value)
@@ -193,6 +201,7 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
             started = time.perf_counter()
     bar.close()
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # drop the accelerator's references to this stage's model and optimizer
     best = find_checkpoint(checkpoints, BEST)
     if best is not None:
         load_checkpoint(best, step_module, restore_rng=False)
