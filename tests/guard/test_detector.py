@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from stillroom.core.errors import DataError, StillroomError
-from stillroom.guard.config import CalibrationConfig, Populations, SimulateConfig
+from stillroom.guard.capabilities import CAPABILITIES
+from stillroom.guard.config import CalibrationConfig, Populations, SignalsConfig, SimulateConfig
 from stillroom.guard.detector import CONTENT_FEATURES as CONTENT_COLUMNS, MIN_CAMPAIGN_Z, Guard, fold_of
 from stillroom.guard.simulate import simulate
 
@@ -18,8 +19,12 @@ def test_calibration_takes_traffic_only_and_sets_thresholds_from_the_held_back_f
     assert list(inspect.signature(Guard.fit).parameters) == ["self", "benign"]  # no labels can be passed
     base = calibrated.baseline
     assert base["fold_a"] + base["fold_b"] == base["accounts"] and min(base["fold_a"], base["fold_b"]) > 500
+    # thresholds come from fold B against fold A; scans compare novelty and per-account distributions against both
+    # folds, and the density tests against fold A, whose scanned share their thresholds were calibrated at
+    assert len(calibrated.similarity.known) == calibrated.per_account["volume"].refs["log_requests"].values.size == base["accounts"]
+    assert len(calibrated.similarity.reference) == len(calibrated.content.reference) == base["fold_a"]
     th = calibrated.thresholds
-    assert th["benign_std"] > 0
+    assert th["benign_std"] > 0 and th["content_edge"] >= 3.0 and th["similarity_edge"] >= 3.0
     for kind in ("crowd", "linked"):
         assert th[f"campaign_z_{kind}"] >= MIN_CAMPAIGN_Z
         # the budget (0.0004 of fold B: < 1 account) is too small for any benign campaign of 3+: all stay below
@@ -107,7 +112,7 @@ def test_campaign_grouping_and_z_on_a_hand_built_graph():
     assert list(flagged["flagged"]) == [True, True] and list(flagged["id"]) == ["C001", "C002"]
     assert flagged["kind"].iloc[0] == "linked"  # the higher z ranks first
     overlapping = pd.concat([campaigns, pd.DataFrame([{"kind": "linked", "size": 3, "z": 20.0, "mean_score": 6.0,
-                                                       "members": ["a3", "a4", "a5"]}])], ignore_index=True)
+                                                       "members": ["a3", "a4", "a5"], "dense": True}])], ignore_index=True)
     alerts = guard._flag(scored, overlapping)
     merged = alerts[alerts["flagged"] & (alerts["kind"] == "crowd+linked")]
     assert sorted(merged["members"].iloc[0]) == ["a0", "a1", "a2", "a3", "a4", "a5"]  # one alert, not two
@@ -118,3 +123,47 @@ def test_the_campaign_threshold_spends_the_fpr_budget_on_the_highest_benign_camp
     assert Guard._campaign_threshold(campaigns, n_accounts=10_000, budget_share=0.0004) == 9.0  # 4 accounts: 2 fit, then 3 do not
     assert Guard._campaign_threshold(campaigns, n_accounts=10_000, budget_share=0.01) == MIN_CAMPAIGN_Z  # 55 fit
     assert Guard._campaign_threshold(campaigns, n_accounts=100, budget_share=0.001) == 12.0
+
+
+def test_an_account_joins_a_flagged_campaign_only_when_both_spaces_put_it_among_the_members():
+    members = [f"m{i:02d}" for i in range(20)]
+    others = [f"x{i:03d}" for i in range(200)]
+    names = members + ["both", "behaviour_only", "content_only"] + others
+
+    def neighbours(accounts: list[str], near: int) -> pd.DataFrame:
+        """Each account's 15 nearest neighbours: `near` campaign members, the rest unrelated accounts."""
+        pairs = [(a, b) for a in accounts for b in members[:near] + others[: 15 - near]]
+        return pd.DataFrame(pairs, columns=["a", "b"]).assign(distance=0.1)
+
+    def join(guard: Guard, edges: dict[str, pd.DataFrame]) -> pd.Series:
+        for signal in guard.crowding:
+            signal.reference = np.zeros((1000, 2))
+        scored = pd.DataFrame({"campaign": ["C001"] * 20 + [""] * 203}, index=names)
+        campaigns = pd.DataFrame([{"id": "C001", "flagged": True, "size": 20}])
+        guard._join_neighbours(scored, campaigns, edges)
+        assert campaigns.loc[0, "size"] == 20 + campaigns.loc[0, "joined"]
+        return scored["campaign"]
+
+    edges = {"similarity": pd.concat([neighbours(["both", "behaviour_only"], 8), neighbours(["content_only"], 0)]),
+             "content": pd.concat([neighbours(["both", "content_only"], 8), neighbours(["behaviour_only"], 0)])}
+    joined = join(Guard(), edges)
+    assert joined["both"] == "C001" and joined["behaviour_only"] == joined["content_only"] == ""  # one space is not enough
+    assert (joined[others] == "").all()
+    behaviour_only = Guard(signals=SignalsConfig(cross_account=["similarity", "lockstep", "infrastructure"]))
+    assert join(behaviour_only, {"similarity": edges["similarity"]})["behaviour_only"] == "C001"  # one space: its evidence alone
+
+
+def test_a_crowd_is_flagged_only_when_it_crowds_both_behaviour_and_content():
+    guard = Guard()
+    guard.thresholds = {"similarity_edge": 3.0, "content_edge": 3.0, "link_score": 99.0, "benign_mean": 1.0, "benign_std": 1.0,
+                        "campaign_z_crowd": 3.0, "campaign_z_linked": 3.0}
+    alike = [f"d{i}" for i in range(6)]  # an operator's accounts: alike in what they do and in what they ask
+    busy = [f"e{i}" for i in range(6)]   # a day with many evaluation teams: alike in what they do only
+    scored = pd.DataFrame({"score": 20.0, "requests": 10.0, "similarity": 6.0, "content": [6.0] * 6 + [0.3] * 6,
+                           **{c: 0.0 for c in CONTENT_COLUMNS}, **{f"cap_{c}": 0.0 for c in CAPABILITIES}}, index=alike + busy)
+    scored.loc[alike, "cap_coding"] = scored.loc[busy, "cap_math"] = 1.0  # different asks: the two crowds stay apart
+    ring = lambda names: pd.DataFrame({"a": names, "b": names[1:] + names[:1], "distance": 0.1})  # noqa: E731
+    edges = {"similarity": pd.concat([ring(alike), ring(busy)]), "content": ring(alike)}
+    campaigns = guard._flag(scored, guard._campaigns(scored, edges))
+    verdict = {tuple(sorted(m))[0]: f for m, f in zip(campaigns["members"], campaigns["flagged"])}
+    assert verdict == {"d0": True, "e0": False}  # both crowds have z = 19 * sqrt(6); only one is dense in both spaces

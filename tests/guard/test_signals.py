@@ -9,7 +9,8 @@ import pytest
 from stillroom.guard.capabilities import CAPABILITIES, capability_sql, classify
 from stillroom.guard.features import FeatureEngine
 from stillroom.guard.signals import PER_ACCOUNT
-from stillroom.guard.signals.cross_account import Infrastructure, Lockstep, Similarity
+from stillroom.guard.signals.cross_account import Content, Infrastructure, Lockstep, Similarity
+from stillroom.guard.sketch import PromptSketch
 
 from .conftest import chatty, people, requests
 
@@ -113,6 +114,9 @@ def test_similarity_finds_a_crowd_that_benign_traffic_does_not_have():
     crowd_edges = edges[edges["a"].str.startswith("crowd")]
     assert crowd_edges["b"].str.startswith("crowd").mean() > 0.9  # the crowd's neighbours are each other
     assert signal.novelty(scan).loc[crowd_scores.index].min() > signal.novelty(scan).loc[people_scores.index].median()
+    one_customer = scan.assign(org=np.where(scan.index.str.startswith("crowd"), "org_lab", ""))  # one team's 30 keys
+    team_scores = signal.score(one_customer)[0].loc[crowd_scores.index, "similarity"]
+    assert team_scores.max() < 1.5  # its own keys are not independent evidence of a crowd
 
 
 def test_lockstep_pairs_synchronised_accounts_not_merely_busy_ones():
@@ -150,3 +154,53 @@ def test_shared_infrastructure():
     assert (scores.loc[feats.index.str.startswith("ring"), "infrastructure.shared_with"] == 12).all()
     assert scores.loc["person900", "infrastructure.shared_with"] == 2
     assert scores.loc[feats.index.str.startswith("ring"), "infrastructure"].min() > 2 > scores.loc["person900", "infrastructure"]
+
+
+def _prompts(frame: pd.DataFrame) -> pd.DataFrame:
+    return FeatureEngine(frame).prompts_by_account(50, sample=True)
+
+
+def test_prompt_sketch_is_a_normalised_profile_of_what_an_account_asks():
+    rng = np.random.default_rng(6)
+    benign = people(200, rng)
+    sketch = PromptSketch(dims=64)
+    sketch.fit(sketch.profiles(_prompts(benign), pd.Index(benign["account"].unique())))
+    same_pool = [f"Lay out every step thoroughly. Solve {w} for x." for w in ("2x+1=5", "3x-2=7", "x/4=2", "5x=20")]
+    twins = pd.concat([requests("twin_a", same_pool[:3], [0, 60, 120]), requests("twin_b", same_pool[1:], [0, 60, 120]),
+                       requests("other", ["What should I cook tonight with rice and eggs?"] * 3, [0, 60, 120])])
+    accounts = pd.Index(["twin_a", "twin_b", "other", "silent"])
+    vectors = sketch.transform(_prompts(twins), accounts)
+    assert vectors.shape == (4, 64)
+    assert np.allclose(np.linalg.norm(vectors[:3], axis=1), 1) and not vectors[3].any()  # no prompt: a zero vector
+    assert vectors[0] @ vectors[1] > 0.8 > vectors[0] @ vectors[2]  # the same pool and phrasing, different questions
+    common, rare = sketch.vectorizer.transform(["the", "thoroughly"]).indices
+    assert sketch.idf[common] < sketch.idf[rare]  # words every benign account uses count for little
+    assert np.array_equal(PromptSketch(dims=64).projection.toarray(), sketch.projection.toarray())  # fixed by the seed
+
+
+def test_content_finds_accounts_fed_from_one_pool_though_their_behaviour_differs():
+    from stillroom.guard.prompts import PromptPools
+
+    rng = np.random.default_rng(7)
+    pools = PromptPools()
+    reference = people(400, rng, prefix="ref")
+    openers = ["I'm preparing for an interview and could you help with this? ", "for a class project here's the question. ",
+               "Out of curiosity I'd like to know: "]
+    closers = [" Lay out every step thoroughly.", " Break down your chain of reasoning before concluding.", " Spell out all the steps."]
+    crowd = []
+    for i in range(30):  # each its own timing, parameters and topic mix; one paraphraser and one pool
+        n = int(rng.integers(4, 15))
+        prompts = [openers[int(rng.integers(3))] + pools.draw(["math", "coding", "logic", "science"][int(rng.integers(4))], rng)
+                   + closers[int(rng.integers(3))] for _ in range(n)]
+        crowd.append(requests(f"crowd{i:02d}", prompts, np.sort(rng.uniform(0, 86400, n)), temperature=float(rng.choice([0.0, 0.7, 1.0])),
+                              max_tokens=int(rng.choice([0, 2048, 4096]))))
+    scan = pd.concat([people(300, rng), *crowd], ignore_index=True)
+    signal = Content(k=10)
+    signal.fit(signal.profiles(FeatureEngine(reference), pd.Index(reference["account"].unique())))
+    engine = FeatureEngine(scan)
+    scores, edges = signal.score(engine, engine.accounts())
+    crowd_scores = scores.loc[scores.index.str.startswith("crowd"), "content"]
+    people_scores = scores.loc[scores.index.str.startswith("person"), "content"]
+    assert crowd_scores.median() > 3 > people_scores.quantile(0.99)
+    crowd_edges = edges[edges["a"].str.startswith("crowd")]
+    assert crowd_edges["b"].str.startswith("crowd").mean() > 0.9

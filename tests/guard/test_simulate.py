@@ -39,8 +39,11 @@ def test_attackers_are_not_trivially_separable_by_client_metadata():
     assert not truth.loc[truth["is_attack"], "account"].str.contains("att|camp").any()
 
 
-def _features(campaign: dict) -> pd.DataFrame:
-    log, truth = run(campaign)
+NONE = Populations(chat=5, apps=0, evals=0, labelers=0, researchers=0)  # the knob tests look at attack accounts only
+
+
+def _features(campaign: dict, benign: Populations = TINY) -> pd.DataFrame:
+    log, truth = run(campaign, benign=benign)
     feats = FeatureEngine(log).accounts()
     return feats.loc[truth.loc[truth["is_attack"], "account"]]
 
@@ -77,13 +80,13 @@ def test_targets_benign_mix_and_pacing():
 
 
 def _attack_log(campaign: dict) -> pd.DataFrame:
-    log, truth = run(campaign)
+    log, truth = run(campaign, benign=NONE)
     return log[log["account"].isin(truth.loc[truth["is_attack"], "account"])]
 
 
 def test_account_rotation_keeps_each_account_within_a_short_staggered_life():
     for orchestration in ("jitter", "human", "waves", "cron"):
-        feats = _features({"lifetime_hours": 3, "per_account_per_day": 8, "orchestration": orchestration})
+        feats = _features({"lifetime_hours": 3, "per_account_per_day": 8, "orchestration": orchestration}, NONE)
         assert feats["span_hours"].max() <= 3.0 and feats["requests"].median() <= 12
         assert feats["first_seen"].max() - feats["first_seen"].min() > pd.Timedelta(hours=12)  # lives are staggered
 
@@ -101,7 +104,7 @@ def test_browser_client_and_sticky_residential_proxies():
 
 def test_cron_timing_cloud_addresses_and_a_template_per_account():
     feats = _features({"orchestration": "cron", "infra": "cloud", "template_per_account": True, "templating": 1.0,
-                       "per_account_per_day": 200})
+                       "per_account_per_day": 200}, NONE)
     assert feats["regularity"].median() > 0.5 and feats["ips"].max() == 1
     assert feats["template_share"].median() > 0.8 and feats["org"].str.startswith("org_").all()
     log = _attack_log({"template_per_account": True, "templating": 1.0})

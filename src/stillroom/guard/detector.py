@@ -2,9 +2,12 @@
 
 Calibration (`Guard.fit`) splits the benign accounts into two folds by a hash of their organisation
 (else payment fingerprint, else id), so related accounts stay together.
-Fold A is the reference: every signal's benign distribution, and the similarity signal's
-reference population. Fold B plays the part of fresh traffic: it is scored exactly as a scan
-would score it, and the thresholds are read off its scores for the target false-positive rate:
+Fold A is the reference: every signal's benign distribution, and the density-excess signals'
+reference populations. Fold B plays the part of fresh traffic: it is scored exactly as a scan
+would score it, and the thresholds are read off its scores for the target false-positive rate.
+Then the benign distributions and novelty's reference are refit on both folds (more benign
+reference can only make benign accounts look more ordinary there); the density-excess references
+stay on fold A (see `_fit_references`):
 
 - an account is flagged alone when it is unlike every benign account: its distance to the 5th nearest
   benign reference account (novelty, in the similarity signal's behaviour space) is above the
@@ -18,8 +21,8 @@ would score it, and the thresholds are read off its scores for the target false-
 Attack labels are never read here: `fit` takes traffic that is presumed benign, nothing else.
 
 An account's score is the sum of its signals' surprisals (each capped at `SIGNAL_CAP`).
-A campaign is a connected group of accounts: a crowd (linked by similarity, both ends crowding the
-same region of behaviour space) or a linked group (lockstep co-activity, shared infrastructure). Its z-score asks
+A campaign is a connected group of accounts: a crowd (neighbours in behaviour or prompt-content space,
+both ends crowding the same region of it) or a linked group (lockstep co-activity, shared infrastructure). Its z-score asks
 whether its members' scores are jointly higher than benign accounts' are:
 z = (mean member score - benign mean) * sqrt(size) / benign std. So many mildly unusual
 accounts acting together are flagged though none of them crosses the account threshold.
@@ -41,17 +44,20 @@ from scipy.sparse.csgraph import connected_components
 
 from stillroom.core.errors import DataError, StillroomError
 from stillroom.guard.config import CalibrationConfig, CampaignsConfig, SignalsConfig
-from stillroom.guard.features import FeatureEngine
+from stillroom.guard.features import FeatureEngine, customer_key
 from stillroom.guard.signals import CROSS_ACCOUNT, PER_ACCOUNT
 from stillroom.guard.signals.base import Reference
-from stillroom.guard.signals.cross_account import Infrastructure, Lockstep, Similarity, binomial_surprisal
+from stillroom.guard.signals.cross_account import Content, DensityExcess, Infrastructure, Lockstep, Similarity, binomial_surprisal
 
 SIGNAL_CAP = 6.0
 MIN_CAMPAIGN_Z = 3.0
 MIN_SIMILARITY_EDGE = 3.0
-# An account joins a flagged campaign when this many of its nearest neighbours are members that
-# chance would put there with probability under 10^-JOIN_SURPRISAL (binomial, at the campaign's share).
+# An account joins a flagged campaign when its nearest neighbours are members more often than chance allows
+# (binomial, at the campaign's share) in every density-excess space (behaviour, content): in each by at least
+# JOIN_EACH, and together by JOIN_SURPRISAL (-log10 p, summed). A benign account beside a dense campaign is
+# near it in one space; a campaign account that did not crowd enough to be linked is near it in both.
 JOIN_SURPRISAL = 7.0
+JOIN_EACH = 1.0
 # Lockstep and infrastructure links count only between accounts that are each above this quantile of
 # benign account scores: one borderline account must not pull its whole office or carrier NAT into a campaign.
 LINK_SCORE_QUANTILE = 0.9
@@ -61,7 +67,7 @@ MERGE_CAPABILITY_HELLINGER = 0.15
 MERGE_CONTENT_DISTANCE = 1.0
 KINDS = ("crowd", "linked")
 CONTENT_FEATURES = ["elicit_share", "template_share", "high_value_share", "log_completion", "log_prompt_chars", "breadth30"]
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 
 @dataclass
@@ -87,12 +93,7 @@ def fold_of(feats: pd.DataFrame) -> np.ndarray:
     Related accounts (an organisation's keys, a team's evaluation jobs) land in the same fold: split
     across folds, they would make fold B look more familiar to fold A than fresh traffic ever is.
     """
-    keys = feats.index.to_series()
-    for column in ("payment", "org"):
-        if column in feats:
-            values = feats[column].fillna("").astype(str)
-            keys = values.where(values != "", keys)
-    return np.array([zlib.crc32(str(k).encode()) & 1 for k in keys])
+    return np.array([zlib.crc32(str(k).encode()) & 1 for k in customer_key(feats)])
 
 
 class Guard:
@@ -111,6 +112,8 @@ class Guard:
         self.per_account = {name: PER_ACCOUNT.get(name)() for name in self.signals_cfg.per_account}
         cross = set(self.signals_cfg.cross_account)
         self.similarity = Similarity(k=self.signals_cfg.neighbours, seed=seed) if "similarity" in cross else None
+        self.content = Content(k=self.signals_cfg.neighbours, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account) \
+            if "content" in cross else None
         self.lockstep = Lockstep(bin_seconds=self.signals_cfg.lockstep_bin_seconds) if "lockstep" in cross else None
         self.infrastructure = Infrastructure() if "infrastructure" in cross else None
         self.thresholds: dict[str, float] = {}
@@ -118,12 +121,25 @@ class Guard:
         self.fitted = False
 
     @property
+    def crowding(self) -> list[DensityExcess]:
+        """The density-excess signals, whose neighbour pairs build crowds: behaviour similarity, prompt content."""
+        return [s for s in (self.similarity, self.content) if s is not None]
+
+    @property
     def signal_names(self) -> list[str]:
-        return list(self.per_account) + [s.name for s in (self.similarity, self.lockstep, self.infrastructure) if s is not None]
+        return list(self.per_account) + [s.name for s in (self.similarity, self.content, self.lockstep, self.infrastructure)
+                                         if s is not None]
 
     # ---- calibration -----------------------------------------------------------
     def fit(self, benign: pd.DataFrame) -> "Guard":
-        """Calibrate on benign traffic (a frame in the interaction schema). Attack labels are not an input."""
+        """Calibrate on benign traffic (a frame in the interaction schema). Attack labels are not an input.
+
+        Thresholds are read off fold B scored against fold A, out of sample. Then the per-account and link
+        distributions and novelty's reference are refit on both folds, which scans compare against: a k-th
+        neighbour distance can only shrink as benign reference is added, so the single-account rate calibrated
+        on fold B holds or falls, and rare legitimate kinds (evaluation jobs) have twice the relatives to be
+        recognised by.
+        """
         engine = FeatureEngine(benign)
         feats = engine.accounts()
         fold = fold_of(feats)
@@ -131,45 +147,74 @@ class Guard:
         if min(len(a), len(b)) < 50:
             raise DataError(f"calibration needs benign traffic from at least 100 accounts; got {len(feats)}",
                             hint="calibrate on a longer period of traffic")
-        for signal in self.per_account.values():
-            signal.fit(a)
-        cross_b: dict[str, pd.DataFrame] = {}
-        edges_b: dict[str, pd.DataFrame] = {}
-        if self.similarity is not None:
-            self.similarity.fit(a)
-            cross_b["similarity"], edges_b["similarity"] = self.similarity.score(b)
-        if self.lockstep is not None:
-            pairs = self.lockstep.pairs(engine)
-            self.lockstep.fit(Lockstep.partners(pairs, a.index))
-            cross_b["lockstep"], edges_b["lockstep"] = self.lockstep.score(engine, b, pairs)
-        if self.infrastructure is not None:
-            members = self.infrastructure.memberships(engine)
-            self.infrastructure.fit(Infrastructure.group_size(members, a.index))
-            cross_b["infrastructure"], edges_b["infrastructure"] = self.infrastructure.score(engine, b, members)
+        inputs = {"content": self.content.profiles(engine, feats.index) if self.content is not None else None,
+                  "lockstep": self.lockstep.pairs(engine) if self.lockstep is not None else None,
+                  "infrastructure": self.infrastructure.memberships(engine) if self.infrastructure is not None else None}
+        self._fit_references(feats.loc[a.index], inputs)
+        cross_b, edges_b = self._cross(engine, b, inputs)
         scored = self._combine(b, cross_b)
         score = scored["score"].to_numpy()
         fpr, share = self.calibration_cfg.target_fpr, self.calibration_cfg.campaign_share
         novelty = self.similarity.novelty(b) if self.similarity is not None else scored["score"]
         self.thresholds = {
             "account": float(np.quantile(novelty, 1 - fpr * (1 - share), method="higher")),
-            "similarity_edge": float(max(MIN_SIMILARITY_EDGE, np.quantile(scored.get("similarity", pd.Series([0.0])), 0.99))),
+            **{f"{s.name}_edge": float(max(MIN_SIMILARITY_EDGE, np.quantile(scored[s.name], 0.99))) for s in self.crowding},
             "link_score": float(np.quantile(score, LINK_SCORE_QUANTILE)),
             "benign_mean": float(score.mean()),
             "benign_std": float(max(score.std(), 1e-6)),
         }
         campaigns = self._campaigns(scored, self._restrict(edges_b, set(b.index)))
         for kind in KINDS:
-            self.thresholds[f"campaign_z_{kind}"] = self._campaign_threshold(campaigns[campaigns["kind"] == kind], len(b),
-                                                                             fpr * share / len(KINDS))
+            eligible = campaigns[(campaigns["kind"] == kind) & campaigns["dense"]]
+            self.thresholds[f"campaign_z_{kind}"] = self._campaign_threshold(eligible, len(b), fpr * share / len(KINDS))
         self.baseline = {"accounts": int(len(feats)), "fold_a": int(len(a)), "fold_b": int(len(b)),
                          "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share}
         for kind in KINDS:
             mine = campaigns[campaigns["kind"] == kind]
             self.baseline[f"benign_{kind}_campaigns"] = int(len(mine))
             self.baseline[f"max_benign_{kind}_z"] = float(mine["z"].max()) if len(mine) else None
-        self._reference_features = a
+        self._fit_references(feats, inputs, density=False)
         self.fitted = True
         return self
+
+    def _fit_references(self, benign: pd.DataFrame, inputs: dict[str, Any], density: bool = True) -> None:
+        """Fit the signals' benign references on the accounts of `benign` (`inputs`: the calibration traffic's
+        prompt profiles, lockstep pairs and infrastructure memberships, computed once).
+
+        `density=False` leaves the density-excess references (similarity, content) as they are and only widens
+        novelty's: their binomial test depends on the scanned share of the pool, and related benign accounts
+        (a team's evaluation jobs, all in one scan) crowd each other more as that share falls, so they keep the
+        fold-A reference their thresholds were calibrated with.
+        """
+        for signal in self.per_account.values():
+            signal.fit(benign)
+        if self.similarity is not None:
+            (self.similarity.fit if density else self.similarity.fit_novelty)(benign)
+        if self.content is not None and density:
+            self.content.fit(inputs["content"].rows(benign.index))
+        if self.lockstep is not None:
+            self.lockstep.fit(Lockstep.partners(inputs["lockstep"], benign.index))
+        if self.infrastructure is not None:
+            self.infrastructure.fit(Infrastructure.group_size(inputs["infrastructure"], benign.index))
+
+    def _cross(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any] | None = None,
+               timings: dict[str, float] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+        """Every cross-account signal's scores and edges for the accounts of `feats` (`inputs`: precomputed
+        prompt profiles, pairs or memberships, else read from `engine`), each signal's seconds into `timings`."""
+        inputs = inputs or {}
+        timings = {} if timings is None else timings
+        cross: dict[str, pd.DataFrame] = {}
+        edges: dict[str, pd.DataFrame] = {}
+        for signal in (self.similarity, self.content, self.lockstep, self.infrastructure):
+            if signal is None:
+                continue
+            tick = time.perf_counter()
+            if signal is self.similarity:
+                cross[signal.name], edges[signal.name] = signal.score(feats)
+            else:
+                cross[signal.name], edges[signal.name] = signal.score(engine, feats, inputs.get(signal.name))
+            timings[f"{signal.name}_s"] = time.perf_counter() - tick
+        return cross, edges
 
     @staticmethod
     def _campaign_threshold(campaigns: pd.DataFrame, n_accounts: int, budget_share: float) -> float:
@@ -216,32 +261,27 @@ class Guard:
     def _campaigns(self, scored: pd.DataFrame, edges: dict[str, pd.DataFrame]) -> pd.DataFrame:
         """Group accounts into campaigns of two kinds, and give each a z-score.
 
-        - `crowd`: connected by similarity edges between accounts that both crowd the same region of
-          behaviour space (similarity >= the calibrated edge threshold); crowds with the same capability
-          mix and prompt style are then merged (`_merge_crowds`).
+        - `crowd`: connected by neighbour pairs of a density-excess signal (behaviour similarity, prompt
+          content) between accounts that both crowd the same region of that space (the signal >= its
+          calibrated edge threshold); crowds with the same capability mix and prompt style are then
+          merged (`_merge_crowds`).
         - `linked`: connected by lockstep pairs or shared infrastructure, between accounts whose own score
           is above the benign `link_score` quantile.
 
         The kinds are grouped and calibrated apart: an office or a university behind one address is a
         linked group and is compared with other benign linked groups, never bridged into a crowd.
         """
-        index = {a: i for i, a in enumerate(scored.index)}
+        index = pd.Series(np.arange(len(scored)), index=scored.index)
         n = len(scored)
         groups: list[tuple[str, list[str]]] = []
-        sim = edges.get("similarity")
-        if sim is not None and len(sim):
-            strong = scored["similarity"] >= self.thresholds["similarity_edge"]
-            sim = sim[sim["a"].map(strong).fillna(False).to_numpy(bool) & sim["b"].map(strong).fillna(False).to_numpy(bool)]
-            labels = self._components(n, [sim["a"].map(index).to_numpy()], [sim["b"].map(index).to_numpy()])
+        crowd = [self._pairs_between(edges.get(s.name), scored[s.name] >= self.thresholds[f"{s.name}_edge"], index)
+                 for s in self.crowding if s.name in edges]
+        if crowd:
+            labels = self._components(n, [a for a, _ in crowd], [b for _, b in crowd])
             groups += [("crowd", m) for m in self._merge_crowds(scored, self._groups(scored.index, labels))]
         linkable = scored["score"] >= self.thresholds["link_score"]
-        src: list[np.ndarray] = []
-        dst: list[np.ndarray] = []
-        lock = edges.get("lockstep")
-        if lock is not None and len(lock):
-            lock = lock[lock["a"].map(linkable).fillna(False).to_numpy(bool) & lock["b"].map(linkable).fillna(False).to_numpy(bool)]
-            src.append(lock["a"].map(index).to_numpy())
-            dst.append(lock["b"].map(index).to_numpy())
+        lock_a, lock_b = self._pairs_between(edges.get("lockstep"), linkable, index)
+        src, dst = [lock_a], [lock_b]
         infra = edges.get("infrastructure")
         if infra is not None and len(infra):
             ordered = infra[infra["account"].map(linkable).fillna(False).to_numpy(bool)].sort_values(["key", "value", "account"])
@@ -254,9 +294,25 @@ class Guard:
         rows = []
         for kind, members in groups:
             z, mean = self._z(scored, members)
-            rows.append({"kind": kind, "size": len(members), "z": z, "mean_score": mean, "members": members})
-        campaigns = pd.DataFrame(rows, columns=["kind", "size", "z", "mean_score", "members"])
+            rows.append({"kind": kind, "size": len(members), "z": z, "mean_score": mean, "members": members,
+                         "dense": kind != "crowd" or self._dense_everywhere(scored, members)})
+        campaigns = pd.DataFrame(rows, columns=["kind", "size", "z", "mean_score", "members", "dense"])
         return campaigns.sort_values("z", ascending=False).reset_index(drop=True)
+
+    def _dense_everywhere(self, scored: pd.DataFrame, members: list[str]) -> bool:
+        """Whether a crowd's members, on average, crowd every density-excess space (mean surprisal >= its edge
+        threshold). A campaign's accounts are alike in what they do and in what they ask; a benign crowd (a day
+        with many evaluation teams running several suites) is alike in one and asks what benign accounts ask."""
+        return all(float(scored.loc[members, s.name].mean()) >= self.thresholds[f"{s.name}_edge"]
+                   for s in self.crowding if s.name in scored)
+
+    @staticmethod
+    def _pairs_between(pairs: pd.DataFrame | None, ok: pd.Series, index: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """The (a, b) pairs whose two ends are both `ok`, as positions in `index`."""
+        if pairs is None or pairs.empty:
+            return np.zeros(0, int), np.zeros(0, int)
+        pairs = pairs[pairs["a"].map(ok).fillna(False).to_numpy(bool) & pairs["b"].map(ok).fillna(False).to_numpy(bool)]
+        return pairs["a"].map(index).to_numpy(), pairs["b"].map(index).to_numpy()
 
     def _groups(self, names: pd.Index, labels: np.ndarray) -> list[list[str]]:
         sizes = np.bincount(labels)
@@ -291,9 +347,10 @@ class Guard:
         return list(merged.values())
 
     def _flag(self, scored: pd.DataFrame, campaigns: pd.DataFrame) -> pd.DataFrame:
-        """Flag each campaign against its kind's threshold; flagged campaigns that share accounts become one alert."""
+        """Flag each campaign against its kind's threshold (a crowd only when dense in every space: `_dense_everywhere`);
+        flagged campaigns that share accounts become one alert."""
         limits = campaigns["kind"].map(lambda kind: self.thresholds[f"campaign_z_{kind}"])
-        campaigns = campaigns.assign(flagged=campaigns["z"] > limits)
+        campaigns = campaigns.assign(flagged=(campaigns["z"] > limits) & campaigns["dense"])
         flagged = campaigns[campaigns["flagged"]]
         if len(flagged) > 1:
             owner: dict[str, int] = {}
@@ -319,26 +376,31 @@ class Guard:
                 members = list(dict.fromkeys(m for ms in group["members"] for m in ms))
                 z, mean = self._z(scored, members)
                 rows.append({"kind": "+".join(sorted(set(group["kind"]))), "size": len(members), "z": max(z, group["z"].max()),
-                             "mean_score": mean, "members": members, "flagged": True})
+                             "mean_score": mean, "members": members, "dense": True, "flagged": True})
             campaigns = pd.concat([pd.DataFrame(rows), campaigns[~campaigns["flagged"]]], ignore_index=True)
         campaigns = campaigns.sort_values(["flagged", "z"], ascending=False).reset_index(drop=True)
         campaigns.insert(0, "id", [f"C{i + 1:03d}" for i in range(len(campaigns))])
         return campaigns
 
-    def _join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, similarity: pd.DataFrame) -> None:
-        """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members."""
-        k = self.similarity.k
-        population = len(scored) + len(self.similarity.reference)
+    def _join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, edges: dict[str, pd.DataFrame]) -> None:
+        """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members,
+        in every density-excess space (see JOIN_EACH, JOIN_SURPRISAL)."""
         joined = pd.Series(0, index=campaigns.index)
         for i, row in campaigns[campaigns["flagged"]].iterrows():
             member = scored["campaign"] == row["id"]
-            hits = similarity[similarity["b"].map(member).fillna(False).to_numpy(bool)]
-            counts = hits.groupby("a").size()
-            counts = counts[~counts.index.map(member).to_numpy(bool) & (scored.loc[counts.index, "campaign"] == "").to_numpy()]
-            if counts.empty:
+            evidence = {}
+            for signal in self.crowding:
+                pairs = edges.get(signal.name)
+                if pairs is None or pairs.empty:
+                    continue
+                counts = pairs[pairs["b"].map(member).fillna(False).to_numpy(bool)].groupby("a").size()
+                counts = counts[~counts.index.map(member).to_numpy(bool) & (scored.loc[counts.index, "campaign"] == "").to_numpy()]
+                share = min(0.5, row["size"] / (len(scored) + len(signal.reference)))
+                evidence[signal.name] = pd.Series(binomial_surprisal(counts.to_numpy(), signal.k, share), index=counts.index)
+            if not evidence:
                 continue
-            surprisal = binomial_surprisal(counts.to_numpy(), k, min(0.5, row["size"] / population))
-            new = counts.index[surprisal >= JOIN_SURPRISAL]
+            ev = pd.DataFrame(evidence).fillna(0.0)
+            new = ev.index[(ev.min(axis=1) >= JOIN_EACH) & (ev.sum(axis=1) >= JOIN_SURPRISAL)]
             scored.loc[new, "campaign"] = row["id"]
             joined[i] = len(new)
         campaigns["joined"] = joined
@@ -353,25 +415,14 @@ class Guard:
         engine = FeatureEngine(frame)
         feats = engine.accounts()
         timings["features_s"] = time.perf_counter() - start
-        cross: dict[str, pd.DataFrame] = {}
-        edges: dict[str, pd.DataFrame] = {}
-        for signal in (self.similarity, self.lockstep, self.infrastructure):
-            if signal is None:
-                continue
-            tick = time.perf_counter()
-            if signal is self.similarity:
-                cross[signal.name], edges[signal.name] = signal.score(feats)
-            else:
-                cross[signal.name], edges[signal.name] = signal.score(engine, feats)
-            timings[f"{signal.name}_s"] = time.perf_counter() - tick
+        cross, edges = self._cross(engine, feats, timings=timings)
         tick = time.perf_counter()
         scored = self._combine(feats, cross)
         campaigns = self._flag(scored, self._campaigns(scored, edges))
         scored["campaign"] = ""
         for row in campaigns[campaigns["flagged"]].itertuples():
             scored.loc[row.members, "campaign"] = row.id
-        if "similarity" in edges:
-            self._join_neighbours(scored, campaigns, edges["similarity"])
+        self._join_neighbours(scored, campaigns, edges)
         scored["novelty"] = self.similarity.novelty(feats) if self.similarity is not None else scored["score"]
         scored["flagged_alone"] = scored["novelty"] > self.thresholds["account"]
         scored["flagged"] = scored["flagged_alone"] | (scored["campaign"] != "")
@@ -393,9 +444,9 @@ class Guard:
             for feature, ref in signal.refs.items():
                 arrays[f"{name}.{feature}"] = ref.values
             state["per_account"][name] = list(signal.refs)
-        if self.similarity is not None:
-            state["cross_account"]["similarity"] = self.similarity.state()
-            arrays["similarity.reference"] = self.similarity.reference
+        for signal in self.crowding:
+            state["cross_account"][signal.name] = signal.state()
+            arrays.update({f"{signal.name}.{key}": value for key, value in signal.arrays().items()})
         if self.lockstep is not None:
             state["cross_account"]["lockstep"] = self.lockstep.state()
         if self.infrastructure is not None:
@@ -420,8 +471,10 @@ class Guard:
         with np.load(folder / "reference.npz") as arrays:
             for name, features in state["per_account"].items():
                 guard.per_account[name].refs = {f: Reference(arrays[f"{name}.{f}"]) for f in features}
-            if guard.similarity is not None:
-                guard.similarity.load(state["cross_account"]["similarity"], arrays["similarity.reference"])
+            for signal in guard.crowding:
+                prefix = f"{signal.name}."
+                signal.load(state["cross_account"][signal.name],
+                            {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)})
         if guard.lockstep is not None:
             guard.lockstep.load(state["cross_account"]["lockstep"])
         if guard.infrastructure is not None:

@@ -165,6 +165,18 @@ WHERE s.accounts BETWEEN 2 AND {max_group}
 """
 
 
+def customer_key(accounts: pd.DataFrame) -> pd.Series:
+    """The customer each account (a row of `FeatureEngine.accounts()`) belongs to: its organisation, else its
+    payment fingerprint, else itself. An organisation's keys, a team's evaluation jobs, a family on one card
+    are one customer: related accounts, not independent ones."""
+    keys = accounts.index.to_series().astype(str)
+    for column in ("payment", "org"):
+        if column in accounts:
+            values = accounts[column].fillna("").astype(str)
+            keys = values.where(values != "", keys)
+    return keys
+
+
 class FeatureEngine:
     """The interaction table in DuckDB, with the feature queries over it."""
 
@@ -221,12 +233,17 @@ class FeatureEngine:
         finally:
             self.con.unregister("_sel")
 
-    def prompts_by_account(self, limit: int) -> pd.DataFrame:
-        """The first `limit` prompts of each account, in time order (for the PRADA baseline)."""
+    def prompts_by_account(self, limit: int, sample: bool = False) -> pd.DataFrame:
+        """Up to `limit` prompts of each account (columns account, prompt).
+
+        By default the first ones, raw, in time order (the PRADA baseline reads them so). With `sample`,
+        a sample chosen by a hash of the text, normalised (lower case, digits to 0), for the content signal.
+        """
+        text, order = ("norm", "hash(norm), t") if sample else ("prompt", "t")
         return self.sql(f"""
-            SELECT account, prompt FROM (
-              SELECT account, prompt, t, row_number() OVER (PARTITION BY account ORDER BY t) AS r FROM interactions)
-            WHERE r <= {int(limit)} ORDER BY account, t""")
+            SELECT account, {text} AS prompt FROM (
+              SELECT account, {text}, t, row_number() OVER (PARTITION BY account ORDER BY {order}) AS r FROM interactions)
+            WHERE r <= {int(limit)} ORDER BY account, r""")
 
     def size(self) -> int:
         return int(self.run("SELECT count(*) FROM interactions")[0][0])

@@ -232,7 +232,7 @@ def _campaign_graph(campaign: dict[str, Any], result: ScanResult, plt) -> str:
     radius = np.sqrt(rng.uniform(0, 1, len(members)))
     pos = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
     fig, ax = plt.subplots(figsize=(6, 6))
-    colours = {"similarity": "#4c78a8", "lockstep": "#e45756", "infrastructure": "#54a24b"}
+    colours = {"similarity": "#4c78a8", "content": "#b279a2", "lockstep": "#e45756", "infrastructure": "#54a24b"}
     for kind, frame in result.edges.items():
         if frame is None or frame.empty:
             continue

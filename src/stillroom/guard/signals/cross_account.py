@@ -7,6 +7,9 @@
   the scanned accounts are distributed like benign ones; the signal is the binomial tail's
   surprisal. A campaign's accounts are each other's neighbours, so they score even when each
   one alone looks ordinary. (The same idea as an MMD two-sample test, per account.)
+- `content`: the same test in prompt-content space (a hashed word n-gram sketch of each account's
+  prompts): accounts drawing from one harvesting pool through one paraphraser crowd together there
+  even when their personas, parameters and timing differ.
 - `lockstep`: SynchroTrap-style co-activity: pairs of accounts acting on the same capability
   in the same time bin, over and over (Jaccard of their (bin, capability) cells).
 - `infrastructure`: accounts sharing a payment fingerprint or an address.
@@ -16,16 +19,19 @@ Each returns per-account scores (surprisal against benign) and edges for campaig
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.stats import binom
 from sklearn.neighbors import NearestNeighbors
 
 from stillroom.guard.capabilities import CAPABILITIES
-from stillroom.guard.features import FeatureEngine
+from stillroom.guard.features import FeatureEngine, customer_key
 from stillroom.guard.signals.base import CROSS_ACCOUNT, Reference
+from stillroom.guard.sketch import PromptSketch
 
 FINGERPRINT = ["log_requests", "rate_per_active_hour", "hour_entropy", "gap_cv", "burst_share", "regularity",
                "session_break_share", "template_share", "duplicate_share", "breadth30", "capability_entropy",
@@ -34,24 +40,81 @@ FINGERPRINT = ["log_requests", "rate_per_active_hour", "hour_entropy", "gap_cv",
 LOG_SCALED = {"rate_per_active_hour", "gap_cv"}
 CAPABILITY_WEIGHT = 2.0
 MAX_SURPRISAL = 8.0
+MAX_RELATED = 100  # same-customer neighbours the density test looks past, at most
 
 
-def binomial_surprisal(count: np.ndarray, k: int, p0: float) -> np.ndarray:
+def binomial_surprisal(count: np.ndarray, k: int | np.ndarray, p0: float) -> np.ndarray:
     """-log10 P(X >= count) for X ~ Binomial(k, p0): how unlikely this many of k neighbours are by chance."""
     return -np.log10(np.maximum(binom.sf(np.asarray(count) - 1, k, p0), 1e-300))
 
 
+class DensityExcess:
+    """Where the scanned accounts crowd a region of some space far more densely than benign accounts do.
+
+    Among an account's k nearest neighbours in the scanned accounts plus the benign reference, the number
+    that come from the scanned traffic is Binomial(k, p0) when the scanned accounts are distributed like
+    the benign ones (p0: the scanned share of the pool); the score is that tail's surprisal. A subclass
+    says what the space is: its `fit` sets `reference`, its `score` places accounts in the space and calls `excess`.
+    """
+
+    name = ""
+
+    def __init__(self, k: int = 15, seed: int = 0, keep: int = 20_000):
+        self.k, self.seed, self.keep = k, seed, keep
+        self.reference: np.ndarray | None = None
+
+    def _subsample(self, vectors: np.ndarray) -> np.ndarray:
+        if len(vectors) > self.keep:
+            vectors = vectors[np.random.default_rng(self.seed).choice(len(vectors), self.keep, replace=False)]
+        return vectors
+
+    def _set_reference(self, vectors: np.ndarray) -> None:
+        self.reference = self._subsample(vectors)
+
+    def excess(self, scan: np.ndarray, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per-account surprisal, and the scanned-to-scanned neighbour pairs (a, b, distance).
+
+        `scan` places the accounts of `accounts` (rows of the feature table) in the space. Neighbours of the
+        same customer (`customer_key`: an organisation's other keys, accounts on the same card) are skipped:
+        the binomial null is about independent accounts, and a team's evaluation jobs are each other's nearest
+        neighbours, all in one scan, without being a crowd.
+        """
+        n_scan, n_ref = len(scan), len(self.reference)
+        customer = pd.factorize(customer_key(accounts))[0]
+        k = int(min(self.k, n_scan + n_ref - 1))
+        extra = int(min(np.bincount(customer).max() if n_scan else 1, MAX_RELATED))  # room for skipped relatives (and self)
+        rng = np.random.default_rng(self.seed)
+        both = np.vstack([self.reference, scan])
+        both = both + rng.normal(0, 1e-6, both.shape)  # break ties between identical vectors at random
+        nn = NearestNeighbors(n_neighbors=min(k + extra, n_scan + n_ref)).fit(both)
+        dist, idx = nn.kneighbors(both[n_ref:])
+        from_scan = idx >= n_ref
+        related = from_scan & (customer[np.where(from_scan, idx - n_ref, 0)] == customer[:, None])  # self included
+        taken = ~related & (np.cumsum(~related, axis=1) <= k)
+        trials = taken.sum(axis=1)
+        count = (taken & from_scan).sum(axis=1)
+        p0 = (n_scan - 1) / max(1, n_scan - 1 + n_ref)
+        surprisal = np.minimum(binomial_surprisal(count, trials, p0), MAX_SURPRISAL)
+        out = pd.DataFrame({self.name: surprisal, f"{self.name}.scan_neighbours": count,
+                            f"{self.name}.expected": trials * p0}, index=accounts.index)
+        rows, cols = np.nonzero(taken & from_scan)
+        labels = accounts.index.to_numpy()
+        edges = pd.DataFrame({"a": labels[rows], "b": labels[idx[rows, cols] - n_ref], "distance": dist[rows, cols]})
+        return out, edges
+
+
 @CROSS_ACCOUNT.register("similarity")
-class Similarity:
-    """Density excess of the scanned accounts over the benign reference, per account (k-NN binomial test)."""
+class Similarity(DensityExcess):
+    """Density excess in behaviour space: capability mix, elicitation, parameters, timing, templating (FINGERPRINT)."""
 
     name = "similarity"
 
     def __init__(self, k: int = 15, seed: int = 0, keep: int = 20_000):
-        self.k, self.seed, self.keep = k, seed, keep
+        super().__init__(k, seed, keep)
         self.center: np.ndarray | None = None
         self.scale: np.ndarray | None = None
-        self.reference: np.ndarray | None = None
+        self.known: np.ndarray | None = None  # the benign accounts novelty measures against
+        self._known_nn: NearestNeighbors | None = None
 
     def _raw(self, accounts: pd.DataFrame) -> np.ndarray:
         cols = [np.log1p(accounts[f].to_numpy(float)) if f in LOG_SCALED else accounts[f].to_numpy(float) for f in FINGERPRINT]
@@ -66,55 +129,90 @@ class Similarity:
         raw = self._raw(benign)
         self.center = np.median(raw, axis=0)
         self.scale = np.maximum(raw.std(axis=0), 0.05)
-        ref = self.transform(benign)
-        if len(ref) > self.keep:
-            ref = ref[np.random.default_rng(self.seed).choice(len(ref), self.keep, replace=False)]
-        self.reference = ref
-        self._ref_nn = None
+        self._set_reference(self.transform(benign))
+        return self.fit_novelty(benign)
+
+    def fit_novelty(self, benign: pd.DataFrame) -> "Similarity":
+        """Set the benign accounts `novelty` measures against (by default those of `fit`)."""
+        self.known, self._known_nn = self._subsample(self.transform(benign)), None
         return self
 
     def score(self, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-account surprisal, and the scanned-to-scanned neighbour pairs (a, b, distance)."""
-        scan = self.transform(accounts)
-        n_scan, n_ref = len(scan), len(self.reference)
-        k = int(min(self.k, n_scan + n_ref - 1))
-        rng = np.random.default_rng(self.seed)
-        both = np.vstack([self.reference, scan])
-        both = both + rng.normal(0, 1e-6, both.shape)  # break ties between identical fingerprints at random
-        nn = NearestNeighbors(n_neighbors=k + 1).fit(both)
-        dist, idx = nn.kneighbors(both[n_ref:])
-        self_pos = idx == (np.arange(n_scan)[:, None] + n_ref)
-        keep = ~self_pos
-        keep[keep.sum(axis=1) > k, -1] = False  # self not among the k+1: drop the farthest instead
-        idx = idx[keep].reshape(n_scan, k)
-        dist = dist[keep].reshape(n_scan, k)
-        from_scan = idx >= n_ref
-        count = from_scan.sum(axis=1)
-        p0 = (n_scan - 1) / max(1, n_scan - 1 + n_ref)
-        surprisal = np.minimum(binomial_surprisal(count, k, p0), MAX_SURPRISAL)
-        out = pd.DataFrame({self.name: surprisal, f"{self.name}.scan_neighbours": count,
-                            f"{self.name}.expected": np.full(n_scan, k * p0)}, index=accounts.index)
-        rows, cols = np.nonzero(from_scan)
-        names = accounts.index.to_numpy()
-        edges = pd.DataFrame({"a": names[rows], "b": names[idx[rows, cols] - n_ref], "distance": dist[rows, cols]})
-        return out, edges
+        return self.excess(self.transform(accounts), accounts)
 
     def novelty(self, accounts: pd.DataFrame, k: int = 5) -> pd.Series:
-        """Distance to the k-th nearest benign reference account: how unlike every benign account this one is."""
-        if getattr(self, "_ref_nn", None) is None:
-            self._ref_nn = NearestNeighbors(n_neighbors=k).fit(self.reference)
-        dist, _ = self._ref_nn.kneighbors(self.transform(accounts), n_neighbors=min(k, len(self.reference)))
+        """Distance to the k-th nearest known benign account: how unlike every benign account this one is."""
+        if self._known_nn is None:
+            self._known_nn = NearestNeighbors(n_neighbors=k).fit(self.known)
+        dist, _ = self._known_nn.kneighbors(self.transform(accounts), n_neighbors=min(k, len(self.known)))
         return pd.Series(dist[:, -1], index=accounts.index, name="novelty")
 
     def state(self) -> dict[str, Any]:
         return {"k": self.k, "center": self.center.tolist(), "scale": self.scale.tolist()}
 
-    def load(self, state: dict[str, Any], reference: np.ndarray) -> "Similarity":
+    def load(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Similarity":
         self.k = int(state["k"])
         self.center, self.scale = np.asarray(state["center"]), np.asarray(state["scale"])
-        self.reference = reference
-        self._ref_nn = None
+        self._set_reference(arrays["reference"])
+        self.known, self._known_nn = arrays["known"], None
         return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"reference": self.reference, "known": self.known}
+
+
+@dataclass
+class Profiles:
+    """Sparse per-account rows (n-gram profiles), with the accounts they belong to."""
+
+    accounts: pd.Index
+    matrix: sp.csr_matrix
+
+    def rows(self, accounts: pd.Index) -> "Profiles":
+        return Profiles(accounts, self.matrix[self.accounts.get_indexer(accounts)])
+
+
+@CROSS_ACCOUNT.register("content")
+class Content(DensityExcess):
+    """Density excess in prompt-content space: a hashed word n-gram sketch of a sample of each account's prompts
+    (`sketch.PromptSketch`). Accounts fed from one harvesting pool and one paraphraser crowd here whatever their
+    personas; benign accounts that share a template (an organisation's keys) crowd no more than benign ones do."""
+
+    name = "content"
+
+    def __init__(self, k: int = 15, seed: int = 0, keep: int = 20_000, max_prompts: int = 50):
+        super().__init__(k, seed, keep)
+        self.max_prompts = max_prompts
+        self.sketch = PromptSketch(seed=seed)
+
+    def profiles(self, engine: FeatureEngine, accounts: pd.Index) -> Profiles:
+        """The n-gram profiles of a sample of each account's prompts (`PromptSketch.profiles`), rows labelled by account."""
+        return Profiles(accounts, self.sketch.profiles(engine.prompts_by_account(self.max_prompts, sample=True), accounts))
+
+    def fit(self, benign: Profiles) -> "Content":
+        """Fit the sketch's document frequencies and the reference on benign accounts' profiles."""
+        self._set_reference(self.sketch.fit(benign.matrix).project(benign.matrix))
+        return self
+
+    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+              profiles: Profiles | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per-account surprisal and neighbour pairs; the profiles are computed from `engine` unless given."""
+        profiles = self.profiles(engine, accounts.index) if profiles is None else profiles.rows(accounts.index)
+        return self.excess(self.sketch.project(profiles.matrix), accounts)
+
+    def state(self) -> dict[str, Any]:
+        return {"k": self.k, "max_prompts": self.max_prompts, "sketch": self.sketch.state()}
+
+    def load(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Content":
+        self.k, self.max_prompts = int(state["k"]), int(state["max_prompts"])
+        self.sketch = PromptSketch(**state["sketch"])
+        self.sketch.idf = arrays["idf"]
+        self._set_reference(arrays["reference"])
+        return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"reference": self.reference, "idf": self.sketch.idf}
 
 
 @CROSS_ACCOUNT.register("lockstep")
