@@ -132,3 +132,13 @@ def test_missing_teacher_is_a_clear_error(tmp_path, prompts_file):
     with pytest.raises(ModelError, match="no such file or folder") as info:
         run(recipe)
     assert "never downloads" in info.value.hint
+
+
+def test_cli_prints_one_clear_line_for_a_wrong_teacher(tmp_path, capsys):
+    from stillroom.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--recipe", "llm", "--teacher", str(tmp_path / "missing-model"), "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: teacher.path: no such file or folder" in err and "Traceback" not in err
