@@ -25,6 +25,7 @@ def test_calibration_takes_traffic_only_and_sets_thresholds_from_the_held_back_f
     assert len(calibrated.similarity.reference) == len(calibrated.content.reference) == base["fold_a"]
     th = calibrated.thresholds
     assert th["benign_std"] > 0 and th["content_edge"] >= 3.0 and th["similarity_edge"] >= 3.0
+    assert 0 < th["content_dense"] <= th["content_edge"] and 0 < th["similarity_dense"] <= th["similarity_edge"]
     for kind in ("crowd", "linked"):
         assert th[f"campaign_z_{kind}"] >= MIN_CAMPAIGN_Z
         # the budget (0.0004 of fold B: < 1 account) is too small for any benign campaign of 3+: all stay below
@@ -91,7 +92,7 @@ def test_a_campaign_is_flagged_though_its_accounts_alone_look_ordinary(scanned):
 
 def test_campaign_grouping_and_z_on_a_hand_built_graph():
     guard = Guard()
-    guard.thresholds = {"similarity_edge": 2.0, "link_score": 5.0, "benign_mean": 1.0, "benign_std": 1.0,
+    guard.thresholds = {"similarity_edge": 2.0, "similarity_dense": 1.0, "link_score": 5.0, "benign_mean": 1.0, "benign_std": 1.0,
                         "campaign_z_crowd": 9.0, "campaign_z_linked": 9.0}
     names = [f"a{i}" for i in range(12)]
     scored = pd.DataFrame({"score": [6, 6, 6, 6, 9, 9, 0, 0, 8, 8, 8, 8], "similarity": [3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -155,11 +156,11 @@ def test_an_account_joins_a_flagged_campaign_only_when_both_spaces_put_it_among_
 
 def test_a_crowd_is_flagged_only_when_it_crowds_both_behaviour_and_content():
     guard = Guard()
-    guard.thresholds = {"similarity_edge": 3.0, "content_edge": 3.0, "link_score": 99.0, "benign_mean": 1.0, "benign_std": 1.0,
-                        "campaign_z_crowd": 3.0, "campaign_z_linked": 3.0}
-    alike = [f"d{i}" for i in range(6)]  # an operator's accounts: alike in what they do and in what they ask
+    guard.thresholds = {"similarity_edge": 3.0, "content_edge": 3.0, "similarity_dense": 1.5, "content_dense": 1.5, "link_score": 99.0,
+                        "benign_mean": 1.0, "benign_std": 1.0, "campaign_z_crowd": 3.0, "campaign_z_linked": 3.0}
+    alike = [f"d{i}" for i in range(6)]  # an operator's accounts: alike in what they do and (less, but above benign) in what they ask
     busy = [f"e{i}" for i in range(6)]   # a day with many evaluation teams: alike in what they do only
-    scored = pd.DataFrame({"score": 20.0, "requests": 10.0, "similarity": 6.0, "content": [6.0] * 6 + [0.3] * 6,
+    scored = pd.DataFrame({"score": 20.0, "requests": 10.0, "similarity": 6.0, "content": [2.9] * 6 + [0.3] * 6,
                            **{c: 0.0 for c in CONTENT_COLUMNS}, **{f"cap_{c}": 0.0 for c in CAPABILITIES}}, index=alike + busy)
     scored.loc[alike, "cap_coding"] = scored.loc[busy, "cap_math"] = 1.0  # different asks: the two crowds stay apart
     ring = lambda names: pd.DataFrame({"a": names, "b": names[1:] + names[:1], "distance": 0.1})  # noqa: E731

@@ -159,6 +159,7 @@ class Guard:
         self.thresholds = {
             "account": float(np.quantile(novelty, 1 - fpr * (1 - share), method="higher")),
             **{f"{s.name}_edge": float(max(MIN_SIMILARITY_EDGE, np.quantile(scored[s.name], 0.99))) for s in self.crowding},
+            **{f"{s.name}_dense": float(np.quantile(scored[s.name], 0.99)) for s in self.crowding},
             "link_score": float(np.quantile(score, LINK_SCORE_QUANTILE)),
             "benign_mean": float(score.mean()),
             "benign_std": float(max(score.std(), 1e-6)),
@@ -300,10 +301,11 @@ class Guard:
         return campaigns.sort_values("z", ascending=False).reset_index(drop=True)
 
     def _dense_everywhere(self, scored: pd.DataFrame, members: list[str]) -> bool:
-        """Whether a crowd's members, on average, crowd every density-excess space (mean surprisal >= its edge
-        threshold). A campaign's accounts are alike in what they do and in what they ask; a benign crowd (a day
-        with many evaluation teams running several suites) is alike in one and asks what benign accounts ask."""
-        return all(float(scored.loc[members, s.name].mean()) >= self.thresholds[f"{s.name}_edge"]
+        """Whether a crowd's members, on average, crowd every density-excess space more than 99% of benign accounts
+        do (`{signal}_dense`: fold B's 99th percentile; a mean over members is stable, so it needs no floor like the
+        single-account edge threshold). A campaign's accounts are alike in what they do and in what they ask; a benign
+        crowd (a day with many evaluation teams running several suites) is alike in one and asks what benign accounts ask."""
+        return all(float(scored.loc[members, s.name].mean()) >= self.thresholds[f"{s.name}_dense"]
                    for s in self.crowding if s.name in scored)
 
     @staticmethod
