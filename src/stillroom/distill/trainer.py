@@ -114,6 +114,13 @@ def process_share(global_batch: torch.Tensor, rank: int, world: int) -> torch.Te
     return global_batch[rank::world]
 
 
+def _improves(scores: dict[str, float], metric: str, state: dict) -> bool:
+    """Higher `metric` wins; on a tie, lower validation NLL (when the evaluator reports one)."""
+    if scores[metric] != state["best_metric"]:
+        return scores[metric] > state["best_metric"]
+    return scores.get("nll", math.inf) < state.get("best_nll", math.inf)
+
+
 def _optimizer(module: nn.Module, config: LoopConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in module.named_parameters():
@@ -190,8 +197,9 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
                           "loss": running, **{k: float(v) for k, v in parts.items()}, **scores}
                 state["history"].append(record)
                 LOG.info("%s: %s", desc, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-                if scores[metric] > state["best_metric"]:
+                if _improves(scores, metric, state):
                     state["best_metric"], state["best_step"] = scores[metric], state["step"]
+                    state["best_nll"] = scores.get("nll", math.inf)
                     if accelerator.is_main_process:
                         save_checkpoint(checkpoints / BEST, step_module, state)
                 wrapped.train()
