@@ -37,7 +37,7 @@ def parse_args():
     p.add_argument("--epochs", type=float, default=8, help="KD epochs over the transfer set (the scratch student gets the same steps)")
     p.add_argument("--copies", type=int, default=0, help="transfer-set variants per training text (Tang et al.)")
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--hidden", default="none", help="hidden-state loss to add (hidden_cosine, hidden_mse or none)")
     p.add_argument("--hidden-weight", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-4)
