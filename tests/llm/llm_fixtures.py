@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,3 +56,23 @@ def make_model(tokenizer, layers: int = 4, hidden: int = 32, seed: int = 0, voca
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+@contextmanager
+def killed_on_call(owner, name: str, call: int):
+    """Replace `owner.name` by a wrapper that raises KeyboardInterrupt (a kill) on its `call`-th call; restore on exit."""
+    real = getattr(owner, name)
+    calls = 0
+
+    def dying(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    setattr(owner, name, dying)
+    try:
+        yield
+    finally:
+        setattr(owner, name, real)

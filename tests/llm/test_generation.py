@@ -13,6 +13,8 @@ from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings,
 from stillroom.distill.llm.prompts import Prompt
 from stillroom.distill.llm.train import logits_at, make_batch
 
+from .llm_fixtures import killed_on_call
+
 PROMPTS = [Prompt.from_text(t) for t in (
     "What is 2 plus 2?", "Name a colour.", "Write a haiku about rain.", "Say hello.", "What is a prime number?",
     "Explain gravity in one sentence please.", "Give me three tips for sleeping well tonight.")]
@@ -44,23 +46,12 @@ def test_other_settings_get_their_own_cache(tiny_lm, tmp_path):
     assert a.folder != b.folder
 
 
-def test_killed_generation_resumes_without_duplicates_or_losses(tiny_lm, tmp_path, monkeypatch):
+def test_killed_generation_resumes_without_duplicates_or_losses(tiny_lm, tmp_path):
     reference, _ = generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path / "ref", tiny_lm), SETTINGS,
                             batch_size=2, progress=False)
-    real_batch = gen._generate_batch
-    calls = {"n": 0}
-
-    def dies_on_third_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "_generate_batch", dies_on_third_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_on_call(gen, "_generate_batch", 3), pytest.raises(KeyboardInterrupt):
         generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path / "run", tiny_lm), SETTINGS,
                  batch_size=2, progress=False)
-    monkeypatch.setattr(gen, "_generate_batch", real_batch)
     cache = open_cache(tmp_path / "run", tiny_lm)
     assert len(cache.items) == 4  # two finished batches survived the kill
     with cache.items_path.open("a") as handle:  # and a record torn in the middle of its write

@@ -11,6 +11,8 @@ from stillroom.distill.llm.prompts import Prompt
 from stillroom.distill.llm.student import prune_layers
 from stillroom.distill.llm.train import TrainConfig, logits_at, make_batch, train_student
 
+from .llm_fixtures import killed_on_call
+
 PROMPTS = [Prompt.from_text(f"Question {i}: what is {i} plus {i + 1}?") for i in range(10)]
 
 
@@ -47,7 +49,7 @@ def test_training_lowers_the_loss(tiny_lm, generations, loss, targets):
     assert sum(result.losses[-4:]) < sum(result.losses[:4])
 
 
-def test_killed_training_resumes_to_the_same_weights(tiny_lm, generations, tmp_path, monkeypatch):
+def test_killed_training_resumes_to_the_same_weights(tiny_lm, generations, tmp_path):
     items, cache = generations
     config = TrainConfig(loss="forward_kl", targets="cache", epochs=3, batch_size=4, lr=5e-3, checkpoint_every=2,
                          on_policy=0.3, onpolicy_warmup=0.2)
@@ -55,19 +57,8 @@ def test_killed_training_resumes_to_the_same_weights(tiny_lm, generations, tmp_p
     train_student(reference, tiny_lm.model, tiny_lm.tokenizer, items, cache, config, tmp_path / "ref", progress=False)
 
     student, _ = prune_layers(tiny_lm.model, 1)
-    real_make_batch = train_module.make_batch
-    calls = {"n": 0}
-
-    def killed_at_step_six(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real_make_batch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "make_batch", killed_at_step_six)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_on_call(train_module, "make_batch", 6), pytest.raises(KeyboardInterrupt):
         train_student(student, tiny_lm.model, tiny_lm.tokenizer, items, cache, config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
 
     resumed, _ = prune_layers(tiny_lm.model, 1)  # a fresh process: weights come from the checkpoint
     result = train_student(resumed, tiny_lm.model, tiny_lm.tokenizer, items, cache, config, tmp_path / "run", progress=False)
