@@ -2,23 +2,45 @@
 
 Every job writes one folder, `runs/<name>/`, holding the resolved recipe,
 `log.txt`, checkpoints, the card and the exported model.
+
+A run folder never mixes stale and new outputs. An attempt either
+
+- stages its outputs and publishes them at the end (`with run.staged() as out: ...`): the files are
+  written under a hidden staging folder, and on success the previous attempt's outputs are removed and
+  the new ones moved in, each by an atomic rename, then `COMPLETE` is written; a failure or a kill
+  leaves the previous attempt's outputs and marker untouched; or
+- writes in place, for jobs that resume from checkpoints: `run.begin(stale=[...])` removes the
+  completion marker, the outputs the previous attempt's manifest lists and the named stale paths;
+  `run.write_atomic(...)` writes each output whole or not at all; `run.complete([...])` writes
+  `COMPLETE`, a JSON manifest of the outputs (size and SHA-256 of each file).
+
+`COMPLETE` is written last, so a folder without it holds an unfinished attempt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from stillroom.core.errors import StillroomError
 
 LOG = logging.getLogger("stillroom")
+
+COMPLETE = "COMPLETE"
+STAGING = ".staging"
 
 
 @dataclass
@@ -48,6 +70,108 @@ class RunDir:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    # ---- attempts: completion marker, manifest, atomic outputs ------------------------
+    @property
+    def marker(self) -> Path:
+        return self.root / COMPLETE
+
+    def is_complete(self) -> bool:
+        return self.marker.is_file()
+
+    def manifest(self) -> dict | None:
+        """The completed attempt's manifest (`COMPLETE` as JSON), or None when the last attempt did not finish."""
+        try:
+            return json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _remove(self, relative: str) -> None:
+        target = self.root / relative
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+    def begin(self, stale: Iterable[str] = ()) -> None:
+        """Start an attempt that writes in place: forget the previous attempt's completion and outputs.
+
+        Removes `COMPLETE`, every output its manifest lists, the `stale` paths (relative to the run
+        folder; files or folders) and any staging folder a killed attempt left. Checkpoints are not
+        touched unless named in `stale`, so a resumable job keeps them.
+        """
+        previous = self.manifest() or {}
+        self.marker.unlink(missing_ok=True)
+        for relative in [*previous.get("outputs", {}), *stale, STAGING]:
+            self._remove(relative)
+
+    def write_atomic(self, path: str | Path, data: str | bytes) -> Path:
+        """Write a file whole or not at all (a temporary file beside it, then a rename)."""
+        target = Path(path) if Path(path).is_absolute() else self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if isinstance(data, str):
+            temporary.write_text(data, encoding="utf-8")
+        else:
+            temporary.write_bytes(data)
+        os.replace(temporary, target)
+        return target
+
+    def complete(self, outputs: Iterable[str] | None = None, **info) -> Path:
+        """Mark the attempt finished: write `COMPLETE`, a manifest of `outputs` (default: every file in the folder)."""
+        names = sorted(outputs) if outputs is not None else sorted(
+            str(p.relative_to(self.root)) for p in self.root.rglob("*")
+            if p.is_file() and p.name != COMPLETE and STAGING not in p.relative_to(self.root).parts)
+        files = {}
+        for name in names:
+            target = self.root / name
+            if target.is_file():
+                files[name] = {"bytes": target.stat().st_size, "sha256": _sha256(target)}
+            elif target.is_dir():
+                files[name] = {"bytes": sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), "folder": True}
+        manifest = {"completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "outputs": files, **info}
+        return self.write_atomic(self.marker, json.dumps(manifest, indent=1, default=str) + "\n")
+
+    @contextmanager
+    def staged(self, stale: Iterable[str] = (), keep: Iterable[str] = (), **info) -> Iterator[Path]:
+        """Stage an attempt's outputs; on success replace the previous attempt's with them and mark it complete.
+
+        Yields a staging folder: write every output there, with the same relative names it will have in
+        the run folder. If the block raises (or the process is killed), the run folder is left as it was:
+        the previous outputs, beside their own `COMPLETE`. On success, the previous attempt's outputs
+        (those its manifest lists, and the `stale` paths, for folders written before manifests existed;
+        except `keep`) are removed, the staged ones are moved in by rename, and `COMPLETE` lists them.
+        """
+        staging = self.root / STAGING
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        previous = self.manifest() or {}
+        self.marker.unlink(missing_ok=True)
+        staged = sorted(str(p.relative_to(staging)) for p in staging.iterdir())
+        keep = set(keep)
+        for relative in [*previous.get("outputs", {}), *stale]:
+            if relative not in keep and relative not in staged:
+                self._remove(relative)
+        for relative in staged:
+            if (self.root / relative).is_dir():
+                self._remove(relative)
+            os.replace(staging / relative, self.root / relative)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.complete(staged, **info)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_run(output_dir: str | Path, name: str) -> RunDir:
