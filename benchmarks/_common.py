@@ -1,4 +1,9 @@
-"""Shared by the benchmarks: write `results/NAME.json` with provenance, and one line in BENCHMARKS.md."""
+"""Shared by the benchmarks: write `results/NAME.json` with provenance, and one line in BENCHMARKS.md.
+
+The commit is recorded when the benchmark starts (when this module is imported), in full, with an
+explicit `dirty` flag: a result belongs to the code that produced it, not to whatever was checked out
+when it was written. If the tree changed while the benchmark ran, the record says so.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,34 @@ import datetime as dt
 import json
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stillroom.core.runs import git_commit
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def provenance(repo: Path = ROOT) -> dict[str, Any]:
+    """The full commit of `repo`, whether tracked files differ from it, and the time; `unknown` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=str(repo), capture_output=True, text=True, check=True).stdout.strip()
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "dirty_files": [c[3:] for c in changed][:50],
+                "at": now}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None, "dirty_files": [], "at": now}
+
+
+STARTED = provenance()
+"""The tree this benchmark process started from (taken at import, i.e. at run start)."""
 
 
 def command_line() -> str:
@@ -30,19 +52,28 @@ def command_line() -> str:
 
 
 def write_result(name: str, payload: dict[str, Any], summary_line: str) -> Path:
-    """Write `benchmarks/results/<name>.json` and set this benchmark's line in BENCHMARKS.md."""
+    """Write `benchmarks/results/<name>.json` and set this benchmark's line in BENCHMARKS.md.
+
+    `commit` and `dirty` are those of the run's start; `commit_at_write` is the tree when the file was written.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
+    at_write = provenance()
     record = {
-        "commit": git_commit(ROOT),
+        "commit": STARTED["commit"],
+        "dirty": STARTED["dirty"],
+        "dirty_files": STARTED["dirty_files"],
+        "started_at": STARTED["at"],
         "command": command_line(),
         **payload,
+        "commit_at_write": at_write["commit"] + ("+dirty" if at_write["dirty"] else ""),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    _set_benchmarks_line(name, f"- **{name}** ({record['finished_at'][:10]}, `{record['command']}`, commit {record['commit'][:12]}): {summary_line}")
+    commit = record["commit"][:12] + (" (dirty: uncommitted changes)" if record["dirty"] else "")
+    _set_benchmarks_line(name, f"- **{name}** ({record['finished_at'][:10]}, `{record['command']}`, commit {commit}): {summary_line}")
     return path
 
 
