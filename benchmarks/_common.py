@@ -26,12 +26,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def provenance(repo: Path = ROOT) -> dict[str, Any]:
     """The full commit of `repo`, whether tracked files differ from it, and the time; `unknown` outside git."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=str(repo), capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=str(repo), capture_output=True, text=True, check=True).stdout
 
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "dirty_files": [c[3:] for c in changed][:50],
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed), "dirty_files": [c[3:] for c in changed][:50],
                 "at": now}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": None, "dirty_files": [], "at": now}
