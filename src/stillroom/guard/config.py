@@ -17,8 +17,10 @@ from stillroom.guard.capabilities import CAPABILITIES
 # `held_out` styles are reported apart. slow_low, adaptive and eval_mimic were written down before the detector
 # and held out at first, but the first full benchmark run showed their results and later design choices saw
 # them; agent_farm and quiet_harvest were added after that and first run in the first round's final benchmark,
-# so the second round of detector work saw them too. burner, web_scrape and app_mimic (`NEVER_SEEN`) were
-# written down before the second round touched the detector and are run only in its final benchmark.
+# so the second round of detector work saw them too. burner, web_scrape and app_mimic were written down before the
+# second round touched the detector and first run in its final benchmark (b5e62fb), so they are development now too
+# (`DEVELOPMENT_SINCE`). chat_cohort, full_rotation and team_cover (`NEVER_SEEN`, the only `held_out` styles) were
+# written down before issue 8's detector changes and are run only in that round's final benchmark.
 STYLES: dict[str, dict[str, Any]] = {
     # Everything shared and synchronised: the campaign a per-account rate limit would still miss.
     "blatant": dict(templating=0.9, paraphrase=0.0, cot=0.9, cot_phrasing="fixed", orchestration="waves",
@@ -32,43 +34,71 @@ STYLES: dict[str, dict[str, Any]] = {
     # Paraphrased, human-like timing, and benign-looking queries mixed in.
     "mixed": dict(templating=0.1, paraphrase=0.8, cot=0.8, cot_phrasing="varied", orchestration="human",
                   infra="rotating", params="harvest", benign_mix=0.4, per_account_per_day=80),
-    # Held out: slow and low, like the reported campaign (~13 interactions per account per day).
+    # Formerly held out (first run in a06d9f5): slow and low, like the reported campaign (~13 interactions per account per day).
     "slow_low": dict(templating=0.0, paraphrase=0.9, cot=0.8, cot_phrasing="varied", orchestration="human",
-                     infra="rotating", params="default", benign_mix=0.2, per_account_per_day=13, held_out=True),
-    # Held out: every evasion at once, and each account a different persona.
+                     infra="rotating", params="default", benign_mix=0.2, per_account_per_day=13),
+    # Formerly held out (first run in a06d9f5): every evasion at once, and each account a different persona.
     "adaptive": dict(templating=0.0, paraphrase=1.0, cot=0.6, cot_phrasing="varied", orchestration="human",
-                     infra="rotating", params="default", benign_mix=0.5, per_account_per_day=30, persona=True,
-                     held_out=True),
-    # Held out: poses as evaluation jobs, sweeping public benchmarks in order, split over many accounts.
+                     infra="rotating", params="default", benign_mix=0.5, per_account_per_day=30, persona=True),
+    # Formerly held out (first run in a06d9f5): poses as evaluation jobs, sweeping public benchmarks in order, split over many accounts.
     "eval_mimic": dict(templating=0.3, paraphrase=0.0, cot=0.7, cot_phrasing="fixed", orchestration="jitter",
-                       infra="rotating", params="harvest", benign_mix=0.0, per_account_per_day=150, sweep=True,
-                       held_out=True),
-    # Held out (added last, never used in development): agentic/security targets from a large shared proxy
+                       infra="rotating", params="harvest", benign_mix=0.0, per_account_per_day=150, sweep=True),
+    # Formerly held out (first run in a06d9f5): agentic/security targets from a large shared proxy
     # pool and many cards, half templated, half reworded.
     "agent_farm": dict(targets=["agentic", "coding", "cybersecurity"], templating=0.5, paraphrase=0.5, cot=0.9,
                        cot_phrasing="varied", orchestration="jitter", infra="shared", proxy_pool=200, payment_cards=50,
-                       params="default", benign_mix=0.1, per_account_per_day=40, held_out=True),
-    # Held out (added last, never used in development): no reasoning elicitation at all, only harvesting
+                       params="default", benign_mix=0.1, per_account_per_day=40),
+    # Formerly held out (first run in a06d9f5): no reasoning elicitation at all, only harvesting
     # parameters (log-probabilities, long completions), reworded prompts and human timing.
     "quiet_harvest": dict(templating=0.0, paraphrase=1.0, cot=0.0, cot_phrasing="varied", orchestration="human",
-                          infra="rotating", params="harvest", benign_mix=0.3, per_account_per_day=25, held_out=True),
-    # Held out, never seen in development: an operator that rotates accounts every few hours and keeps each one
+                          infra="rotating", params="harvest", benign_mix=0.3, per_account_per_day=25),
+    # Formerly held out (never seen until b5e62fb): an operator that rotates accounts every few hours and keeps each one
     # tiny (~8 requests within a 3-hour life, the lives staggered over the day), reworded prompts, fresh addresses.
     "burner": dict(lifetime_hours=3, per_account_per_day=8, templating=0.0, paraphrase=0.8, cot=0.7, cot_phrasing="varied",
-                   orchestration="jitter", infra="rotating", params="default", benign_mix=0.2, held_out=True),
-    # Held out, never seen in development: scrapes the consumer chat app by browser automation through sticky
+                   orchestration="jitter", infra="rotating", params="default", benign_mix=0.2),
+    # Formerly held out (never seen until b5e62fb): scrapes the consumer chat app by browser automation through sticky
     # residential proxies (a new home address each session), with chat users' clients, parameters, diurnal sessions
     # and their own way of asking for reasoning ("Explain step by step."), ~20 requests per account per day.
     "web_scrape": dict(client="browser", infra="residential", orchestration="human", templating=0.0, paraphrase=0.6, cot=0.5,
-                       cot_phrasing="human", params="default", benign_mix=0.3, per_account_per_day=20, held_out=True),
-    # Held out, never seen in development: poses as developers' applications: each account its own prompt template
+                       cot_phrasing="human", params="default", benign_mix=0.3, per_account_per_day=20),
+    # Formerly held out (never seen until b5e62fb): poses as developers' applications: each account its own prompt template
     # and its own few target capabilities, cron-like timing from one cloud address, an organisation name, fixed parameters.
     "app_mimic": dict(template_per_account=True, templating=1.0, paraphrase=0.0, persona=True, cot=0.4, cot_phrasing="fixed",
-                      orchestration="cron", infra="cloud", params="default", benign_mix=0.0, per_account_per_day=200,
-                      held_out=True),
+                      orchestration="cron", infra="cloud", params="default", benign_mix=0.0, per_account_per_day=200),
+    # Never seen (issue 8, committed before that round's detector changes): each account an ordinary chat user (browser
+    # or app client, the consumer app's parameters, casual phrasing, human reasoning requests, one home address, no
+    # harvesting parameters), linked only by what they ask and when: every account works in the campaign's shared
+    # on/off blocks (on 2 h of every 6 h block starting at 00, 06, 12, 18 UTC), human sessions inside them.
+    "chat_cohort": dict(client="browser", infra="rotating", orchestration="blocks", block_hours=6, block_on_hours=2,
+                        targets=["coding", "math", "logic", "science", "debugging"], templating=0.0, paraphrase=0.3, cot=0.35,
+                        cot_phrasing="human", params="default", benign_mix=0.35, per_account_per_day=18, held_out=True),
+    # Never seen (issue 8): rotates every piece of infrastructure per request: a new residential exit (any country) for
+    # each request, a new user agent and client for each session, a fresh card or none per account, no organisation;
+    # reworded prompts, default parameters, human sessions.
+    "full_rotation": dict(infra="per_request", client="rotate", orchestration="human", templating=0.0, paraphrase=1.0, cot=0.6,
+                          cot_phrasing="varied", params="default", benign_mix=0.25, per_account_per_day=30, held_out=True),
+    # Never seen (issue 8): poses as customers' teams: accounts in teams of 4-12 under one organisation each, the team on
+    # one card and one office address, working hours, each member its own persona and SDK parameters (some ask for
+    # logprobs, as researchers do), reworded questions and varied reasoning requests.
+    "team_cover": dict(infra="team", team_size=8, orchestration="workday", persona=True, templating=0.0, paraphrase=0.9, cot=0.5,
+                       cot_phrasing="varied", params="mixed", benign_mix=0.3, per_account_per_day=35, held_out=True),
 }
 # Styles no design decision has seen: their first run is the final benchmark (reported apart).
-NEVER_SEEN = ("burner", "web_scrape", "app_mimic")
+NEVER_SEEN = ("chat_cohort", "full_rotation", "team_cover")
+# "Held out means held out": a style counts as held out only until the first detector change made after its result was
+# seen; then it is development. Style -> the commit of the benchmark run that first showed its result.
+DEVELOPMENT_SINCE: dict[str, str] = {
+    "blatant": "7d82d0d", "rotating": "7d82d0d", "paraphrased": "7d82d0d", "mixed": "7d82d0d",
+    "slow_low": "a06d9f5", "adaptive": "a06d9f5", "eval_mimic": "a06d9f5", "agent_farm": "a06d9f5", "quiet_harvest": "a06d9f5",
+    "burner": "b5e62fb", "web_scrape": "b5e62fb", "app_mimic": "b5e62fb",
+}
+
+
+def style_status(style: str) -> dict[str, Any]:
+    """`development` (with the commit since which) or `never_seen`, for the benchmark's held-out bookkeeping."""
+    if style in NEVER_SEEN:
+        return {"status": "never_seen", "development_since": None}
+    return {"status": "development", "development_since": DEVELOPMENT_SINCE.get(style)}
 
 
 class CampaignSpec(Schema):
@@ -85,19 +115,26 @@ class CampaignSpec(Schema):
     templating: float = Field(0.9, ge=0, le=1, description="share of prompts in the campaign's one template")
     template_per_account: bool = Field(False, description="each account its own template instead of the campaign's one")
     paraphrase: float = Field(0.0, ge=0, le=1, description="share of questions reworded")
-    orchestration: Literal["waves", "jitter", "human", "cron"] = "waves"
+    orchestration: Literal["waves", "jitter", "human", "cron", "blocks", "workday"] = Field(
+        "waves", description="blocks: human sessions inside the campaign's shared on/off blocks; workday: office hours")
     wave_minutes: float = Field(15, gt=0)
+    block_hours: float = Field(6, gt=0, description="blocks: the schedule's period, blocks start at 00 UTC")
+    block_on_hours: float = Field(2, gt=0, description="blocks: the active part at the start of each block")
     lifetime_hours: Optional[float] = Field(None, gt=0, description="each account active only this long, lives staggered "
                                             "over the period (account rotation); its requests all fall within its life")
     benign_mix: float = Field(0.0, ge=0, lt=1, description="share of benign-looking queries mixed in")
-    infra: Literal["shared", "rotating", "residential", "cloud"] = Field(
+    infra: Literal["shared", "rotating", "residential", "cloud", "per_request", "team"] = Field(
         "shared", description="shared proxy pool and cards; rotating: a fresh home address per account; residential: "
-                              "a fresh home address per session (sticky residential proxy); cloud: one cloud address per account")
-    client: Literal["sdk", "browser"] = Field("sdk", description="browser: the consumer app's clients and fixed parameters, "
-                                                                 "casual phrasing")
+                              "a fresh home address per session (sticky residential proxy); cloud: one cloud address per account; "
+                              "per_request: a fresh residential exit in any country per request; team: teams of `team_size` "
+                              "accounts, each team one organisation, card and office address")
+    client: Literal["sdk", "browser", "rotate"] = Field("sdk", description="browser: the consumer app's clients and fixed "
+                                                        "parameters, casual phrasing; rotate: a new client per session")
+    team_size: int = Field(8, ge=1, description="infra=team: accounts per team (drawn around this)")
     proxy_pool: int = Field(40, ge=1)
     payment_cards: int = Field(5, ge=1)
-    params: Literal["harvest", "default"] = "harvest"
+    params: Literal["harvest", "default", "mixed"] = Field(
+        "harvest", description="mixed: per account, default-like or a researcher's (some logprobs, long outputs)")
     persona: bool = False
     sweep: bool = False
     held_out: bool = False

@@ -412,6 +412,18 @@ class Simulator:
             t = np.sort(rng.uniform(lo, hi, volume))
         elif spec.orchestration == "cron":  # a fixed interval with a little jitter, like an application's scheduled job
             t = lo + (rng.uniform(0, 600) + np.arange(volume) * ((hi - lo) / volume) + rng.normal(0, 2, volume)) % (hi - lo)
+        elif spec.orchestration == "blocks":  # the campaign's shared on/off schedule, human sessions inside its on-blocks
+            period, on = spec.block_hours * 3600.0, min(spec.block_on_hours, spec.block_hours) * 3600.0
+            starts = np.arange(math.floor(lo / period), math.ceil(hi / period)) * period
+            mine = starts[rng.random(len(starts)) < 0.7]
+            if mine.size == 0:
+                mine = starts[rng.integers(len(starts), size=1)]
+            shares = rng.multinomial(volume, np.ones(mine.size) / mine.size)
+            parts = [self.sessions(int(k), DIURNAL, 0.0, mean_len=5, gap_s=60, window=(float(b), float(b) + on))
+                     for b, k in zip(mine, shares) if k > 0]
+            t = np.concatenate(parts) if parts else np.zeros(0)
+        elif spec.orchestration == "workday":
+            t = self.sessions(volume, WORKDAY, TZ[country] + rng.normal(0, 1), mean_len=6, gap_s=40, window=None)
         else:
             window = (lo, hi) if spec.lifetime_hours else None
             t = self.sessions(volume, DIURNAL, TZ[country] + rng.normal(0, 1.5), mean_len=5, gap_s=60, window=window)
@@ -437,6 +449,18 @@ class Simulator:
         exits = [self.ip("residential", country) for _ in range(int(session.max()) + 1 if len(t) else 0)]
         return [exits[s][0] for s in session], [exits[s][1] for s in session]
 
+    def _attack_teams(self, spec: CampaignSpec) -> list[dict[str, Any]]:
+        """infra=team: each account's team (one organisation, card, office address and country per team)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < spec.accounts:
+            size = int(self.rng.integers(max(2, spec.team_size // 2), spec.team_size * 3 // 2 + 1))
+            country = self.country()
+            ip, asn = self.ip("residential", country)
+            team = dict(org=f"org_{COMPANIES[int(self.rng.integers(len(COMPANIES)))].lower()}{int(self.rng.integers(1000)):03d}",
+                        payment=self.payment(), ip=ip, asn=asn, country=country)
+            out += [team] * size
+        return out[: spec.accounts]
+
     def campaign(self, spec: CampaignSpec) -> None:
         rng = self.rng
         wrapper = ATTACK_WRAPPERS[int(rng.integers(len(ATTACK_WRAPPERS)))]
@@ -447,9 +471,10 @@ class Simulator:
         wave_every = spec.wave_minutes * 60
         n_waves = max(1, int(self.span // wave_every))
         sweep_caps = [c for c in CAPABILITIES if c != "chat"]
+        teams = self._attack_teams(spec) if spec.infra == "team" else []
         for a in range(spec.accounts):
             acct = self.new_account()
-            country = self.country()
+            country = teams[a]["country"] if teams else self.country()
             rate = spec.per_account_per_day * self.config.days * rng.lognormal(0, 0.3)
             volume = max(1, int(rng.poisson(rate)))
             t = self._attack_times(spec, volume, country, n_waves, wave_every)
@@ -492,12 +517,23 @@ class Simulator:
                 text = text.strip()
                 prompts.append(self.casual(text) if spec.client == "browser" else text)
                 caps.append(cap)
+            org = ""
             if spec.infra == "shared":
                 picks = rng.integers(len(pool), size=len(t))
                 ip = [pool[int(i)][0] for i in picks]
                 asn = [pool[int(i)][1] for i in picks]
                 payment = cards[a % len(cards)]
                 ua = ua_shared
+            elif spec.infra == "per_request":  # every request a new exit, anywhere; a fresh card or none
+                countries = [self.country() for _ in range(len(t))]
+                exits = [self.ip("residential", c) for c in countries]
+                ip, asn, country = [e[0] for e in exits], [e[1] for e in exits], countries
+                payment = self.payment() if rng.random() < 0.5 else ""
+                ua = SDKS[int(rng.integers(len(SDKS)))]
+            elif spec.infra == "team":
+                team = teams[a]
+                ip, asn, payment, org = team["ip"], team["asn"], team["payment"], team["org"]
+                ua = (SDKS + BROWSERS)[int(rng.integers(len(SDKS) + len(BROWSERS)))]
             else:
                 if spec.infra == "residential":
                     ip, asn = self._residential_sessions(t, country)
@@ -508,11 +544,20 @@ class Simulator:
                 payment = self.payment() if rng.random() < 0.7 else ""
                 ua = (SDKS + BROWSERS)[int(rng.integers(len(SDKS) + len(BROWSERS)))] if spec.persona and spec.infra != "cloud" \
                     else SDKS[int(rng.integers(len(SDKS)))]
-            org = f"org_{COMPANIES[int(rng.integers(len(COMPANIES)))].lower()}{int(rng.integers(1000)):03d}" \
-                if spec.infra == "cloud" else ""
+            if spec.infra == "cloud":
+                org = f"org_{COMPANIES[int(rng.integers(len(COMPANIES)))].lower()}{int(rng.integers(1000)):03d}"
             if spec.client == "browser":  # the consumer app fixes the parameters
                 ua = (BROWSERS + MOBILE_APPS)[int(rng.integers(len(BROWSERS) + len(MOBILE_APPS)))]
                 temperature, max_tokens, logprobs, top = 1.0, 4096, False, 0
+            elif spec.client == "rotate":  # a new client for every session, the consumer app's parameters when it is one
+                clients = BROWSERS + MOBILE_APPS + SDKS
+                session = np.concatenate([[0], np.cumsum(np.diff(t) > 1800)]) if len(t) else np.zeros(0, int)
+                per_session = rng.integers(len(clients), size=int(session.max()) + 1 if len(t) else 0)
+                ua = [clients[int(per_session[k])] for k in session]
+                temperature, max_tokens, logprobs, top = 1.0, 4096, False, 0
+            elif spec.params == "mixed" and rng.random() < 0.3:  # a researcher's parameters: logprobs, long outputs
+                temperature, max_tokens = float(rng.choice([0.0, 0.7, 1.0])), int(rng.choice([2048, 4096, 8192]))
+                logprobs, top = True, int(rng.choice([5, 10, 20]))
             elif spec.params == "harvest":
                 temperature, max_tokens, logprobs, top = float(rng.choice([0.0, 1.0])), 4096, bool(rng.random() < 0.7), 20
             else:
