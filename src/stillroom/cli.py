@@ -92,6 +92,11 @@ def recipes(show: Optional[str] = typer.Argument(None, help="A built-in recipe t
     typer.echo(shipped[show].read_text(encoding="utf-8"), nl=False)
 
 
+from stillroom.serve.cli import serve as _serve  # noqa: E402  (imports its server only when run)
+
+app.command(name="serve")(_serve)
+
+
 def _mount_guard() -> None:
     try:
         guard_cli = importlib.import_module("stillroom.guard.cli")
