@@ -84,3 +84,68 @@ def test_html_report_renders_in_headless_chromium(alerts, scanned, tmp_path):
     pixels = mpimg.imread(shot)
     assert pixels.shape[0] == 2000 and pixels.shape[1] == 1280
     assert float(np.std(pixels[..., :3])) > 0.05  # text and plots, not a blank page
+
+
+def test_alerts_json_lists_every_flagged_account_and_member_while_reports_show_the_top(calibrated, scanned, tmp_path):
+    result, _, _ = scanned
+    alerts = build_alerts(result, calibrated, top=1, examples=2)
+    flagged = set(result.accounts.index[result.accounts["flagged"]])
+    assert {a["account"] for a in alerts["accounts"]} == flagged  # every one, however small `top` is
+    members = {m for c in alerts["campaigns"] for m in c["members"]}
+    in_campaigns = set(result.accounts.index[result.accounts["campaign"] != ""])
+    assert members == in_campaigns and members <= flagged
+    assert len(alerts["campaigns"]) == int(result.campaigns["flagged"].sum())
+    text = to_markdown(alerts)
+    assert text.count("## Campaign ") == min(1, len(alerts["campaigns"]))
+    shown_rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(shown_rows) == min(50, len(flagged))
+    if len(flagged) > 50:
+        assert f"alerts.json lists all {len(flagged):,}" in text
+
+
+def test_fired_means_above_the_benign_threshold(calibrated, scanned, monkeypatch):
+    result, _, _ = scanned
+    c = build_alerts(result, calibrated, top=1, examples=1)["campaigns"][0]
+    members = result.accounts.loc[c["members"]]
+    for row in c["signals"]:
+        assert row["share_fired"] == round(float((members[row["signal"]] > row["threshold"]).mean()), 3)
+        assert row["fired"] == (row["share_fired"] >= 0.5)
+    # a detector that says every signal's benign threshold is very high: nothing fired, whatever the median
+    monkeypatch.setattr(type(calibrated), "signal_threshold", lambda self, name: 1e6, raising=False)
+    c = build_alerts(result, calibrated, top=1, examples=1)["campaigns"][0]
+    assert not any(r["fired"] for r in c["signals"]) and all(r["threshold"] == 1e6 for r in c["signals"])
+
+
+def test_link_evidence_and_warnings_are_rendered(calibrated, scanned, tmp_path):
+    import copy
+
+    result, _, _ = scanned
+    result = copy.copy(result)
+    result.campaigns = result.campaigns.copy()
+    links = {"infrastructure": {"pairs": 120, "members_linked": 0.9, "benign_rate": 0.0004, "strength": 6.5},
+             "content": {"pairs": 300, "members_linked": 1.0, "benign_rate": 0.01, "strength": 3.2}}
+    result.campaigns["links"] = [links] * len(result.campaigns)
+    result.warnings = ["calibration has 300 accounts; this scan has 1,100 (needs at least 2,200 for FPR 0.001)"]
+    alerts = build_alerts(result, calibrated, top=2, examples=1, warnings=["logs.mapping: payment -> card_fp: no such column"])
+    c = alerts["campaigns"][0]
+    assert [r["kind"] for r in c["links"]] == ["infrastructure", "content"]  # strongest first
+    assert alerts["warnings"][0].startswith("logs.mapping") and alerts["warnings"][1].startswith("calibration has 300")
+    paths = write_reports(alerts, tmp_path, ["md", "html"], result)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "| infrastructure | 120 | 90% | 0.0004 | 6.50 |" in md and "**What links the members**" in md
+    assert "> **Warning:** logs.mapping" in md and 'class="warning"' in page and "needs at least 2,200" in page
+    assert '<table class="links">' in page and "<td>infrastructure</td><td>120</td>" in page
+
+
+def test_a_scan_with_nothing_flagged_writes_an_empty_report(calibrated, scanned, tmp_path):
+    import copy
+
+    result, _, _ = scanned
+    quiet = copy.copy(result)
+    quiet.accounts = result.accounts.assign(flagged=False, flagged_alone=False, campaign="")
+    quiet.campaigns = result.campaigns.assign(flagged=False)
+    alerts = build_alerts(quiet, calibrated)
+    assert alerts["campaigns"] == [] and alerts["accounts"] == []
+    paths = write_reports(alerts, tmp_path, ["json", "md", "html"], quiet)  # no UndefinedError on plots.graph
+    assert 'id="nothing-flagged"' in paths["html"].read_text() and "plot-graph" not in paths["html"].read_text()
+    assert "Nothing flagged" in paths["md"].read_text()

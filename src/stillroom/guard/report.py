@@ -22,7 +22,19 @@ import pandas as pd
 from stillroom.guard.capabilities import CAPABILITIES
 from stillroom.guard.detector import Guard, ScanResult
 
-FIRES_AT = 2.0  # a signal "fires" for an account at surprisal >= 2: rarer than 1 benign account in 100
+DEFAULT_FIRES_AT = 3.0  # without a calibrated threshold: rarer than 1 benign account in 1,000
+LINK_KINDS = ("infrastructure", "content", "behaviour", "schedule", "lockstep")
+
+
+def fires_at(guard: Guard, name: str) -> float:
+    """The benign threshold above which signal `name` "fired" (the calibrated one when the detector has it)."""
+    threshold = getattr(guard, "signal_threshold", None)
+    if threshold is None:
+        return DEFAULT_FIRES_AT
+    try:
+        return float(threshold(name))
+    except (KeyError, ValueError):
+        return DEFAULT_FIRES_AT
 
 
 def _prompt(text: str, capability: str, redact: bool, limit: int = 400) -> str:
@@ -32,13 +44,35 @@ def _prompt(text: str, capability: str, redact: bool, limit: int = 400) -> str:
 
 
 def _signal_evidence(members: pd.DataFrame, guard: Guard, names: list[str]) -> list[dict[str, Any]]:
+    """Per signal: the members' mean surprisal, and the share of them above the signal's benign threshold.
+
+    A signal "fired" for the campaign when most members are above that threshold: levels that ordinary
+    users also reach do not count, however far above the median they are.
+    """
     rows = []
     for name in names:
         values = members[name].to_numpy(float)
-        rows.append({"signal": name, "mean_surprisal": round(float(values.mean()), 3),
-                     "share_fired": round(float((values >= FIRES_AT).mean()), 3),
-                     "fired": bool(values.mean() >= FIRES_AT or (values >= FIRES_AT).mean() >= 0.5)})
+        threshold = fires_at(guard, name)
+        share = float((values > threshold).mean()) if len(values) else 0.0
+        rows.append({"signal": name, "mean_surprisal": round(float(values.mean()), 3), "threshold": round(threshold, 3),
+                     "share_fired": round(share, 3), "fired": bool(share >= 0.5)})
     return sorted(rows, key=lambda r: -r["mean_surprisal"])
+
+
+def _links(value: Any) -> list[dict[str, Any]]:
+    """What linked a campaign's members (the detector's `links` column), strongest first."""
+    if not isinstance(value, dict):
+        return []
+    rows = []
+    for kind, link in value.items():
+        if not isinstance(link, dict):
+            continue
+        rows.append({"kind": str(kind), "pairs": int(link.get("pairs", 0) or 0),
+                     "members_linked": round(float(link.get("members_linked", 0.0) or 0.0), 4),
+                     "benign_rate": round(float(link.get("benign_rate", 0.0) or 0.0), 6),
+                     "strength": round(float(link.get("strength", 0.0) or 0.0), 3)})
+    order = {k: i for i, k in enumerate(LINK_KINDS)}
+    return sorted(rows, key=lambda r: (-r["strength"], order.get(r["kind"], len(order))))
 
 
 def _feature_evidence(members: pd.DataFrame, guard: Guard) -> list[dict[str, Any]]:
@@ -85,13 +119,58 @@ def _timeline(result: ScanResult, members: list[str]) -> list[list[Any]]:
     return [[str(h), int(n)] for h, n in zip(hourly["hour"], hourly["requests"])]
 
 
+def _columns(result: ScanResult) -> set[str]:
+    return set(result.engine.sql("SELECT * FROM interactions LIMIT 0").columns)
+
+
+def _system_prompts(result: ScanResult, members: list[str], redact: bool, k: int = 3) -> list[dict[str, Any]]:
+    """The system prompts most of a campaign's members send (an operator's one harness shows up here)."""
+    engine = result.engine
+    engine.con.register("_sel", pd.DataFrame({"account": members}))
+    try:
+        frame = engine.sql(f"""SELECT system AS text, count(DISTINCT account) AS accounts, count(*) AS requests
+                               FROM interactions JOIN _sel USING (account) WHERE system <> ''
+                               GROUP BY 1 ORDER BY 2 DESC, 3 DESC LIMIT {int(k)}""")
+    finally:
+        engine.con.unregister("_sel")
+    return [{"accounts": int(r.accounts), "requests": int(r.requests),
+             "system": f"[redacted: {len(r.text)} characters]" if redact else _prompt(r.text, "", False, 300)}
+            for r in frame.itertuples()]
+
+
+def _account_examples(result: ScanResult, accounts: list[str], k: int) -> dict[str, list[tuple[str, str]]]:
+    """Up to k (prompt, capability) examples per account, reasoning-eliciting ones first, in one query."""
+    if not accounts or k <= 0:
+        return {}
+    engine = result.engine
+    engine.con.register("_sel", pd.DataFrame({"account": accounts}))
+    try:
+        frame = engine.sql(f"""
+            SELECT account, capability, prompt FROM (
+              SELECT i.account, capability, prompt,
+                     row_number() OVER (PARTITION BY i.account ORDER BY elicit DESC, hash(prompt || '0')) AS r
+              FROM interactions i JOIN _sel USING (account)) WHERE r <= {int(k)} ORDER BY account, r""")
+    finally:
+        engine.con.unregister("_sel")
+    out: dict[str, list[tuple[str, str]]] = {}
+    for row in frame.itertuples():
+        out.setdefault(row.account, []).append((row.prompt, row.capability))
+    return out
+
+
 def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: int = 5, redact: bool = False,
-                 quarantine: dict[str, int] | None = None) -> dict[str, Any]:
-    """The alerts of a scan as plain data (what `alerts.json` holds)."""
+                 quarantine: dict[str, int] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The alerts of a scan as plain data (what `alerts.json` holds).
+
+    Every flagged campaign and every flagged account is listed, members included; `top` is kept in the
+    summary and limits only the human-readable reports. `warnings` (from reading the logs) come first,
+    then the scan's own (`ScanResult.warnings`, when the detector gives them).
+    """
     acc = result.accounts
     flagged_campaigns = result.campaigns[result.campaigns["flagged"]]
+    has_system = "system" in _columns(result)
     campaigns = []
-    for row in flagged_campaigns.head(top).itertuples():
+    for row in flagged_campaigns.itertuples():
         ids = list(acc.index[acc["campaign"] == row.id])
         members = acc.loc[ids]
         lock = result.edges.get("lockstep")
@@ -103,9 +182,11 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
             "accounts_flagged_alone": int(members["flagged_alone"].sum()),
             "first_seen": str(members["first_seen"].min()), "last_seen": str(members["last_seen"].max()),
             "signals": _signal_evidence(members, guard, result.signal_names),
+            "links": _links(getattr(row, "links", None)),
             "features": _feature_evidence(members, guard),
             "capabilities": _capabilities(members),
             "infrastructure": _infrastructure(result, ids),
+            "system_prompts": _system_prompts(result, ids, redact) if has_system else [],
             "lockstep": {"pairs": int(len(lock_pairs)),
                          "median_lift": round(float(lock_pairs["lift"].median()), 1) if len(lock_pairs) else None},
             "timeline": _timeline(result, ids),
@@ -113,19 +194,20 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
                           "prompt": _prompt(e.prompt, e.capability, redact)} for e in ex.itertuples()],
             "members": ids,
         })
+    flagged = acc[acc["flagged"]]
+    account_examples = _account_examples(result, list(flagged.index), min(2, examples))
     accounts = []
-    for account, row in acc[acc["flagged"]].head(max(top * 5, 50)).iterrows():
+    for account, row in flagged.iterrows():
         evidence = []
         for signal in guard.per_account.values():
             evidence += [dict(e, signal=signal.name) for e in signal.explain(row)[:1]]
         evidence = sorted(evidence, key=lambda e: -e["surprisal"])[:4]
-        ex = result.engine.examples([account], min(2, examples))
         accounts.append({
             "account": account, "score": round(float(row["score"]), 2), "campaign": row["campaign"] or None,
             "flagged_alone": bool(row["flagged_alone"]), "requests": int(row["requests"]),
             "signals": {name: round(float(row[name]), 2) for name in result.signal_names},
             "evidence": evidence,
-            "examples": [_prompt(e.prompt, e.capability, redact) for e in ex.itertuples()],
+            "examples": [_prompt(p, c, redact) for p, c in account_examples.get(account, [])],
         })
     overall = result.engine.hourly()
     return {
@@ -134,8 +216,9 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
             "flagged_alone": int(acc["flagged_alone"].sum()), "campaigns_found": int(len(result.campaigns)),
             "campaigns_flagged": int(len(flagged_campaigns)), "quarantined": quarantine or {},
             "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()},
-            "scan_seconds": round(result.timings.get("total_s", 0.0), 2), "redacted": redact,
+            "scan_seconds": round(result.timings.get("total_s", 0.0), 2), "redacted": redact, "top": int(top),
         },
+        "warnings": [*(warnings or []), *(getattr(result, "warnings", None) or [])],
         "baseline_capabilities": _capabilities(acc[~acc["flagged"]]) if (~acc["flagged"]).any() else {},
         "timeline": [[str(h), int(n)] for h, n in zip(overall["hour"], overall["requests"])],
         "campaigns": campaigns,
@@ -143,20 +226,46 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
     }
 
 
+def shown(alerts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The campaigns and accounts the human-readable reports show: the top `report.top` campaigns, and
+    the flagged accounts up to five times that (at least 50). alerts.json keeps them all."""
+    top = int(alerts["summary"].get("top", 10))
+    return alerts["campaigns"][:top], alerts["accounts"][:max(top * 5, 50)]
+
+
 # ---- writers -------------------------------------------------------------------------
+def _link_line(r: dict[str, Any]) -> str:
+    return (f"| {r['kind']} | {r['pairs']:,} | {r['members_linked']:.0%} | {r['benign_rate']:.3g} | {r['strength']:.2f} |")
+
+
 def to_markdown(alerts: dict[str, Any]) -> str:
     s = alerts["summary"]
-    lines = ["# stillroom guard: alerts", "",
-             f"{s['interactions']:,} interactions from {s['accounts']:,} accounts. "
-             f"**{s['campaigns_flagged']} campaign(s)** flagged, **{s['flagged_accounts']:,} account(s)** flagged "
-             f"({s['flagged_alone']:,} on their own).", ""]
+    campaigns, accounts = shown(alerts)
+    lines = ["# stillroom guard: alerts", ""]
+    for warning in alerts.get("warnings", []):
+        lines.append(f"> **Warning:** {warning}")
+    if alerts.get("warnings"):
+        lines.append("")
+    lines += [f"{s['interactions']:,} interactions from {s['accounts']:,} accounts. "
+              f"**{s['campaigns_flagged']} campaign(s)** flagged, **{s['flagged_accounts']:,} account(s)** flagged "
+              f"({s['flagged_alone']:,} on their own).", ""]
     if s["quarantined"]:
         lines += ["Quarantined records: " + ", ".join(f"{n:,} {why}" for why, n in s["quarantined"].items()), ""]
-    for c in alerts["campaigns"]:
+    if not alerts["campaigns"] and not alerts["accounts"]:
+        lines += ["Nothing flagged: no campaign and no account is unusual against the benign baseline.", ""]
+    if len(alerts["campaigns"]) > len(campaigns):
+        lines += [f"The {len(campaigns)} strongest campaigns are shown; alerts.json lists all {len(alerts['campaigns'])}.", ""]
+    for c in campaigns:
         lines += [f"## Campaign {c['id']}: {c['accounts']:,} accounts, {c['requests']:,} requests, z = {c['z']}", "",
-                  f"Active {c['first_seen']} to {c['last_seen']}. {c['accounts_flagged_alone']} member(s) would be flagged alone.", "",
-                  "| signal | mean surprisal | share of members fired | fired |", "|---|---|---|---|"]
-        lines += [f"| {r['signal']} | {r['mean_surprisal']:.2f} | {r['share_fired']:.0%} | {'yes' if r['fired'] else ''} |" for r in c["signals"]]
+                  f"Active {c['first_seen']} to {c['last_seen']}. {c['accounts_flagged_alone']} member(s) would be flagged alone.", ""]
+        if c.get("links"):
+            lines += ["**What links the members** (strength: surprisal against the benign rate of such links):", "",
+                      "| link | pairs | members linked | benign rate | strength |", "|---|---|---|---|---|"]
+            lines += [_link_line(r) for r in c["links"]]
+            lines.append("")
+        lines += ["| signal | mean surprisal | benign threshold | share of members above it | fired |", "|---|---|---|---|---|"]
+        lines += [f"| {r['signal']} | {r['mean_surprisal']:.2f} | {r.get('threshold', DEFAULT_FIRES_AT):.2f} | {r['share_fired']:.0%} | "
+                  f"{'yes' if r['fired'] else ''} |" for r in c["signals"]]
         lines += ["", "| feature | campaign median | benign median | benign p99 |", "|---|---|---|---|"]
         lines += [f"| {r['feature']} | {r['median']:.3g} | {r['benign_median']:.3g} | {r['benign_p99']:.3g} |" for r in c["features"]]
         caps = ", ".join(f"{k} {v:.0%}" for k, v in list(c["capabilities"].items())[:6])
@@ -165,12 +274,18 @@ def to_markdown(alerts: dict[str, Any]) -> str:
         lines += ["", f"**Capabilities targeted:** {caps}", "",
                   f"**Infrastructure:** {infra['distinct']['ips']} addresses, {infra['distinct']['networks']} networks, "
                   f"{infra['distinct']['payments']} payment fingerprints, {infra['distinct']['user_agents']} user agents"
-                  + (f"; shared: {', '.join(shared)}" if shared else "; nothing shared"), "",
-                  f"**Lockstep pairs:** {c['lockstep']['pairs']}", "", "**Example prompts:**", ""]
+                  + (f"; shared: {', '.join(shared)}" if shared else "; nothing shared"), ""]
+        if c.get("system_prompts"):
+            lines += ["**System prompts:** " + "; ".join(f"{r['system']!r} ({r['accounts']} accounts)" for r in c["system_prompts"]), ""]
+        lines += [f"**Lockstep pairs:** {c['lockstep']['pairs']}", "", "**Example prompts:**", ""]
         lines += [f"- `{e['account']}` ({e['capability']}): {e['prompt']!r}" for e in c["examples"]]
         lines.append("")
-    lines += ["## Flagged accounts", "", "| account | score | campaign | alone | requests | strongest evidence |", "|---|---|---|---|---|---|"]
-    for a in alerts["accounts"]:
+    if alerts["accounts"]:
+        lines += ["## Flagged accounts", ""]
+        if len(alerts["accounts"]) > len(accounts):
+            lines += [f"The {len(accounts)} highest-scoring are shown; alerts.json lists all {len(alerts['accounts']):,}.", ""]
+        lines += ["| account | score | campaign | alone | requests | strongest evidence |", "|---|---|---|---|---|---|"]
+    for a in accounts:
         ev = "; ".join(f"{e['feature']}={e['value']:.3g} (benign p99 {e['benign_p99']:.3g})" for e in a["evidence"][:2])
         lines.append(f"| `{a['account']}` | {a['score']:.1f} | {a['campaign'] or ''} | {'yes' if a['flagged_alone'] else ''} | {a['requests']} | {ev} |")
     return "\n".join(lines) + "\n"
@@ -192,13 +307,14 @@ def plots(alerts: dict[str, Any], result: ScanResult | None = None) -> dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = {}
+    out = {"graph": ""}
+    campaigns, _ = shown(alerts)
     fig, ax = plt.subplots(figsize=(9, 3.2))
     hours = pd.to_datetime([h for h, _ in alerts["timeline"]], utc=True, format="ISO8601")
     ax.fill_between(hours, [n for _, n in alerts["timeline"]], color="#ddd", label="all traffic")
     ax.set_ylabel("all requests per hour")
     twin = ax.twinx()
-    for c in alerts["campaigns"][:5]:
+    for c in campaigns[:5]:
         ch = pd.to_datetime([h for h, _ in c["timeline"]], utc=True, format="ISO8601")
         twin.plot(ch, [n for _, n in c["timeline"]], marker=".", label=f"campaign {c['id']}")
     twin.set_ylabel("campaign requests per hour")
@@ -209,7 +325,7 @@ def plots(alerts: dict[str, Any], result: ScanResult | None = None) -> dict[str,
     ax.set_title("Timeline")
     out["timeline"] = _png(fig)
 
-    rows = [("benign baseline", alerts["baseline_capabilities"])] + [(f"campaign {c['id']}", c["capabilities"]) for c in alerts["campaigns"][:8]]
+    rows = [("benign baseline", alerts["baseline_capabilities"])] + [(f"campaign {c['id']}", c["capabilities"]) for c in campaigns[:8]]
     matrix = np.array([[r.get(cap, 0.0) for cap in CAPABILITIES] for _, r in rows])
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.6))
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
@@ -219,8 +335,8 @@ def plots(alerts: dict[str, Any], result: ScanResult | None = None) -> dict[str,
     ax.set_title("Capability coverage")
     out["heatmap"] = _png(fig)
 
-    if alerts["campaigns"] and result is not None:
-        out["graph"] = _campaign_graph(alerts["campaigns"][0], result, plt)
+    if campaigns and result is not None:
+        out["graph"] = _campaign_graph(campaigns[0], result, plt)
     return out
 
 
@@ -233,9 +349,11 @@ def _campaign_graph(campaign: dict[str, Any], result: ScanResult, plt) -> str:
     pos = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
     fig, ax = plt.subplots(figsize=(6, 6))
     colours = {"similarity": "#4c78a8", "content": "#b279a2", "lockstep": "#e45756", "infrastructure": "#54a24b"}
+    palette = iter(["#f58518", "#72b7b2", "#eeca3b", "#9d755d", "#bab0ac"])
     for kind, frame in result.edges.items():
-        if frame is None or frame.empty:
+        if frame is None or frame.empty or not ({"a", "b"} <= set(frame.columns) or kind == "infrastructure"):
             continue
+        colours.setdefault(kind, next(palette, "#888888"))
         if kind == "infrastructure":
             sel = frame[frame["account"].isin(index)].sort_values(["key", "value"])
             pairs = [(a, b) for (_, g) in sel.groupby(["key", "value"]) for a, b in zip(g["account"], g["account"].iloc[1:])]
@@ -257,7 +375,9 @@ def to_html(alerts: dict[str, Any], result: ScanResult | None = None) -> str:
 
     template = resources.files("stillroom.guard").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(template).render(alerts=alerts, plots=plots(alerts, result), escape=html.escape)
+    campaigns, accounts = shown(alerts)
+    return env.from_string(template).render(alerts=alerts, campaigns=campaigns, accounts=accounts, plots=plots(alerts, result),
+                                            escape=html.escape)
 
 
 def write_reports(alerts: dict[str, Any], folder: Path, formats: list[str], result: ScanResult | None = None) -> dict[str, Path]:
