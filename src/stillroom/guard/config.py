@@ -188,6 +188,11 @@ class LogsConfig(Schema):
 class CalibrationConfig(Schema):
     path: Optional[str] = Field(None, description="a calibration folder written by `stillroom guard calibrate`")
     benign_logs: list[str] = Field([], description="benign-only logs to calibrate from, when no path is given")
+    mode: Optional[Literal["clean", "history", "self"]] = Field(
+        None, description="clean: certified-benign path/benign_logs; history: history_logs that may hold attacks (robust fit); "
+                          "self: the scanned traffic itself (robust fit); none: clean when path or benign_logs are given, "
+                          "history when history_logs are, else self")
+    history_logs: list[str] = Field([], description="past traffic that may hold attacks, for mode history")
     target_fpr: float = Field(0.001, gt=0, lt=0.5)
     campaign_share: float = Field(0.8, gt=0, lt=1, description="share of the FPR budget spent on campaign alerts")
 
