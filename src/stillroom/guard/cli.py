@@ -127,3 +127,12 @@ def demo(
     from stillroom.guard.pipeline import run_demo
 
     run_demo(resolve(recipe, {"simulate.seed": seed, "name": "guard-demo"}, set_))
+
+
+def _mount_gateway() -> None:
+    from stillroom.guard.gateway.cli import app as gateway_app
+
+    app.add_typer(gateway_app, name="gateway")
+
+
+_mount_gateway()
