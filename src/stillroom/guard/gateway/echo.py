@@ -12,7 +12,7 @@ import json
 import time
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -23,7 +23,13 @@ def create_echo_app(delay_s: float = 0.0, answer: str = ANSWER) -> Starlette:
     words = answer.split(" ")
 
     async def chat(request: Request) -> Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ClientDisconnect:  # the caller went away (a killed gateway, in the fault test)
+            return Response(status_code=499)
+        except ValueError:
+            return JSONResponse({"error": {"message": "not JSON", "type": "invalid_request_error", "param": None,
+                                           "code": "invalid_json"}}, status_code=400)
         if delay_s:
             await asyncio.sleep(delay_s)
         base = {"id": "chatcmpl-echo", "created": int(time.time()), "model": body.get("model") or "echo"}
