@@ -115,8 +115,9 @@ def test_recipe_errors_name_the_key_as_written():
         "unknown key 'Training'; did you mean 'training'?": {"Training": {}},
         "unknown key 'training.Epochs'; did you mean 'epochs'?": {"training": {"Epochs": 1}},
         "losses.0.temperature: Input should be a valid number": {"losses": [{"name": "hinton_kd", "temperature": "hot"}]},
-        "temperature and alpha apply to hinton_kd only": {"losses": [{"name": "logit_mse", "temperature": 3}]},
-        "test_path and validation_path need data.path too": {"data": {"test_path": "x.csv"}},
+        "temperature applies to hinton_kd only": {"losses": [{"name": "logit_mse", "temperature": 3}]},
+        "alpha applies to hinton_kd and pseudo_label only": {"losses": [{"name": "ce", "alpha": 0.3}]},
+        "test_path, validation_path and unlabeled need data.path too": {"data": {"test_path": "x.csv"}},
     }
     for message, data in cases.items():
         with pytest.raises(RecipeError, match=message.replace("?", r"\?").replace(".", r"\.")):

@@ -14,7 +14,7 @@ from stillroom.distill import pipeline
 from stillroom.distill.config import ClassifierRecipe
 from tests.conftest import REPO
 
-ROWS = ["teacher", "teacher int8", "student from scratch", "distilled student", "distilled student int8"]
+ROWS = ["teacher", "teacher int8", "scratch", "teacher-init", "pseudo-label", "distilled", "distilled int8"]
 
 
 def check_run(result, run_dir):
@@ -24,14 +24,14 @@ def check_run(result, run_dir):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
         assert row["params"] > 0 and row["bytes"] > 0 and row["latency_ms_b1"] > 0 and row["throughput_b64"] > 0
     rows = {r["name"]: r for r in card["rows"]}
-    assert rows["distilled student"]["params"] < rows["teacher"]["params"]
-    assert rows["distilled student int8"]["bytes"] < rows["distilled student"]["bytes"]
+    assert rows["distilled"]["params"] < rows["teacher"]["params"]
+    assert rows["distilled int8"]["bytes"] < rows["distilled"]["bytes"]
     summary = card["summary"]
-    assert summary["retention"] == pytest.approx(rows["distilled student"]["accuracy"] / rows["teacher"]["accuracy"])
-    assert summary["size_ratio"] == pytest.approx(rows["distilled student"]["bytes"] / rows["teacher"]["bytes"])
+    assert summary["retention"] == pytest.approx(rows["distilled"]["accuracy"] / rows["teacher"]["accuracy"])
+    assert summary["size_ratio"] == pytest.approx(rows["distilled"]["bytes"] / rows["teacher"]["bytes"])
     for name in ("card.md", "card.png", "recipe.yaml", "log.txt", "model/README.md", "model/labels.json"):
         assert (run_dir / name).exists(), name
-    assert "| distilled student |" in (run_dir / "card.md").read_text()
+    assert "| distilled |" in (run_dir / "card.md").read_text()
 
     # Plain transformers loads the student and predicts the same labels as the trained module.
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model").eval()
@@ -72,7 +72,7 @@ def test_python_api_accepts_any_modules(tiny_recipe, tiny_encoder_dir):
     recipe = tiny_recipe(name="modules")
     result = pipeline.run(recipe, teacher=teacher, tokenizer=tokenizer, student=student)
     rows = {r["name"]: r for r in result.card.rows}
-    assert rows["distilled student"]["params"] < rows["teacher"]["params"]
+    assert rows["distilled"]["params"] < rows["teacher"]["params"]
     assert (result.model_dir / "model.safetensors").exists()
 
 
@@ -92,7 +92,7 @@ def test_real_minilm_teacher_on_the_demo_data(tmp_path):
     rows = {r["name"]: r for r in card["rows"]}
     assert rows["teacher"]["params"] == 22_717_836  # MiniLM-L6 encoder + a 12-way head
     assert rows["teacher"]["accuracy"] > 0.5, "fine-tuned teacher should be far above chance (1/12)"
-    assert rows["distilled student"]["accuracy"] > 0.3
+    assert rows["distilled"]["accuracy"] > 0.3
 
     class Result:  # what check_run needs of a pipeline result
         student = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")

@@ -97,7 +97,7 @@ def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
 
     cards = {name: json.loads((tmp_path / "runs" / name / "card.json").read_text()) for name in ("one", "two")}
     rows = {name: {r["name"]: r for r in card["rows"]} for name, card in cards.items()}
-    assert rows["one"]["distilled student"]["accuracy"] == pytest.approx(rows["two"]["distilled student"]["accuracy"], abs=0.02)
+    assert rows["one"]["distilled"]["accuracy"] == pytest.approx(rows["two"]["distilled"]["accuracy"], abs=0.02)
     histories = {}
     for name in ("one", "two"):
         state = tmp_path / "runs" / name / "checkpoints" / "distilled" / "last" / "state.json"

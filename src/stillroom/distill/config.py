@@ -24,11 +24,15 @@ class DataConfig(Schema):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     drop_empty: bool = False
     max_length: int = Field(64, ge=4, le=4096)
+    unlabeled: Optional[str] = None
+    """Texts with no labels (CSV, TSV, JSONL, Parquet; the `text_column`) that the teacher labels: the transfer
+    set a team has when a large model already labels its traffic. Only the teacher-signal rows use them."""
 
     @model_validator(mode="after")
     def _splits_need_data(self) -> "DataConfig":
-        if self.path is None and (self.test_path or self.validation_path):
-            raise ValueError("test_path and validation_path need data.path too; without it the built-in demo data is used")
+        if self.path is None and (self.test_path or self.validation_path or self.unlabeled):
+            raise ValueError("test_path, validation_path and unlabeled need data.path too; "
+                             "without it the built-in demo data is used")
         return self
 
 
@@ -36,7 +40,12 @@ class AugmentConfig(Schema):
     """A transfer set labelled by the teacher (Tang et al. 2019, "Distilling task-specific knowledge from BERT")."""
 
     copies: int = Field(0, ge=0)
-    """Synthetic variants per training text; 0 turns augmentation off."""
+    """Fixed synthetic variants per training text, added to the transfer set once; 0 turns them off."""
+    views: int = Field(0, ge=0)
+    """Fresh views: every epoch each transfer-set text is shown as one of its `views + 1` versions (the text
+    and `views` augmented ones), drawn anew, and the teacher scores that same version: live, or from a cache
+    of all versions. 0 turns them off (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient
+    and consistent")."""
     mask_prob: float = Field(0.1, ge=0.0, le=1.0)
     replace_prob: float = Field(0.1, ge=0.0, le=1.0)
     ngram_prob: float = Field(0.25, ge=0.0, le=1.0)
@@ -80,12 +89,12 @@ class StudentConfig(Schema):
 
 
 class LossConfig(Schema):
-    name: Literal["hinton_kd", "ce", "logit_mse", "hidden_cosine", "hidden_mse"]
+    name: Literal["hinton_kd", "pseudo_label", "ce", "logit_mse", "hidden_cosine", "hidden_mse"]
     weight: float = Field(1.0, ge=0.0)
     temperature: Optional[float] = Field(None, gt=0)
     """hinton_kd only; None means 2.0."""
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
-    """hinton_kd only: weight of the soft-target term; 1 - alpha weighs hard-label cross-entropy. None means 0.5."""
+    """hinton_kd and pseudo_label: weight of the teacher term; 1 - alpha weighs gold-label cross-entropy. None means 0.5."""
 
     @property
     def kd_temperature(self) -> float:
@@ -101,8 +110,10 @@ class LossConfig(Schema):
 
     @model_validator(mode="after")
     def _options_fit_the_loss(self) -> "LossConfig":
-        if self.name != "hinton_kd" and (self.temperature is not None or self.alpha is not None):
-            raise ValueError(f"temperature and alpha apply to hinton_kd only, not to {self.name}")
+        if self.name != "hinton_kd" and self.temperature is not None:
+            raise ValueError(f"temperature applies to hinton_kd only, not to {self.name}")
+        if self.name not in ("hinton_kd", "pseudo_label") and self.alpha is not None:
+            raise ValueError(f"alpha applies to hinton_kd and pseudo_label only, not to {self.name}")
         if not self.name.startswith("hidden_") and self.layer_map is not None:
             raise ValueError(f"layer_map applies to hidden_cosine and hidden_mse only, not to {self.name}")
         return self
@@ -115,8 +126,10 @@ class TrainingConfig(Schema):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    teacher_signal: Literal["cached", "online"] = "cached"
-    """cached: teacher outputs computed once and reused; online: the teacher runs every step."""
+    teacher_signal: Literal["cached", "online", "sparse"] = "cached"
+    """cached: teacher outputs computed once and reused; online: the teacher runs every step;
+    sparse: the cached top-`sparse_k` log-probabilities per example and the tail mass."""
+    sparse_k: int = Field(8, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     """Steps between checkpoints; a killed run resumes from the last one."""
     eval_batch_size: int = Field(128, ge=1)
@@ -144,7 +157,12 @@ class ClassifierRecipe(Schema):
     losses: list[LossConfig] = [LossConfig(name="hinton_kd")]
     training: TrainingConfig = TrainingConfig()
     scratch_baseline: bool = True
-    """Also train the same student on hard labels only, for the card's gap-closed column."""
+    """Also train the baselines below, for the card's gap-closed column; false trains the distilled student only."""
+    baselines: list[Literal["scratch", "teacher_init", "pseudo_label"]] = ["scratch", "teacher_init", "pseudo_label"]
+    """scratch: the student's architecture from the pre-trained encoder (never the fine-tuned teacher), a fresh
+    head, hard labels only, what a user without a teacher gets; teacher_init: the student copied from the
+    fine-tuned teacher, hard labels only; pseudo_label: the distilled student's transfer set and views with the
+    teacher's argmax as hard labels. Each trains for as many steps as the distilled student."""
     card: CardConfig = CardConfig()
 
     @field_validator("name")

@@ -84,6 +84,34 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
                  drop_empty: bool = False) -> Records:
     """Read a labelled text file. The format comes from the suffix: .csv, .tsv, .jsonl/.json, .parquet."""
     path = Path(path)
+    return _to_records(path, read_rows(path), text_column, label_column, drop_empty)
+
+
+def read_texts(path: str | Path, text_column: str = "text", drop_empty: bool = False) -> list[str]:
+    """Read the texts of an unlabelled file (same formats and checks as `read_records`; other columns ignored)."""
+    path = Path(path)
+    rows = read_rows(path)
+    if text_column not in rows[0][1]:
+        raise DataError(f"no column named {text_column!r}; the columns are: {', '.join(map(str, rows[0][1]))}",
+                        where=str(path), hint="set data.text_column in the recipe to the right column name")
+    texts, empty = [], []
+    for number, row in rows:
+        text = row.get(text_column)
+        if text is None or not str(text).strip():
+            empty.append(number)
+            continue
+        texts.append(str(text).strip())
+    if empty and not drop_empty:
+        more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
+        raise DataError(f"empty text{more}", where=f"{path}, line {empty[0]}",
+                        hint="fill in or remove these rows, or set data.drop_empty: true to skip them")
+    if empty:
+        LOG.warning("%s: skipped %d rows with empty text (data.drop_empty is on)", path, len(empty))
+    return texts
+
+
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a CSV, TSV, JSONL or Parquet file with the number of the line (or row) each came from."""
     if not path.exists():
         raise DataError("file not found", where=str(path), hint="check the path (data.path in the recipe, or --data)")
     if path.is_dir():
@@ -101,7 +129,7 @@ def read_records(path: str | Path, text_column: str = "text", label_column: str 
         rows = _read_jsonl(path, text) if kind == "jsonl" else _read_delimited(path, text, "\t" if kind == "tsv" else ",")
     if not rows:
         raise DataError("the file has no data rows", where=str(path), hint="add rows below the header")
-    return _to_records(path, rows, text_column, label_column, drop_empty)
+    return rows
 
 
 def _decode(path: Path) -> str:

@@ -7,8 +7,6 @@ Every loss is called as `loss(student, teacher, labels)`, where `student` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,16 +15,9 @@ from stillroom.core.errors import RecipeError
 from stillroom.core.registry import Registry
 from stillroom.distill.config import LossConfig
 
+from stillroom.distill.types import IGNORE, Outputs
+
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
-IGNORE = -100
-
-
-@dataclass
-class Outputs:
-    """What a loss sees of a model: logits [B, C] and pooled hidden states [B, H] by index (0 = embeddings)."""
-
-    logits: torch.Tensor
-    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _hard_label_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,6 +60,30 @@ class HintonKD(nn.Module):
         soft = F.kl_div(F.log_softmax(student.logits / t, dim=-1), F.log_softmax(teacher.logits / t, dim=-1),
                         reduction="batchmean", log_target=True)
         loss = self.alpha * t * t * soft
+        if self.alpha < 1.0:
+            loss = loss + (1.0 - self.alpha) * _hard_label_ce(student.logits, labels)
+        return loss
+
+
+@LOSSES.register("pseudo_label")
+class PseudoLabel(nn.Module):
+    """Hard teacher labels: the teacher's argmax as the class, mixed with the gold labels like `hinton_kd`.
+
+    `loss = α·CE(s, argmax t) + (1−α)·CE(s, y)`
+
+    The baseline Hinton KD must beat to show that soft targets, not just the
+    teacher's labelling of the transfer set, carry the gain (self-training, or
+    "pseudo-labelling": Lee 2013; Mukherjee & Awadallah 2020, arXiv:2006.00215).
+    """
+
+    uses_teacher = True
+
+    def __init__(self, alpha: float = 0.5):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.alpha * F.cross_entropy(student.logits, teacher.logits.argmax(-1))
         if self.alpha < 1.0:
             loss = loss + (1.0 - self.alpha) * _hard_label_ce(student.logits, labels)
         return loss
@@ -191,6 +206,8 @@ def build_losses(configs: list[LossConfig], student_layers: int, teacher_layers:
             module = cls(layer_map, student_width, teacher_width)
         elif cls is HintonKD:
             module = cls(config.kd_temperature, config.kd_alpha)
+        elif cls is PseudoLabel:
+            module = cls(config.kd_alpha)
         else:
             module = cls()
         built.append((config.name, config.weight, module))

