@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from stillroom.guard.config import NEVER_SEEN, STYLES, CampaignSpec, Populations, SimulateConfig
+from stillroom.guard import simulate as sim
+from stillroom.guard.config import NEVER_SEEN, STYLES, CampaignSpec, Populations, SimulateConfig, style_status
 from stillroom.guard.features import FeatureEngine
-from stillroom.guard.prompts import load_shared_pools
+from stillroom.guard.prompts import load_human_pools, load_shared_pools
 from stillroom.guard.schema import FIELDS
 from stillroom.guard.simulate import BROWSERS, CLOUD_ASNS, HUMAN_COT, MOBILE_APPS, SDKS, simulate
 
@@ -115,7 +118,9 @@ def test_cron_timing_cloud_addresses_and_a_template_per_account():
 def test_every_style_is_valid_and_unknown_ones_are_refused():
     for style in STYLES:
         CampaignSpec(style=style)
-    assert set(NEVER_SEEN) <= {s for s, knobs in STYLES.items() if knobs.get("held_out")}
+    assert set(NEVER_SEEN) == {s for s, knobs in STYLES.items() if knobs.get("held_out")}  # held out means never seen
+    assert all(style_status(s)["status"] == "development" and style_status(s)["development_since"]
+               for s in STYLES if s not in NEVER_SEEN)
     with pytest.raises(ValueError, match="allowed values"):
         CampaignSpec(style="ninja")
 
@@ -124,3 +129,112 @@ def test_shared_prompt_pools_when_present():
     pools = load_shared_pools(shared_data("prompts"), per_pool=50)
     assert len(pools["math"]) == 50 and len(pools["coding"]) == 50 and "cybersecurity" in pools
     assert load_shared_pools("/nonexistent") == {}
+
+
+def test_human_prompt_pools_when_present():
+    pools = load_human_pools(shared_data(""), per_pool=100)
+    assert len(pools["chat"]) == 100 and len(pools["coding"]) == 100 and "writing" in pools
+    assert load_human_pools("/nonexistent") == {}
+
+
+# ---- issue 8: no one-line rule separates attack from benign in the simulated traffic -------------------------
+DEVELOPMENT = [s for s in STYLES if s not in NEVER_SEEN]
+MARKS_BENIGN = Populations(chat=1000, apps=60, evals=10, labelers=20, researchers=80)
+
+
+@pytest.fixture(scope="module")
+def one_day():
+    """One day with every development style (30 accounts each) among 1,170 benign accounts, and per-account marks."""
+    campaigns = [CampaignSpec(name=s, style=s, accounts=30) for s in DEVELOPMENT]
+    log, truth = simulate(SimulateConfig(seed=21, benign=MARKS_BENIGN, campaigns=campaigns))
+    by = log.groupby("account")
+    pay = by["payment"].agg(lambda x: x.mode().iloc[0])
+    org = by["org"].agg(lambda x: x.mode().iloc[0])
+    card_accounts = pay.map(log[log["payment"] != ""].groupby("payment")["account"].nunique()).fillna(0)
+    marks = pd.DataFrame({
+        "ips": by["ip"].nunique(),
+        "top_logprobs_20": by["top_logprobs"].max() >= 20,
+        "logprobs_long": (log["logprobs"] & (log["max_tokens"] >= 4000)).groupby(log["account"]).any(),
+        "card_accounts_no_org": card_accounts.where(org == "", 0),
+        "completion": by["completion_tokens"].mean(),
+    }).join(truth.set_index("account")[["population", "style", "is_attack"]])
+    return log, truth, marks
+
+
+def test_one_line_rules_fire_on_benign_accounts_too(one_day):
+    _, _, marks = one_day
+    benign = marks[~marks["is_attack"]]
+    # each of the issue's one-line rules flags far more than the 0.001 FPR budget of benign accounts
+    assert (benign["ips"] >= 2).mean() > 0.05
+    assert benign["top_logprobs_20"].mean() > 0.002
+    assert benign["logprobs_long"].mean() > 0.002
+    assert (benign["card_accounts_no_org"] >= 20).mean() > 0.002
+    harvest_or_ips = (benign["ips"] >= 2) | benign["top_logprobs_20"] | benign["logprobs_long"]
+    assert harvest_or_ips.mean() > 0.05
+    # the populations that carry each mark
+    by_pop = benign.groupby("population")
+    assert (by_pop["ips"].apply(lambda x: (x >= 2).mean()) > 0.1)[["chat", "app", "researcher"]].all()
+    assert benign.loc[benign["top_logprobs_20"], "population"].isin(["researcher", "eval", "app", "labeler"]).all()
+    assert benign.loc[benign["card_accounts_no_org"] >= 20, "population"].eq("chat").all()  # a class on one card
+
+
+def test_answer_length_follows_the_prompt_not_the_label(one_day):
+    log, truth, marks = one_day
+    benign = marks[~marks["is_attack"]]
+    aucs = {}
+    for style in DEVELOPMENT:
+        attack = marks[marks["style"] == style]
+        y = np.r_[np.zeros(len(benign)), np.ones(len(attack))]
+        aucs[style] = roc_auc_score(y, np.r_[benign["completion"], attack["completion"]])
+    assert max(aucs.values()) < 0.95 and np.median(list(aucs.values())) < 0.85, aucs  # was 0.89-0.99 on every style
+    # the same prompt gets the same length distribution whoever sends it; a reasoning request lengthens it
+    simulator = sim.Simulator(SimulateConfig(seed=0, campaigns=[]))
+
+    def lengths(prompt: str, capability: str) -> np.ndarray:  # 300 accounts' mean log length, 5 requests each
+        return np.array([np.log(simulator.answer_tokens([prompt] * 5, [capability] * 5)).mean() for _ in range(300)])
+
+    ask = "Write a Python function that merges two sorted arrays."
+    a, b = lengths(ask, "coding"), lengths(ask, "coding")
+    assert abs(a.mean() - b.mean()) < 0.1
+    cot = lengths(ask + " Explain your reasoning step by step.", "coding")
+    one = lengths("Is this comment toxic? Answer yes or no. Comment: ok", "extraction")
+    assert cot.mean() > a.mean() + 0.4 and a.mean() > one.mean() + 3
+
+
+def test_no_field_value_is_attack_only(one_day):
+    log, truth, _ = one_day
+    attack = log["account"].isin(truth.loc[truth["is_attack"], "account"])
+    for column in ("user_agent", "network", "temperature", "max_tokens", "top_logprobs", "logprobs", "n", "model", "country"):
+        only = set(log.loc[attack, column]) - set(log.loc[~attack, column])
+        assert not only, (column, sorted(only)[:5])
+
+
+def test_every_phrase_list_is_drawn_by_both_classes(one_day):
+    log, truth, _ = one_day
+    attack = log["account"].isin(truth.loc[truth["is_attack"], "account"])
+    lowered = log["prompt"].str.lower()
+    lists = {
+        "attack_cot": sim.ATTACK_COT, "human_cot": HUMAN_COT, "follow_ups": sim.FOLLOW_UPS,
+        "reword_context": [c for c in sim.REWORD_CONTEXT if c], "reword_ask": sim.REWORD_ASK,
+        "wrappers": [w.split("{")[0] or w.split("}")[-1] for w in sim.ATTACK_WRAPPERS if w.split("{")[0] or w.split("}")[-1]],
+        "app_headers": [h.split("{")[0] for h in sim.APP_MIMIC_HEADERS if h.split("{")[0]],
+        "app_templates": [t.split("{")[0] for _, t in sim.APP_TEMPLATES if t.split("{")[0]],
+        "labeler_templates": [t.split("{")[0] for t in sim.LABELER_TEMPLATES],
+        "eval_suffix": ["answer with the letter only", "let's think step by step"],
+    }
+    for name, phrases in lists.items():
+        pattern = "|".join(__import__("re").escape(p.strip().lower()) for p in phrases if p.strip())
+        hits = lowered.str.contains(pattern, regex=True)
+        assert hits[attack].any() and hits[~attack].any(), name
+
+
+def test_new_never_seen_knobs():
+    blocks = _attack_log({"orchestration": "blocks", "block_hours": 6, "block_on_hours": 2, "client": "browser",
+                          "per_account_per_day": 30})
+    assert (blocks["ts"].dt.hour % 6 < 2).all()  # only inside the shared on-blocks
+    rotation = _attack_log({"infra": "per_request", "client": "rotate", "orchestration": "human", "per_account_per_day": 30})
+    per_account = rotation.groupby("account")
+    assert (per_account["ip"].nunique() == per_account.size()).mean() > 0.9 and per_account["user_agent"].nunique().median() > 1
+    assert (rotation["org"] == "").all()
+    team = _attack_log({"infra": "team", "team_size": 8, "orchestration": "workday", "params": "mixed"})
+    assert 2 <= team.groupby("org")["account"].nunique().median() <= 12 and (team.groupby("account")["ip"].nunique() == 1).all()

@@ -3,7 +3,8 @@
 The built-in pools are generated from small templates and slot lists written
 here, so the simulator runs offline anywhere. `load_shared_pools` adds real
 prompts from `../shared/data/prompts` (GSM8K, HumanEval, MT-Bench, MMLU) when
-that folder exists; benchmarks use it, the demo does not need it.
+that folder exists, and `load_human_pools` prompts people wrote (Dolly-15k, Chatbot Arena, CoNaLa,
+MT-Bench) from `../shared/data`; benchmarks use them, the demo does not need them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -147,14 +149,27 @@ def _fill(template: str, rng: np.random.Generator) -> str:
 
 
 class PromptPools:
-    """Questions by capability: generated ones, plus real pools when loaded."""
+    """Questions by capability: generated ones, plus real pools when loaded.
 
-    def __init__(self, real: dict[str, list[str]] | None = None):
+    `real` holds benchmark questions (GSM8K, HumanEval, MMLU, MT-Bench); `human` holds prompts people wrote
+    to assistants (Dolly, Chatbot Arena, Stack Overflow titles, MT-Bench). Every population draws from all
+    three, in its own mix (`draw(..., human=, benchmark=)`), so no pool marks one population.
+    """
+
+    def __init__(self, real: dict[str, list[str]] | None = None, human: dict[str, list[str]] | None = None):
         self.real = {k: v for k, v in (real or {}).items() if v}
+        self.human = {k: v for k, v in (human or {}).items() if v}
+        self._sweeps: dict[str, list[str]] = {}
 
-    def draw(self, capability: str, rng: np.random.Generator) -> str:
+    def draw(self, capability: str, rng: np.random.Generator, human: float = 0.0, benchmark: float = 0.6) -> str:
+        """A question: human-written with probability `human`, a benchmark one with `benchmark`, else generated
+        (a source with no pool for the capability falls through to the next)."""
+        u = rng.random()
+        pool = self.human.get(capability)
+        if pool and u < human:
+            return pool[int(rng.integers(len(pool)))]
         real = self.real.get(capability)
-        if real and rng.random() < 0.6:
+        if real and u < human + benchmark:
             return real[int(rng.integers(len(real)))]
         templates = TEMPLATES[capability]
         return _fill(templates[int(rng.integers(len(templates)))], rng)
@@ -163,8 +178,10 @@ class PromptPools:
         """An ordered benchmark-style list for evaluation jobs: the real pool, else a fixed generated list."""
         if self.real.get(capability):
             return self.real[capability]
-        rng = np.random.default_rng(zlib.crc32(capability.encode()))
-        return [self.draw(capability, rng) for _ in range(200)]
+        if capability not in self._sweeps:  # fixed per capability: generate it once
+            rng = np.random.default_rng(zlib.crc32(capability.encode()))
+            self._sweeps[capability] = [self.draw(capability, rng) for _ in range(200)]
+        return self._sweeps[capability]
 
 
 # MMLU subject -> capability; subjects not listed go to the closest broad capability below.
@@ -230,3 +247,60 @@ def load_shared_pools(folder: Path | str, per_pool: int = 2000) -> dict[str, lis
                     choices = " ".join(f"({'ABCD'[i]}) {row[f'choice{i}']}" for i in range(4))
                     add(_mmlu_capability(subject), f"{row['question']} {choices}")
     return pools
+
+
+_DOLLY = {"creative_writing": "writing", "brainstorming": "chat", "open_qa": "chat", "general_qa": "chat", "classification": "chat",
+          "summarization": "extraction", "information_extraction": "extraction", "closed_qa": "extraction"}
+_CODE_WORDS = re.compile(r"\b(python|code|function|sql|javascript|typescript|c\+\+|script|program|api|class|regex|bash|rust|java|html|css)\b", re.I)
+
+
+def load_human_pools(data_dir: Path | str, per_pool: int = 3000) -> dict[str, list[str]]:
+    """Prompts people wrote, by capability, from the shared data folder (`../shared/data`); {} when absent.
+
+    Dolly-15k instructions (with their pasted context, as users paste text), Chatbot Arena prompts, CoNaLa's
+    Stack Overflow question titles, MT-Bench and Vicuna-bench questions. Each source keeps its file order,
+    which the shared copies already shuffle, so `per_pool` takes an unbiased head.
+    """
+    data_dir = Path(data_dir)
+    pools: dict[str, list[str]] = {}
+
+    def add(capability: str, text: str, limit: int = 2000) -> None:
+        text = " ".join(text.split())[:limit]
+        if text and len(pools.setdefault(capability, [])) < per_pool:
+            pools[capability].append(text)
+
+    dolly = data_dir / "dolly15k" / "databricks-dolly-15k.jsonl"
+    if dolly.exists():
+        for row in _jsonl(dolly):
+            context = (row.get("context") or "").strip()
+            add(_DOLLY.get(row.get("category", ""), "chat"), row["instruction"] + (f"\n\n{context}" if context else ""))
+    for name in ("arena-hard-v0.1_question.jsonl", "arena-hard-v2.0_question.jsonl"):
+        path = data_dir / "prompts" / "arena_hard" / name
+        if path.exists():
+            for row in _jsonl(path):
+                sub = row.get("subcategory") or ""
+                capability = ("writing" if row.get("category") == "creative_writing" else "math" if sub == "math"
+                              else "coding" if sub == "coding" or _CODE_WORDS.search(row["prompt"]) else "chat")
+                add(capability, row["prompt"])
+    conala = data_dir / "prompts" / "conala" / "conala-train.json"
+    if conala.exists():
+        seen: set[str] = set()
+        for row in json.loads(conala.read_text(encoding="utf-8")):
+            intent = (row.get("intent") or "").strip()
+            if intent and intent not in seen:
+                seen.add(intent)
+                add("coding", intent)
+    for name in ("mt_bench_question.jsonl", "vicuna_bench_question.jsonl"):
+        path = data_dir / "prompts" / "mt_bench" / name
+        if path.exists():
+            for row in _jsonl(path):
+                add(_MT_BENCH.get(row.get("category", ""), "chat"), row["turns"][0])
+    return pools
+
+
+def _jsonl(path: Path):
+    """Rows of a JSONL file (lines split on \\n only: the texts hold other Unicode line separators)."""
+    with path.open(encoding="utf-8", newline="\n") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)

@@ -10,15 +10,25 @@ developers' applications are templated and programmatic; evaluation jobs sweep
 benchmarks broadly, ask for step-by-step reasoning and run in lockstep from
 shared infrastructure; labelers run templates at temperature 0 with logprobs;
 researchers ask for reasoning with varied parameters from shared university
-networks; chat users share carrier-grade NAT addresses. Attack traffic uses the
-same user agents and network kinds as legitimate traffic, so that nothing
-trivial (a user agent, a cloud network) separates them.
+networks; chat users share carrier-grade NAT addresses.
+
+No mark is given to one class only (issue 8): mobile, travelling and VPN users
+have several addresses; researchers and evaluation jobs ask for log-probabilities
+(up to 20) and long outputs; families, classes and teams share cards, with and
+without an organisation; an answer's length follows its prompt (capability,
+length, a request for reasoning or for one word), never the population; and every
+phrase list and prompt pool is drawn by legitimate and attack traffic alike, in
+different mixes. Benign populations draw mostly on prompts people wrote (Dolly,
+Chatbot Arena, Stack Overflow, MT-Bench) when `prompts` points at the shared data.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +36,8 @@ import pandas as pd
 
 from stillroom.guard.capabilities import CAPABILITIES
 from stillroom.guard.config import CampaignSpec, SimulateConfig
-from stillroom.guard.prompts import SLOTS, PromptPools, load_shared_pools
+from stillroom.guard.features import ELICITATION
+from stillroom.guard.prompts import SLOTS, PromptPools, load_human_pools, load_shared_pools
 
 COUNTRIES = ["US", "IN", "BR", "GB", "DE", "FR", "JP", "KR", "NG", "ID", "MX", "CA", "AU", "VN", "SG", "PL"]
 COUNTRY_WEIGHTS = np.array([24, 14, 7, 6, 6, 5, 5, 4, 4, 4, 4, 4, 3, 3, 2, 3], float)
@@ -95,7 +106,10 @@ def _reword(question: str, rng: np.random.Generator) -> str:
 
 
 def _varied_cot(rng: np.random.Generator) -> str:
-    if rng.random() < 0.4:
+    u = rng.random()
+    if u < 0.05:
+        return "Let's think step by step."
+    if u < 0.4:
         return ATTACK_COT[int(rng.integers(len(ATTACK_COT)))]
     return (f"{COT_VERB[int(rng.integers(len(COT_VERB)))]} {COT_OBJECT[int(rng.integers(len(COT_OBJECT)))]} "
             f"{COT_MANNER[int(rng.integers(len(COT_MANNER)))]}.")
@@ -125,6 +139,12 @@ LABELER_TEMPLATES = [
     "Rate the relevance of the passage to the query from 1 to 5. Query: {q} Passage: {doc}",
 ]
 EVAL_SUFFIX = {"math": " Let's think step by step.", "logic": " Let's think step by step.", "coding": "", "default": " Answer with the letter only."}
+# Typical answer length (tokens) by what is asked; a reasoning request multiplies it, a one-word request cuts it.
+ANSWER_TOKENS = dict(chat=170, coding=420, debugging=380, agentic=430, cybersecurity=400, data_sql=320, math=300, logic=260,
+                     science=330, medicine=320, law=330, finance=320, humanities=360, writing=440, editing=160, extraction=140,
+                     translation=110, roleplay=260)
+ELICIT_RE = re.compile(ELICITATION)
+SHORT_ANSWER_RE = re.compile(r"\b(answer with (one word|the letter only|yes or no|a number)|answer yes or no|one word)\b")
 COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell", "Soylent"]
 RESPONSES = ["Sure! Here is an answer.", "Here's a detailed explanation.", "Let me work through this.", "Great question.", "Certainly."]
 
@@ -151,7 +171,7 @@ class Simulator:
     def __init__(self, config: SimulateConfig):
         self.config = config
         self.rng = np.random.default_rng(config.seed)
-        self.pools = PromptPools(load_shared_pools(config.prompts) if config.prompts else None)
+        self.pools = PromptPools(*_pools(config.prompts)) if config.prompts else PromptPools()
         self.t0 = pd.Timestamp(config.start).tz_convert("UTC") if pd.Timestamp(config.start).tzinfo else pd.Timestamp(config.start, tz="UTC")
         self.span = config.days * 86400.0
         self.out = _Out()
@@ -213,12 +233,25 @@ class Simulator:
         t = np.concatenate(times)
         return np.sort(t[t < (self.span if window is None else window[1])])
 
+    def answer_tokens(self, prompts: list[str], caps: list[str]) -> np.ndarray:
+        """Completion length from the prompt: its capability, its length, and whether it asks for the reasoning
+        (longer) or for one word (a few tokens), times the account's own verbosity (its model, custom instructions,
+        system prompt), drawn alike for everyone. The population does not enter."""
+        base = np.array([ANSWER_TOKENS.get(c, 220) for c in caps], float)
+        low = [p.lower() for p in prompts]
+        elicit = np.array([bool(ELICIT_RE.search(p)) for p in low])
+        short = np.array([bool(SHORT_ANSWER_RE.search(p)) for p in low])
+        length = np.clip((np.array([len(p) for p in prompts], float) / 120.0) ** 0.25, 0.6, 2.0)
+        verbosity = self.rng.lognormal(0, 0.45)
+        mean = np.where(short, 4.0, base * np.where(elicit, 1.8, 1.0) * length * verbosity)
+        return np.maximum(1, np.rint(self.rng.lognormal(np.log(mean), 0.6))).astype(int)
+
     def emit(self, acct: str, t: np.ndarray, prompts: list[str], caps: list[str], *, temperature, max_tokens, logprobs=False,
-             top_logprobs=0, n=1, ua, ip, network, country, payment, org, model=None, long_answers: float = 1.0) -> None:
+             top_logprobs=0, n=1, ua, ip, network, country, payment, org, model=None) -> None:
         k = len(t)
         if k == 0:
             return
-        comp = np.rint(self.rng.lognormal(math.log(220 * long_answers), 0.7, k)).astype(int)
+        comp = self.answer_tokens(prompts, caps)
         if isinstance(max_tokens, (int, np.integer)) and max_tokens:
             comp = np.minimum(comp, int(max_tokens))
         elif isinstance(max_tokens, np.ndarray):
@@ -242,54 +275,124 @@ class Simulator:
         return text.lower() if self.rng.random() < 0.3 else text
 
     # ---- legitimate populations -----------------------------------------
+    def _session_of(self, t: np.ndarray) -> np.ndarray:
+        """Session index of each request (a new session after 30 minutes without one)."""
+        return np.concatenate([[0], np.cumsum(np.diff(t) > 1800)]).astype(int) if len(t) else np.zeros(0, int)
+
+    def _phrase(self, text: str, voice: str, rate: float, wrapper: str, cot: str) -> str:
+        """How a person words a request: `casual`, `wordy` (the lead-ins and sign-offs people write, which
+        paraphrasers imitate), or `engineer` (a prompt template of one's own and an explicit reasoning request)."""
+        if voice == "wordy" and self.rng.random() < rate:
+            return _reword(text, self.rng) + (f" {cot}" if cot else "")
+        if voice == "engineer" and self.rng.random() < rate:
+            return wrapper.format(q=text, cot=cot or _varied_cot(self.rng)).strip()
+        return self.casual(text) + (f" {cot}" if cot else "")
+
     def chat_users(self, count: int) -> None:
+        rng = self.rng
         cgnat: dict[str, list[tuple[str, str]]] = {}
         orgs: list[tuple[str, str, str, str]] = []  # (org, ip, asn, payment)
+        families: list[dict[str, Any]] = []  # one card (no organisation) and a home address for 2-5 people
+        classes: list[dict[str, Any]] = []  # an instructor's card (no organisation) for a class of 15-70 students
         for _ in range(count):
             acct = self.new_account()
             country = self.country()
             tz = TZ[country]
-            volume = int(np.clip(self.rng.lognormal(math.log(6), 1.0) * self.config.days, 1, 400))
-            t = self.sessions(volume, DIURNAL, tz + self.rng.normal(0, 1.5))
-            favourites = self.rng.choice(len(CAPABILITIES), size=int(self.rng.integers(1, 5)), replace=False, p=self._popularity)
-            habit = self.rng.dirichlet(np.ones(len(favourites)) * 0.8)
-            cot_rate = 0.3 if self.rng.random() < 0.08 else 0.03
+            volume = int(np.clip(rng.lognormal(math.log(6), 1.0) * self.config.days, 1, 400))
+            t = self.sessions(volume, DIURNAL, tz + rng.normal(0, 1.5))
+            favourites = rng.choice(len(CAPABILITIES), size=int(rng.integers(1, 5)), replace=False, p=self._popularity)
+            habit = rng.dirichlet(np.ones(len(favourites)) * 0.8)
+            v = rng.random()
+            voice, rate = ("engineer", rng.uniform(0.3, 0.9)) if v < 0.05 else ("wordy", rng.uniform(0.2, 0.8)) if v < 0.25 \
+                else ("casual", 0.0)
+            wrapper = ATTACK_WRAPPERS[int(rng.integers(len(ATTACK_WRAPPERS)))]
+            cot_rate = rng.uniform(0.2, 0.7) if voice == "engineer" else 0.3 if rng.random() < 0.08 else 0.03
             prompts, caps = [], []
             for i in range(len(t)):
-                if i > 0 and t[i] - t[i - 1] < 600 and self.rng.random() < 0.25:
-                    prompts.append(FOLLOW_UPS[int(self.rng.integers(len(FOLLOW_UPS)))])
+                if i > 0 and t[i] - t[i - 1] < 600 and rng.random() < 0.25:
+                    prompts.append(FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))])
                     caps.append("chat")
                     continue
-                cap = CAPABILITIES[int(favourites[self.rng.choice(len(favourites), p=habit)])] if self.rng.random() > 0.1 else \
-                    CAPABILITIES[int(self.rng.choice(len(CAPABILITIES), p=self._popularity))]
-                text = self.casual(self.pools.draw(cap, self.rng))
-                if self.rng.random() < cot_rate:
-                    text += " " + HUMAN_COT[int(self.rng.integers(len(HUMAN_COT)))]
-                prompts.append(text)
+                cap = CAPABILITIES[int(favourites[rng.choice(len(favourites), p=habit)])] if rng.random() > 0.1 else \
+                    CAPABILITIES[int(rng.choice(len(CAPABILITIES), p=self._popularity))]
+                cot = ""
+                if rng.random() < cot_rate:
+                    cot = _varied_cot(rng) if voice == "engineer" else HUMAN_COT[int(rng.integers(len(HUMAN_COT)))]
+                prompts.append(self._phrase(self.pools.draw(cap, rng, human=0.65, benchmark=0.1), voice, rate, wrapper, cot))
                 caps.append(cap)
-            u = self.rng.random()
-            org, payment = "", (self.payment() if self.rng.random() < 0.6 else "")
-            if u < 0.15:  # carrier-grade NAT: one address for many subscribers
-                pool = cgnat.setdefault(country, [self.ip("residential", country) for _ in range(40)])
-                ip, asn = pool[int(self.rng.integers(len(pool)))]
-            elif u < 0.22:  # an office: a NAT address, an organisation and a shared card
-                if not orgs or self.rng.random() < 0.15:
+            # who pays, and from where
+            u = rng.random()
+            org, payment = "", (self.payment() if rng.random() < 0.6 else "")
+            home = self.ip("residential", country)
+            if u < 0.08:  # a family on one card, mostly from one home
+                if not families or rng.random() < 0.4 or len(families[-1]["members"]) >= families[-1]["size"]:
+                    families.append(dict(payment=self.payment(), home=self.ip("residential", country), size=int(rng.integers(2, 6)),
+                                         members=[]))
+                family = families[-1]
+                family["members"].append(acct)
+                payment = family["payment"]
+                home = family["home"] if rng.random() < 0.7 else home
+            elif u < 0.11:  # a class on its instructor's card, no organisation, many from the campus address
+                if not classes or len(classes[-1]["members"]) >= classes[-1]["size"]:
+                    classes.append(dict(payment=self.payment(), campus=self.ip("residential", country), size=int(rng.integers(15, 71)),
+                                        members=[]))
+                group = classes[-1]
+                group["members"].append(acct)
+                payment = group["payment"]
+                home = group["campus"] if rng.random() < 0.5 else home
+            elif u < 0.18:  # an office: a NAT address, an organisation and a shared card
+                if not orgs or rng.random() < 0.15:
                     orgs.append((f"org_{len(orgs):04d}c", *self.ip("residential", country), self.payment()))
-                org, ip, asn, payment = orgs[int(self.rng.integers(len(orgs)))]
-            else:
-                ip, asn = self.ip("residential", country)
-            client = self.rng.random()
+                org, ip_o, asn_o, payment = orgs[int(rng.integers(len(orgs)))]
+                home = (ip_o, asn_o)
+            if rng.random() < 0.15:  # carrier-grade NAT: one address for many subscribers
+                pool = cgnat.setdefault(country, [self.ip("residential", country) for _ in range(40)])
+                home = pool[int(rng.integers(len(pool)))]
+            client = rng.random()
             if client < 0.6:
-                ua, temperature, max_tokens = BROWSERS[int(self.rng.integers(len(BROWSERS)))], 1.0, 4096
+                ua, temperature, max_tokens = BROWSERS[int(rng.integers(len(BROWSERS)))], 1.0, 4096
             elif client < 0.85:
-                ua, temperature, max_tokens = MOBILE_APPS[int(self.rng.integers(len(MOBILE_APPS)))], 1.0, 4096
+                ua, temperature, max_tokens = MOBILE_APPS[int(rng.integers(len(MOBILE_APPS)))], 1.0, 4096
             else:
-                ua = SDKS[int(self.rng.integers(len(SDKS)))]
-                temperature = float(self.rng.choice([0.0, 0.2, 0.7, 1.0]))
-                max_tokens = int(self.rng.choice([0, 256, 512, 1024, 2048, 4096]))
+                ua = SDKS[int(rng.integers(len(SDKS)))]
+                temperature = float(rng.choice([0.0, 0.2, 0.7, 1.0]))
+                max_tokens = int(rng.choice([0, 256, 512, 1024, 2048, 4096]))
+            ip, asn, countries = self._chat_addresses(t, home, country, mobile=ua in MOBILE_APPS, cgnat=cgnat)
             self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, ua=ua, ip=ip, network=asn,
-                      country=country, payment=payment, org=org)
+                      country=countries, payment=payment, org=org)
             self.record(acct, "chat")
+
+    def _chat_addresses(self, t: np.ndarray, home: tuple[str, str], country: str, mobile: bool,
+                        cgnat: dict[str, list[tuple[str, str]]]) -> tuple[list[str], list[str], list[str]]:
+        """Per request (ip, network, country): phones move between home wifi and the carrier's NAT, some people
+        also work from an office or a cafe, VPN users exit somewhere new each session, travellers abroad."""
+        rng = self.rng
+        session = self._session_of(t)
+        n_sessions = int(session.max()) + 1 if len(t) else 0
+        places: list[tuple[str, str, str]] = [(*home, country)]
+        u = rng.random()
+        vpn = False
+        if mobile and u < 0.7:  # the carrier's NAT, a different exit now and then
+            pool = cgnat.setdefault(country, [self.ip("residential", country) for _ in range(40)])
+            places += [(*pool[int(rng.integers(len(pool)))], country) for _ in range(int(rng.integers(1, 4)))]
+        elif u < 0.15:
+            places.append((*self.ip("residential", country), country))  # work, a cafe, a friend's
+        elif u < 0.20:
+            vpn = True
+        elif u < 0.23:
+            abroad = self.country()
+            places += [(*self.ip("residential", abroad), abroad) for _ in range(int(rng.integers(1, 3)))]
+        if vpn:
+            exits = [(*self.ip("cloud" if rng.random() < 0.6 else "residential", c), c)
+                     for c in (self.country() for _ in range(n_sessions))]
+        else:
+            weights = np.array([3.0] + [1.0] * (len(places) - 1))
+            exits = [places[int(i)] for i in rng.choice(len(places), size=n_sessions, p=weights / weights.sum())]
+        chosen = [exits[k] for k in session]
+        if mobile and len(places) > 1 and len(t):  # a phone also switches networks within a session
+            switch = rng.random(len(t)) < 0.15
+            chosen = [places[int(rng.integers(len(places)))] if sw else c for c, sw in zip(chosen, switch)]
+        return [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
 
     def apps(self, count: int) -> None:
         made = 0
@@ -297,10 +400,17 @@ class Simulator:
             company = f"org_{COMPANIES[int(self.rng.integers(len(COMPANIES)))].lower()}{int(self.rng.integers(1000)):03d}"
             payment = self.payment()
             cap, template = APP_TEMPLATES[int(self.rng.integers(len(APP_TEMPLATES)))]
+            copilot = self.rng.random() < 0.25  # an assistant inside a product: its users' questions in the app's header
+            if copilot:
+                template = self._app_wrapper(company.removeprefix("org_").capitalize())
+                targets = list(self.rng.choice(CAPABILITIES, size=int(self.rng.integers(1, 4)), replace=False, p=self._popularity))
             ips = [self.ip("cloud") for _ in range(int(self.rng.integers(1, 6)))]
             temperature = float(self.rng.choice([0.0, 0.2, 0.7]))
-            max_tokens = int(self.rng.choice([128, 256, 512, 1024]))
+            max_tokens = int(self.rng.choice([128, 256, 512, 1024] + ([2048, 4096] if copilot else [])))
             logprobs = bool(self.rng.random() < 0.15)
+            top = int(self.rng.choice([1, 5, 10, 20]))
+            if self.rng.random() < 0.15:  # an individual developer's key: a personal card, no organisation
+                company = ""
             ua = SDKS[int(self.rng.integers(len(SDKS)))]
             country = self.country()
             cron = self.rng.random() < 0.35
@@ -312,11 +422,16 @@ class Simulator:
             for env in range(min(envs, count - made)):
                 acct = self.new_account()
                 t = base_t if env == 0 else np.sort(self.rng.choice(base_t, size=max(5, len(base_t) // (3 * env)), replace=False) + 0.5)
-                prompts = [_fill_app(template, self.rng) for _ in range(len(t))]
-                ip, asn = ips[int(self.rng.integers(len(ips)))]
-                self.emit(acct, t, prompts, [cap] * len(t), temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
-                          top_logprobs=5 if logprobs else 0, ua=ua, ip=ip, network=asn, country=country, payment=payment,
-                          org=company, model=MODELS[env % 2], long_answers=0.6)
+                if copilot:
+                    caps = [targets[int(i)] for i in self.rng.integers(len(targets), size=len(t))]
+                    prompts = [template.format(q=self.pools.draw(c, self.rng, human=0.6, benchmark=0.1), cot="").strip() for c in caps]
+                else:
+                    prompts, caps = [_fill_app(template, self.rng) for _ in range(len(t))], [cap] * len(t)
+                workers = self.rng.integers(len(ips), size=len(t))  # requests spread over the app's servers
+                self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
+                          top_logprobs=top if logprobs else 0, ua=ua, ip=[ips[int(w)][0] for w in workers],
+                          network=[ips[int(w)][1] for w in workers], country=country, payment=payment,
+                          org=company, model=MODELS[env % 2])
                 self.record(acct, "app")
                 made += 1
 
@@ -326,9 +441,12 @@ class Simulator:
             team = min(int(self.rng.integers(1, 4)), count - made)
             org = f"org_lab{int(self.rng.integers(10000)):04d}"
             payment = self.payment()
-            ip, asn = self.ip("cloud")
+            workers = [self.ip("cloud") for _ in range(int(self.rng.integers(1, 4)))]
             ua = EVAL_UAS[int(self.rng.integers(len(EVAL_UAS)))]
             logprobs = bool(self.rng.random() < 0.4)
+            top = int(self.rng.choice([5, 10, 20]))
+            max_tokens = int(self.rng.choice([512, 1024, 4096, 8192]))
+            cot_suffix = " " + ATTACK_COT[int(self.rng.integers(len(ATTACK_COT)))] if self.rng.random() < 0.3 else None
             runs = int(self.rng.integers(1, 4))
             suites = [list(self.rng.choice(len(CAPABILITIES) - 1, size=int(self.rng.integers(2, 7)), replace=False)) for _ in range(runs)]
             starts = self.rng.uniform(0, self.span * 0.8, runs)
@@ -343,15 +461,16 @@ class Simulator:
                         gaps = self.rng.exponential(0.6, len(items))
                         t_all.append(clock + np.cumsum(gaps))
                         clock = t_all[-1][-1] + self.rng.uniform(2, 30)
-                        suffix = EVAL_SUFFIX.get(cap, EVAL_SUFFIX["default"])
+                        suffix = cot_suffix or EVAL_SUFFIX.get(cap, EVAL_SUFFIX["default"])
                         prompts += [q + suffix for q in items]
                         caps += [cap] * len(items)
                 t = np.concatenate(t_all)
                 keep = t < self.span
+                worker = [workers[int(w)] for w in self.rng.integers(len(workers), size=int(keep.sum()))]
                 self.emit(acct, t[keep], [p for p, k in zip(prompts, keep) if k], [c for c, k in zip(caps, keep) if k],
-                          temperature=0.0, max_tokens=int(self.rng.choice([512, 1024])), logprobs=logprobs,
-                          top_logprobs=5 if logprobs else 0, ua=ua, ip=ip, network=asn, country="US", payment=payment, org=org,
-                          model=MODELS[member % 2])
+                          temperature=0.0, max_tokens=max_tokens, logprobs=logprobs,
+                          top_logprobs=top if logprobs else 0, ua=ua, ip=[w[0] for w in worker], network=[w[1] for w in worker],
+                          country="US", payment=payment, org=org, model=MODELS[member % 2])
                 self.record(acct, "eval")
                 made += 1
 
@@ -366,28 +485,43 @@ class Simulator:
             ip, asn = self.ip("cloud")
             logprobs = bool(self.rng.random() < 0.5)
             self.emit(acct, t, prompts, ["extraction"] * len(t), temperature=0.0, max_tokens=int(self.rng.choice([1, 5, 10, 20])),
-                      logprobs=logprobs, top_logprobs=10 if logprobs else 0, ua=SDKS[int(self.rng.integers(len(SDKS)))], ip=ip,
-                      network=asn, country=country, payment=self.payment(), org=f"org_lbl{int(self.rng.integers(10000)):04d}",
-                      long_answers=0.05)
+                      logprobs=logprobs, top_logprobs=int(self.rng.choice([1, 5, 10, 20])) if logprobs else 0, ua=SDKS[int(self.rng.integers(len(SDKS)))], ip=ip,
+                      network=asn, country=country, payment=self.payment(), org=f"org_lbl{int(self.rng.integers(10000)):04d}")
             self.record(acct, "labeler")
 
     def researchers(self, count: int) -> None:
-        unis = [(f"org_uni{i:02d}", *self.ip("residential", "US")) for i in range(12)]
+        rng = self.rng
+        unis = [(f"org_uni{i:02d}", *self.ip("residential", "US"), self.payment()) for i in range(12)]
         for i in range(count):
             acct = self.new_account()
-            org, ip, _ = unis[int(self.rng.integers(len(unis)))]
+            org, ip, _, lab_card = unis[int(rng.integers(len(unis)))]
             asn = UNIVERSITY_ASNS[int(org[-2:]) % len(UNIVERSITY_ASNS)]
-            volume = int(np.clip(self.rng.lognormal(math.log(40), 0.9) * self.config.days, 3, 1500))
-            t = self.sessions(volume, WORKDAY, TZ["US"] + self.rng.normal(0, 3), mean_len=8, gap_s=20)
-            weights = self.rng.dirichlet(np.ones(len(CAPABILITIES)) * 0.5)
-            caps = [CAPABILITIES[int(c)] for c in self.rng.choice(len(CAPABILITIES), size=len(t), p=weights)]
-            cot = self.rng.uniform(0, 0.5)
-            prompts = [self.pools.draw(c, self.rng) + (" Let's think step by step." if self.rng.random() < cot else "") for c in caps]
-            temps = self.rng.choice([0.0, 0.3, 0.7, 1.0, 1.3], size=len(t))
-            logprobs = self.rng.random() < 0.3
-            self.emit(acct, t, prompts, caps, temperature=temps, max_tokens=int(self.rng.choice([256, 1024, 2048])),
-                      logprobs=bool(logprobs), top_logprobs=5 if logprobs else 0, n=int(self.rng.choice([1, 1, 1, 4])),
-                      ua=SDKS[int(self.rng.integers(len(SDKS)))], ip=ip, network=asn, country="US", payment=self.payment() if i % 3 else "",
+            volume = int(np.clip(rng.lognormal(math.log(40), 0.9) * self.config.days, 3, 1500))
+            t = self.sessions(volume, WORKDAY, TZ["US"] + rng.normal(0, 3), mean_len=8, gap_s=20)
+            weights = rng.dirichlet(np.ones(len(CAPABILITIES)) * 0.5)
+            caps = [CAPABILITIES[int(c)] for c in rng.choice(len(CAPABILITIES), size=len(t), p=weights)]
+            cot = rng.uniform(0, 0.5)
+            # some study prompting itself: their own template, reasoning instructions as attackers word them, rewordings
+            wrapper = ATTACK_WRAPPERS[int(rng.integers(len(ATTACK_WRAPPERS)))] if rng.random() < 0.3 else None
+            reword = rng.uniform(0, 0.5) if rng.random() < 0.2 else 0.0
+            varied = rng.random() < 0.4
+            prompts = []
+            for c in caps:
+                q = self.pools.draw(c, rng, human=0.3, benchmark=0.45)
+                q = _reword(q, rng) if rng.random() < reword else q
+                phrase = (_varied_cot(rng) if varied else "Let's think step by step.") if rng.random() < cot else ""
+                prompts.append(wrapper.format(q=q, cot=phrase).strip() if wrapper else f"{q} {phrase}".strip())
+            temps = rng.choice([0.0, 0.3, 0.7, 1.0, 1.3], size=len(t))
+            logprobs = rng.random() < 0.35
+            # a laptop between the lab, home and the cluster: several addresses for many
+            places = [(ip, asn)] + ([self.ip("residential", "US")] if rng.random() < 0.4 else []) + \
+                ([self.ip("cloud")] if rng.random() < 0.2 else [])
+            where = [places[int(k)] for k in rng.integers(len(places), size=int(self._session_of(t).max()) + 1 if len(t) else 0)]
+            where = [where[k] for k in self._session_of(t)]
+            self.emit(acct, t, prompts, caps, temperature=temps, max_tokens=int(rng.choice([256, 1024, 2048, 4096, 8192])),
+                      logprobs=bool(logprobs), top_logprobs=int(rng.choice([1, 5, 10, 20])) if logprobs else 0,
+                      n=int(rng.choice([1, 1, 1, 4])), ua=SDKS[int(rng.integers(len(SDKS)))], ip=[w[0] for w in where],
+                      network=[w[1] for w in where], country="US", payment=lab_card if rng.random() < 0.5 else self.payment() if i % 3 else "",
                       org=org)
             self.record(acct, "researcher")
 
@@ -437,9 +571,9 @@ class Simulator:
             return HUMAN_COT[int(self.rng.integers(len(HUMAN_COT)))]
         return _varied_cot(self.rng)
 
-    def _app_wrapper(self) -> str:
-        """A template of one's own, as a developer's application would have (for `template_per_account`)."""
-        company = f"{COMPANIES[int(self.rng.integers(len(COMPANIES)))]}{int(self.rng.integers(1000)):03d}"
+    def _app_wrapper(self, company: str | None = None) -> str:
+        """A template of one's own, as a developer's application has (and `template_per_account` imitates)."""
+        company = company or f"{COMPANIES[int(self.rng.integers(len(COMPANIES)))]}{int(self.rng.integers(1000)):03d}"
         head = APP_MIMIC_HEADERS[int(self.rng.integers(len(APP_MIMIC_HEADERS)))].format(company=company)
         return head + " {q} " + APP_MIMIC_CLOSINGS[int(self.rng.integers(len(APP_MIMIC_CLOSINGS)))] + " {cot}"
 
@@ -448,6 +582,22 @@ class Simulator:
         session = np.concatenate([[0], np.cumsum(np.diff(t) > 1800)]) if len(t) else np.zeros(0, int)
         exits = [self.ip("residential", country) for _ in range(int(session.max()) + 1 if len(t) else 0)]
         return [exits[s][0] for s in session], [exits[s][1] for s in session]
+
+    def _cover(self, t: np.ndarray, i: int) -> tuple[str, str]:
+        """One cover request of an attack account: what ordinary users send (their questions and follow-ups,
+        and now and then an application's or a labeler's task)."""
+        rng = self.rng
+        u = rng.random()
+        if i > 0 and t[i] - t[i - 1] < 600 and u < 0.15:
+            return FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))], "chat"
+        if u < 0.2:
+            cap, template = APP_TEMPLATES[int(rng.integers(len(APP_TEMPLATES)))]
+            return _fill_app(template, rng), cap
+        if u < 0.25:
+            return _fill_app(LABELER_TEMPLATES[int(rng.integers(len(LABELER_TEMPLATES)))], rng), "extraction"
+        cap = CAPABILITIES[int(rng.choice(len(CAPABILITIES), p=self._popularity))]
+        text = self.casual(self.pools.draw(cap, rng, human=0.65, benchmark=0.1))
+        return (text + " " + HUMAN_COT[int(rng.integers(len(HUMAN_COT)))] if rng.random() < 0.05 else text), cap
 
     def _attack_teams(self, spec: CampaignSpec) -> list[dict[str, Any]]:
         """infra=team: each account's team (one organisation, card, office address and country per team)."""
@@ -491,9 +641,9 @@ class Simulator:
             mine = self._app_wrapper() if spec.template_per_account else wrapper
             prompts, caps = [], []
             for i in range(len(t)):
-                if rng.random() < mix:
-                    cap = CAPABILITIES[int(rng.choice(len(CAPABILITIES), p=self._popularity))]
-                    prompts.append(self.casual(self.pools.draw(cap, rng)))
+                if rng.random() < mix:  # cover traffic, drawn like ordinary users' requests
+                    text, cap = self._cover(t, i)
+                    prompts.append(text)
                     caps.append(cap)
                     continue
                 if spec.sweep:
@@ -502,12 +652,14 @@ class Simulator:
                     question = items[(offset + i) % len(items)]
                 else:
                     cap = targets[int(rng.choice(len(targets), p=weights))]
-                    question = self.pools.draw(cap, rng)
+                    question = self.pools.draw(cap, rng, human=0.25, benchmark=0.45)
                 if rng.random() < spec.paraphrase:
                     question = _reword(question, rng)
                 cot_text = ""
                 if rng.random() < cot:
                     cot_text = self._cot_phrase(spec.cot_phrasing, fixed_cot)
+                elif spec.sweep:  # posing as a benchmark harness: its answer-format suffix
+                    cot_text = EVAL_SUFFIX.get(cap, EVAL_SUFFIX["default"]).strip()
                 if rng.random() < spec.templating:
                     text = mine.format(q=question, cot=cot_text)
                 elif rng.random() < 0.5:
@@ -559,13 +711,14 @@ class Simulator:
                 temperature, max_tokens = float(rng.choice([0.0, 0.7, 1.0])), int(rng.choice([2048, 4096, 8192]))
                 logprobs, top = True, int(rng.choice([5, 10, 20]))
             elif spec.params == "harvest":
-                temperature, max_tokens, logprobs, top = float(rng.choice([0.0, 1.0])), 4096, bool(rng.random() < 0.7), 20
+                temperature, max_tokens = float(rng.choice([0.0, 1.0])), int(rng.choice([4096, 8192]))
+                logprobs, top = bool(rng.random() < 0.7), int(rng.choice([5, 10, 20], p=[0.2, 0.3, 0.5]))
             else:
                 temperature = float(rng.choice([0.7, 1.0])) if not spec.persona else float(rng.choice([0.0, 0.2, 0.7, 1.0]))
                 max_tokens, logprobs, top = int(rng.choice([0, 2048, 4096])), False, 0
             self.emit(acct, t, prompts, caps, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
                       top_logprobs=top if logprobs else 0, ua=ua, ip=ip, network=asn, country=country, payment=payment,
-                      org=org, long_answers=2.5 if cot > 0.5 else 1.5)
+                      org=org)
             self.record(acct, "attack", spec.name, spec.style or "custom", spec.held_out)
 
     def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -597,3 +750,11 @@ def _fill_app(template: str, rng: np.random.Generator) -> str:
 def simulate(config: SimulateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate traffic. Returns (interaction log, per-account ground truth)."""
     return Simulator(config).run()
+
+
+@lru_cache(maxsize=4)
+def _pools(prompts: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(benchmark pools, human pools) for a shared prompts folder; the human ones live beside it (`../dolly15k`).
+    Read once per process: an evaluation simulates many days from the same pools."""
+    folder = Path(prompts)
+    return load_shared_pools(folder), load_human_pools(folder.parent)
