@@ -65,39 +65,88 @@ def simulate(
 
 @app.command()
 def calibrate(
-    logs: list[str] = typer.Argument(..., help="Benign-only log files (JSONL, CSV, Parquet, OpenAI-style)."),
+    logs: list[str] = typer.Argument(..., help="Log files or folders of them (JSONL, CSV, Parquet, OpenAI-style): benign-only "
+                                               "traffic, or, with --mode history, past traffic that may hold attacks."),
     out: Path = typer.Option(Path("calibration"), "--out", "-o", help="Folder to write the calibration to."),
     recipe: Optional[str] = RECIPE,
     target_fpr: Optional[float] = typer.Option(None, help="False-positive rate to calibrate for; sets calibration.target_fpr."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="clean (the logs are benign) or history (they may hold attacks: a "
+                                                            "robust fit); sets calibration.mode."),
     set_: list[str] = SET,
 ) -> None:
-    """Set every threshold from benign traffic only, for a target false-positive rate."""
+    """Set every threshold from benign traffic (or robustly from history that may hold attacks), for a target false-positive rate.
+
+    Examples:
+
+      stillroom guard calibrate benign-week.jsonl --out calibration/
+
+      stillroom guard calibrate logs/last-month/ --mode history --out calibration/
+    """
     from stillroom.guard.pipeline import run_calibrate
 
-    run_calibrate(resolve(recipe, {"calibration.target_fpr": target_fpr}, set_), logs, out)
+    if mode not in (None, "clean", "history"):
+        raise RecipeError(f"--mode {mode!r} is not allowed; allowed values: clean, history")
+    run_calibrate(resolve(recipe, {"calibration.target_fpr": target_fpr, "calibration.mode": mode}, set_), logs, out)
+
+
+@app.command()
+def fields(
+    logs: list[str] = typer.Argument(..., help="Log files or folders of them to read (nothing is written)."),
+    recipe: Optional[str] = RECIPE,
+    set_: list[str] = SET,
+) -> None:
+    """Dry run: show which source column feeds each schema field, how full it is, the columns nothing reads, and what would be quarantined.
+
+    Examples:
+
+      stillroom guard fields today.csv
+
+      stillroom guard fields today.csv --set logs.mapping.payment=card_fp --set logs.mapping.ts=event_time
+    """
+    from stillroom.guard.pipeline import run_fields
+
+    typer.echo(run_fields(resolve(recipe, {}, set_), logs))
 
 
 @app.command()
 def scan(
-    logs: list[str] = typer.Argument(..., help="Log files to scan (JSONL, CSV, Parquet, OpenAI-style)."),
+    logs: list[str] = typer.Argument(..., help="Log files or folders of them to scan (JSONL, CSV, Parquet, OpenAI-style)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", "-c", help="Calibration folder from `stillroom guard calibrate`."),
     benign: list[str] = typer.Option([], "--benign", help="Or: benign-only logs to calibrate from first. Repeatable."),
+    history: list[str] = typer.Option([], "--history", help="Or: past traffic that may hold attacks, to calibrate on robustly. "
+                                                            "Repeatable; sets calibration.history_logs."),
+    calibration_mode: Optional[str] = typer.Option(
+        None, "--calibration-mode", help="clean (--calibration/--benign: certified-benign traffic), history (--history: may hold "
+                                         "attacks) or self (the scanned traffic itself). Default: clean when --calibration or "
+                                         "--benign is given, history with --history, else self. Sets calibration.mode."),
     recipe: Optional[str] = RECIPE,
     name: Optional[str] = typer.Option(None, help="Run name, the folder under output_dir; sets name."),
     output_dir: Optional[str] = typer.Option(None, help="Where run folders go; sets output_dir."),
-    redact: Optional[bool] = typer.Option(None, "--redact/--no-redact", help="Replace prompt text in reports by its length and capability."),
+    redact: Optional[bool] = typer.Option(None, "--redact/--no-redact", help="Replace prompt text in reports and the quarantine by its length (and capability)."),
     set_: list[str] = SET,
 ) -> None:
-    """Scan logs: score accounts, group them into campaigns, and write ranked alerts with evidence (JSON, markdown, HTML)."""
-    from stillroom.guard.pipeline import run_scan
+    """Scan logs: score accounts, group them into campaigns, and write ranked alerts with evidence (JSON, markdown, HTML).
 
+    Examples:
+
+      stillroom guard scan today.parquet --calibration calibration/ --name today
+
+      stillroom guard scan logs/today/ --calibration-mode self --redact
+
+      stillroom guard scan today.jsonl --history last-week.jsonl --set logs.mapping.account=api_key_id
+    """
+    from stillroom.guard.pipeline import print_top_campaign, run_scan
+
+    if calibration_mode not in (None, "clean", "history", "self"):
+        raise RecipeError(f"--calibration-mode {calibration_mode!r} is not allowed; allowed values: clean, history, self")
     overrides: dict[str, Any] = {"calibration.path": calibration, "name": name, "output_dir": output_dir, "report.redact": redact,
-                                 "calibration.benign_logs": benign or None}
+                                 "calibration.benign_logs": benign or None, "calibration.history_logs": history or None,
+                                 "calibration.mode": calibration_mode}
     resolved = resolve(recipe, overrides, set_)
     alerts, _, folder = run_scan(resolved, paths=logs)
-    from stillroom.guard.pipeline import print_top_campaign
-
     print_top_campaign(alerts)
+    for warning in alerts.get("warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"reports in {folder}")
 
 

@@ -6,22 +6,24 @@ Each takes a validated `GuardRecipe` (plus paths), writes a run folder under
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
 from stillroom.core.errors import StillroomError
 from stillroom.core.recipe import dump_recipe
-from stillroom.core.runs import open_run
+from stillroom.core.runs import RunDir, git_commit, open_run
 from stillroom.guard.config import GuardRecipe, SimulateConfig
 from stillroom.guard.detector import Guard, ScanResult
 # the evaluation lives in evaluate.py; run_evaluate and score_scenario stay importable from here
 from stillroom.guard.evaluate import _ratio, _scaled, evaluation_markdown, run_evaluate, score_scenario  # noqa: F401
 from stillroom.guard.report import build_alerts, write_reports
-from stillroom.guard.schema import IngestResult, from_frame, ingest, write_quarantine
+from stillroom.guard.schema import IngestResult, field_table, from_frame, ingest, write_quarantine
 from stillroom.guard.simulate import simulate
 
 LOG = logging.getLogger("stillroom")
@@ -60,52 +62,221 @@ def run_simulate(recipe: GuardRecipe, out: Path, fmt: str = "parquet") -> dict[s
     return summary
 
 
+# ---- progress ------------------------------------------------------------------------
+class Stages:
+    """One progress line for a job's minute-long stages: reading, features, each cross-account signal,
+    campaigns, the report. The detector's signals report themselves through `watch`."""
+
+    def __init__(self, job: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.job = job
+        self.bar = tqdm(total=None, desc=job, unit="stage", disable=not enabled, mininterval=0, leave=True,
+                        bar_format="{desc} [{elapsed}] {n_fmt} stage(s) done")
+        self.redirect = logging_redirect_tqdm([LOG]) if enabled else None  # log lines above the bar, not through it
+        if self.redirect is not None:
+            self.redirect.__enter__()
+        self.current: str | None = None
+        self.tick = time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        """Finish the current stage and start `name`."""
+        self._finish()
+        self.current, self.tick = name, time.perf_counter()
+        self.bar.set_description_str(f"{self.job}: {name}", refresh=True)
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            LOG.debug("%s: %s took %.1f s", self.job, self.current, time.perf_counter() - self.tick)
+            self.bar.update(1)
+            self.current = None
+
+    def close(self) -> None:
+        self._finish()
+        self.bar.set_description_str(f"{self.job}: done", refresh=True)
+        self.bar.close()
+        if self.redirect is not None:
+            self.redirect.__exit__(None, None, None)
+            self.redirect = None
+
+    @contextmanager
+    def watch(self, guard: Guard, after: str = "campaigns") -> Iterator["Stages"]:
+        """Within this block, each call a cross-account signal makes to compute (its scores, or the inputs
+        calibration reads once: prompt profiles, schedule vectors, pairs, memberships) is a stage; `after` follows the last."""
+        patched = []
+        for signal in _signals(guard):
+            for method in ("profiles", "vectors", "pairs", "memberships", "score"):
+                original = getattr(signal, method, None)
+                if callable(original) and method not in vars(signal):
+                    setattr(signal, method, self._wrap(signal, method, original, after))
+                    patched.append((signal, method))
+        try:
+            yield self
+        finally:
+            for signal, method in patched:
+                delattr(signal, method)
+
+    def _wrap(self, signal: Any, method: str, original: Any, after: str):
+        label = signal.name if method == "score" else f"{signal.name} {method}"
+
+        def call(*args, **kwargs):
+            self.stage(label)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.stage(after)
+
+        return call
+
+
+def _signals(guard: Guard) -> list[Any]:
+    """The detector's cross-account signal objects, wherever it keeps them (attributes, or dicts of them)."""
+    per_account = {id(s) for s in getattr(guard, "per_account", {}).values()}
+    candidates: list[Any] = []
+    for value in vars(guard).values():
+        candidates += list(value.values()) if isinstance(value, dict) else [value]
+    found, seen = [], set()
+    for value in candidates:
+        if (callable(getattr(value, "score", None)) and isinstance(getattr(value, "name", None), str)
+                and id(value) not in per_account and id(value) not in seen):
+            seen.add(id(value))
+            found.append(value)
+    return found
+
+
 # ---- calibrate / scan ----------------------------------------------------------------
 def read_logs(recipe: GuardRecipe, paths: list[str]) -> IngestResult:
     logs = recipe.logs
     result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit)
+    for notice in result.notices:
+        LOG.info("%s", notice)
+    for warning in result.warnings:
+        LOG.warning("warning: %s", warning)
     LOG.info("%s", result.summary())
     return result
+
+
+def run_fields(recipe: GuardRecipe, paths: list[str]) -> str:
+    """The dry run of reading logs: which source column feeds each schema field and how full it is, the
+    columns nothing reads, what would be quarantined, and the warnings. Writes nothing."""
+    data = read_logs(recipe, paths)
+    lines = [field_table(data), "", data.summary()]
+    lines += [f"note: {n}" for n in data.notices] + [f"warning: {w}" for w in data.warnings]
+    return "\n".join(lines)
 
 
 def new_guard(recipe: GuardRecipe) -> Guard:
     return Guard(recipe.signals, recipe.campaigns, recipe.calibration, seed=recipe.seed)
 
 
-def run_calibrate(recipe: GuardRecipe, paths: list[str], out: Path) -> Guard:
-    data = read_logs(recipe, paths)
-    start = time.perf_counter()
-    guard = new_guard(recipe).fit(data.frame)
-    guard.save(out)
-    LOG.info("calibrated on %s benign accounts in %.1f s (target FPR %g) -> %s", f"{guard.baseline['accounts']:,}",
-             time.perf_counter() - start, recipe.calibration.target_fpr, out)
+def _fit(guard: Guard, frame: pd.DataFrame, robust: bool, stages: Stages | None = None) -> Guard:
+    """`guard.fit(frame)`, robustly (traffic that may hold attacks) when asked, showing progress."""
+    if robust and "robust" not in inspect.signature(guard.fit).parameters:
+        raise StillroomError("this detector cannot calibrate on traffic that may hold attacks (no robust fit)",
+                             hint="calibrate on benign-only traffic: --calibration FOLDER, --benign LOGS or --calibration-mode clean")
+    stages = stages or Stages("calibrate", enabled=False)
+    stages.stage("calibration features")
+    with stages.watch(guard, after="thresholds"):
+        return guard.fit(frame, robust=True) if robust else guard.fit(frame)
+
+
+def calibration_mode(recipe: GuardRecipe) -> str:
+    """The calibration mode a scan uses: the recipe's, else clean when a calibration or benign logs are
+    given, history when history logs are, else self."""
+    cal = recipe.calibration
+    if cal.mode:
+        return cal.mode
+    if cal.path or cal.benign_logs:
+        return "clean"
+    return "history" if cal.history_logs else "self"
+
+
+def run_calibrate(recipe: GuardRecipe, paths: list[str], out: Path, progress: bool = True) -> Guard:
+    """Calibrate on `paths` and write the calibration folder; `calibration.mode: history` (or self)
+    calibrates robustly: the logs may hold attacks. The folder's files are replaced together, then a
+    COMPLETE manifest is written."""
+    stages = Stages("calibrate", enabled=progress)
+    try:
+        stages.stage("reading logs")
+        data = read_logs(recipe, paths)
+        start = time.perf_counter()
+        robust = recipe.calibration.mode in ("history", "self")
+        guard = _fit(new_guard(recipe), data.frame, robust, stages)
+        stages.stage("saving")
+        out.mkdir(parents=True, exist_ok=True)
+        with RunDir(out).staged(stale=["calibration.json", "reference.npz"], robust=robust, commit=git_commit()) as staging:
+            guard.save(staging)
+    finally:
+        stages.close()
+    for warning in getattr(guard, "warnings", None) or []:
+        LOG.warning("warning: %s", warning)
+    LOG.info("calibrated on %s accounts%s in %.1f s (target FPR %g) -> %s", f"{guard.baseline['accounts']:,}",
+             " (robustly: they may hold attacks)" if robust else " of benign traffic", time.perf_counter() - start,
+             recipe.calibration.target_fpr, out)
     return guard
 
 
-def load_or_calibrate(recipe: GuardRecipe) -> Guard:
-    cal = recipe.calibration
-    if cal.path:
-        return Guard.load(cal.path)
-    if cal.benign_logs:
-        return new_guard(recipe).fit(read_logs(recipe, cal.benign_logs).frame)
-    raise StillroomError("no calibration: scanning needs thresholds set on benign traffic",
-                         hint="pass --calibration FOLDER (from `stillroom guard calibrate`) or --benign BENIGN_LOGS")
+def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, stages: Stages | None = None) -> Guard:
+    """The detector a scan uses, by `calibration_mode(recipe)`: a saved calibration or benign logs (clean),
+    history that may hold attacks (robust fit), or the scanned traffic itself (robust fit)."""
+    cal, mode = recipe.calibration, calibration_mode(recipe)
+    if mode == "clean":
+        if cal.path:
+            return Guard.load(cal.path)
+        if cal.benign_logs:
+            return _fit(new_guard(recipe), read_logs(recipe, cal.benign_logs).frame, False, stages)
+        raise StillroomError("no calibration: calibration mode clean needs thresholds set on benign traffic",
+                             hint="pass --calibration FOLDER (from `stillroom guard calibrate`) or --benign BENIGN_LOGS, "
+                                  "or use --calibration-mode self")
+    if mode == "history":
+        logs = cal.history_logs or cal.benign_logs
+        if not logs:
+            raise StillroomError("calibration mode history needs past traffic to calibrate on",
+                                 hint="pass --history LOGS (past traffic; it may hold attacks)")
+        return _fit(new_guard(recipe), read_logs(recipe, logs).frame, True, stages)
+    if scanned is None:
+        raise StillroomError("calibration mode self needs the scanned traffic")
+    LOG.info("calibrating on the scanned traffic itself (robustly: it may hold attacks)")
+    return _fit(new_guard(recipe), scanned, True, stages)
+
+
+OUTPUTS = ["recipe.yaml", "quarantine.jsonl", "alerts.json", "report.md", "report.html"]
 
 
 def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestResult | None = None,
-             guard: Guard | None = None) -> tuple[dict[str, Any], ScanResult, Path]:
-    """Scan logs (or an already-read table) and write the alerts into the run folder."""
+             guard: Guard | None = None, progress: bool = True) -> tuple[dict[str, Any], ScanResult, Path]:
+    """Scan logs (or an already-read table) and write the alerts into the run folder.
+
+    Everything is read, checked and computed before the run folder changes: the outputs (recipe,
+    quarantine, alerts, reports) are staged and replace the previous attempt's together, then `COMPLETE`
+    is written. A refused or killed scan leaves the previous outputs as they were.
+    """
     run = open_run(recipe.output_dir, recipe.name)
-    dump_recipe(recipe, run.recipe)
-    if data is None:
-        data = read_logs(recipe, paths or recipe.logs.paths)
-    if len(data.quarantine):
-        write_quarantine(data, run.path("quarantine.jsonl"))
-    guard = guard or load_or_calibrate(recipe)
-    result = guard.scan(data.frame)
-    rep = recipe.report
-    alerts = build_alerts(result, guard, top=rep.top, examples=rep.examples, redact=rep.redact, quarantine=data.reasons)
-    written = write_reports(alerts, run.root, rep.formats, result)
+    stages = Stages("scan", enabled=progress)
+    try:
+        if data is None:
+            stages.stage("reading logs")
+            data = read_logs(recipe, paths or recipe.logs.paths)
+        mode = "given" if guard is not None else calibration_mode(recipe)
+        guard = guard or load_or_calibrate(recipe, data.frame, stages)
+        stages.stage("features")
+        with stages.watch(guard):
+            result = guard.scan(data.frame)
+        stages.stage("report")
+        rep = recipe.report
+        alerts = build_alerts(result, guard, top=rep.top, examples=rep.examples, redact=rep.redact, quarantine=data.reasons,
+                              warnings=[*data.warnings, *(getattr(guard, "warnings", None) or [])])
+        alerts["summary"]["calibration_mode"] = mode
+        with run.staged(stale=OUTPUTS, commit=git_commit()) as staging:
+            dump_recipe(recipe, staging / "recipe.yaml")
+            if len(data.quarantine):
+                write_quarantine(data, staging / "quarantine.jsonl", redact=rep.redact)
+            written = write_reports(alerts, staging, rep.formats, result)
+    finally:
+        stages.close()
+    written = {kind: run.root / path.name for kind, path in written.items()}
     s = alerts["summary"]
     LOG.info("scanned %s accounts in %.1f s: %d campaign(s), %d account(s) flagged -> %s", f"{s['accounts']:,}",
              result.timings["total_s"], s["campaigns_flagged"], s["flagged_accounts"],

@@ -218,7 +218,7 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
             "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()},
             "scan_seconds": round(result.timings.get("total_s", 0.0), 2), "redacted": redact, "top": int(top),
         },
-        "warnings": [*(warnings or []), *(getattr(result, "warnings", None) or [])],
+        "warnings": list(dict.fromkeys([*(warnings or []), *(getattr(result, "warnings", None) or [])])),
         "baseline_capabilities": _capabilities(acc[~acc["flagged"]]) if (~acc["flagged"]).any() else {},
         "timeline": [[str(h), int(n)] for h, n in zip(overall["hour"], overall["requests"])],
         "campaigns": campaigns,

@@ -432,6 +432,10 @@ def _clip(record: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def _redacted_value(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, np.integer, np.floating)):
         return value
@@ -562,7 +566,7 @@ def _normalise(raw: pd.DataFrame, mapping: dict[str, str], max_chars: int, time_
                                                      "country", *FLOAT, *INT, *BOOL] if report["fields"].get(f, {}).get("column")}
     rejected = []
     for src, why, rec in zip(sources[bad], reason[bad], raw.loc[bad].to_dict("records")):
-        rec = {k: v for k, v in rec.items() if k != "_source"}
+        rec = {k: v for k, v in rec.items() if k != "_source" and not _missing(v)}  # a JSON line's absent keys are NaN here
         rejected.append(dict(source=src, reason=why, record=_clip(rec),
                              redacted=_clip({k: (v if k in keep else _redacted_value(v)) for k, v in rec.items()})))
     good = out.loc[~bad].reset_index(drop=True)
