@@ -149,3 +149,23 @@ def test_a_scan_with_nothing_flagged_writes_an_empty_report(calibrated, scanned,
     paths = write_reports(alerts, tmp_path, ["json", "md", "html"], quiet)  # no UndefinedError on plots.graph
     assert 'id="nothing-flagged"' in paths["html"].read_text() and "plot-graph" not in paths["html"].read_text()
     assert "Nothing flagged" in paths["md"].read_text()
+
+
+def test_a_shared_system_prompt_is_campaign_evidence(calibrated, scanned):
+    from stillroom.guard.schema import from_frame
+
+    _, truth, log = scanned
+    attack = set(truth.loc[truth["is_attack"], "account"])
+    harness = "You are a meticulous expert. Always explain every step before the final answer."
+    with_system = log.assign(system=[harness if a in attack else ("Be brief." if i % 7 == 0 else "")
+                                     for i, a in enumerate(log["account"])])
+    data = from_frame(with_system)  # the system prompt is validated and kept like any field
+    assert data.fields["table"]["system"] == {"column": "system", "how": "alias", "filled": round(float((with_system["system"] != "").mean()), 4)}
+    result = calibrated.scan(data.frame)
+    stored = result.engine.sql(f"SELECT count(*) AS n FROM interactions WHERE system = '{harness}'")
+    assert int(stored["n"].iloc[0]) == int(log["account"].isin(attack).sum())  # in the interaction table
+    c = build_alerts(result, calibrated, top=1, examples=1)["campaigns"][0]
+    assert c["system_prompts"][0]["system"] == harness and c["system_prompts"][0]["accounts"] >= 0.8 * c["accounts"]
+    hidden = build_alerts(result, calibrated, top=1, examples=1, redact=True)["campaigns"][0]
+    assert hidden["system_prompts"][0]["system"] == f"[redacted: {len(harness)} characters]"
+    assert harness[:30] not in to_markdown(build_alerts(result, calibrated, top=1, examples=1, redact=True))
