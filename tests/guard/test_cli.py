@@ -50,6 +50,8 @@ def test_simulate_calibrate_scan(tmp_path, capsys):
     code, _, err = run(capsys, "guard", "calibrate", str(benign_dir / "traffic.jsonl"), "--out", str(tmp_path / "cal"))
     assert code == 0, err
     assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["baseline"]["accounts"] > 900
+    assert set(json.loads((tmp_path / "cal" / "COMPLETE").read_text())["outputs"]) == {"calibration.json", "reference.npz"}
+    assert "calibrate: reading logs" in err and "calibrate: similarity" in err and "calibrate: done" in err
     code, out, err = run(capsys, "guard", "scan", str(day_dir / "traffic.parquet"), "--calibration", str(tmp_path / "cal"),
                          "--name", "scan-test", "--set", f"output_dir={tmp_path / 'runs'}", "--redact")
     assert code == 0, err
@@ -216,6 +218,11 @@ def test_self_calibration_mode_scans_without_any_calibration(benign_day, tmp_pat
     assert alerts["summary"]["calibration_mode"] == "self"
     assert alerts["summary"]["flagged_accounts"] <= 0.02 * alerts["summary"]["accounts"]
     assert any("accounts" in w for w in alerts["warnings"])  # 430 accounts are too few for a 0.001 target: it says so
+    # history: calibrate robustly on past traffic that may hold attacks, then scan today's
+    code, _, err = run(capsys, "guard", "scan", str(paths["traffic"]), "--history", str(paths["traffic"]), "--name", "history",
+                       "--set", f"output_dir={tmp_path}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "history" / "alerts.json").read_text())["summary"]["calibration_mode"] == "history"
 
 
 def test_the_documented_python_api_snippet_runs_as_written(benign_day, tmp_path, monkeypatch):
