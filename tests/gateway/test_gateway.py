@@ -135,7 +135,9 @@ def test_unknown_routes_and_upstream_down(gateway, tmp_path):
     reply = httpx.get(gateway.url + "/v2/anything", headers=auth(gateway.key))
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "unknown_route"
     assert httpx.delete(gateway.url + "/v1/chat/completions").status_code == 405
-    gateway.gateway.upstream = "http://127.0.0.1:9"  # nothing listens there
+    from stillroom.guard.gateway.upstream import UpstreamPool
+
+    gateway.gateway.client = UpstreamPool("http://127.0.0.1:9")  # nothing listens there
     reply = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=auth(gateway.key))
     assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unavailable"
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from stillroom.guard.gateway import store as logstore
 from stillroom.guard.gateway.keys import KeyStore, bearer
 from stillroom.guard.gateway.policy import SEVERITY, STATE_OF, GatewayPolicy, TokenBucket, load_policy
 from stillroom.guard.gateway.scoring import AccountCounters, ScanProcess
+from stillroom.guard.gateway.upstream import Reply, UpstreamError, UpstreamPool
 from stillroom.serve.protocol import BadRequest, error, read_json
 
 DONE_MARKER = b"data: [DONE]"
@@ -125,6 +125,7 @@ class Gateway:
         self.upstream = config.upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[:-3]
+        self.client = UpstreamPool(self.upstream, timeout=config.upstream_timeout_s)
         self.keys = KeyStore(config.keys)
         self.policy: GatewayPolicy = load_policy(config.policy)
         self.store = logstore.LogStore(config.log)
@@ -139,16 +140,12 @@ class Gateway:
         self.logged_since_scan = 0
         self.scanner = ScanProcess(config.log, config.calibration, config.self_calibrate, config.scan_threads) \
             if (config.calibration or config.self_calibrate) else None
-        self.client: httpx.AsyncClient | None = None
         self._scan_lock = asyncio.Lock()
         self._scheduler: asyncio.Task | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
-        timeout = httpx.Timeout(self.config.upstream_timeout_s, connect=10.0)
-        self.client = httpx.AsyncClient(limits=limits, timeout=timeout)
         if self.scanner is not None:
             self._scheduler = asyncio.create_task(self._schedule())
         try:
@@ -156,7 +153,7 @@ class Gateway:
         finally:
             if self._scheduler is not None:
                 self._scheduler.cancel()
-            await self.client.aclose()
+            self.client.close()
             if self.scanner is not None:
                 self.scanner.close()
             self.store.close()
@@ -251,20 +248,20 @@ class Gateway:
         headers = {"content-type": "application/json"}
         if self.config.upstream_key:
             headers["authorization"] = f"Bearer {self.config.upstream_key}"
-        url = self.upstream + path
         if body.get("stream") is True:
-            return await self._stream(url, raw, headers, row, counters, started)
+            return await self._stream(path, raw, headers, row, counters, started)
         upstream_started = time.perf_counter()
         try:
-            reply = await self.client.post(url, content=raw, headers=headers)
-        except httpx.HTTPError as exc:
+            reply = await self.client.request("POST", path, raw, headers)
+            content = await reply.read()
+        except UpstreamError as exc:
             self.count("upstream_error")
-            return error(502, f"the upstream model server did not answer: {type(exc).__name__}", code="upstream_unavailable")
+            return error(502, f"the upstream model server did not answer: {exc}", code="upstream_unavailable")
         upstream_s = time.perf_counter() - upstream_started
-        row.update(status=reply.status_code, state="done", done_ts=time.time())
-        if reply.status_code == 200:
+        row.update(status=reply.status, state="done", done_ts=time.time())
+        if reply.status == 200:
             with contextlib.suppress(ValueError, AttributeError, IndexError, KeyError, TypeError):
-                data = reply.json()
+                data = json.loads(content)
                 choice = (data.get("choices") or [{}])[0]
                 row["response"] = str((choice.get("message") or {}).get("content") or choice.get("text") or "")
                 usage = data.get("usage") or {}
@@ -278,8 +275,8 @@ class Gateway:
             LOG.error("%s", exc)
             return error(503, "the interaction could not be logged, so it is not served; retry", code="log_unavailable")
         self._served(row, counters, time.perf_counter() - started - upstream_s)
-        return Response(reply.content, status_code=reply.status_code, headers={"x-request-id": rid},
-                        media_type=reply.headers.get("content-type", "application/json"))
+        return Response(content, status_code=reply.status, headers={"x-request-id": rid},
+                        media_type=reply.head.headers.get("content-type", "application/json"))
 
     def _served(self, row: dict[str, Any], counters: AccountCounters, added_s: float) -> None:
         self.logged_since_scan += 1
@@ -294,28 +291,27 @@ class Gateway:
         self.count("added_seconds_sum", added_s)
         self.count("added_seconds_count")
 
-    async def _stream(self, url: str, raw: bytes, headers: dict[str, str], row: dict[str, Any],
+    async def _stream(self, path: str, raw: bytes, headers: dict[str, str], row: dict[str, Any],
                       counters: AccountCounters, started: float) -> Response:
-        request = self.client.build_request("POST", url, content=raw, headers=headers)
         try:
-            reply = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            reply = await self.client.request("POST", path, raw, headers)
+            if reply.status != 200:
+                content = await reply.read()
+        except UpstreamError as exc:
             self.count("upstream_error")
-            return error(502, f"the upstream model server did not answer: {type(exc).__name__}", code="upstream_unavailable")
-        if reply.status_code != 200:
-            content = await reply.aread()
-            await reply.aclose()
-            row.update(status=reply.status_code, state="done", done_ts=time.time(), stream=1,
+            return error(502, f"the upstream model server did not answer: {exc}", code="upstream_unavailable")
+        if reply.status != 200:
+            row.update(status=reply.status, state="done", done_ts=time.time(), stream=1,
                        latency_ms=(time.perf_counter() - started) * 1000)
             await self.store.record(row)
             self._served(row, counters, 0.0)
-            return Response(content, status_code=reply.status_code, headers={"x-request-id": row["request_id"]},
-                            media_type=reply.headers.get("content-type", "application/json"))
+            return Response(content, status_code=reply.status, headers={"x-request-id": row["request_id"]},
+                            media_type=reply.head.headers.get("content-type", "application/json"))
         row.update(status=200, stream=1, state="open")
         try:
             await self.store.record(row)  # before the first byte
         except RuntimeError:
-            await reply.aclose()
+            reply.release()
             return error(503, "the interaction could not be logged, so it is not served; retry", code="log_unavailable")
         return StreamingResponse(self._relay(reply, row, counters, started), status_code=200,
                                  media_type="text/event-stream",
@@ -328,13 +324,13 @@ class Gateway:
                 "prompt_tokens": _int(usage.get("prompt_tokens")), "latency_ms": (time.perf_counter() - started) * 1000,
                 "done_ts": time.time()}
 
-    async def _relay(self, reply: httpx.Response, row: dict[str, Any], counters: AccountCounters,
+    async def _relay(self, reply: Reply, row: dict[str, Any], counters: AccountCounters,
                      started: float) -> AsyncIterator[bytes]:
         text = SSEText()
         held = b""
         completed = False
         try:
-            async for chunk in reply.aiter_raw():
+            async for chunk in reply.chunks():
                 data = held + chunk
                 held = b""
                 at = data.find(DONE_MARKER) if not completed else -1
@@ -370,16 +366,17 @@ class Gateway:
         finally:
             if not completed:  # the client went away or the upstream failed mid-stream: keep what was sent
                 self.store.write_sync(logstore.COMPLETE, [self._completion(row, text, "cancelled", started)], wait=False)
-            await reply.aclose()
+            reply.release()
 
     async def _forward_get(self, path: str) -> Response:
         headers = {"authorization": f"Bearer {self.config.upstream_key}"} if self.config.upstream_key else {}
         try:
-            reply = await self.client.get(self.upstream + path, headers=headers)
-        except httpx.HTTPError as exc:
-            return error(502, f"the upstream model server did not answer: {type(exc).__name__}", code="upstream_unavailable")
-        return Response(reply.content, status_code=reply.status_code,
-                        media_type=reply.headers.get("content-type", "application/json"))
+            reply = await self.client.request("GET", path, b"", headers)
+            content = await reply.read()
+        except UpstreamError as exc:
+            return error(502, f"the upstream model server did not answer: {exc}", code="upstream_unavailable")
+        return Response(content, status_code=reply.status,
+                        media_type=reply.head.headers.get("content-type", "application/json"))
 
     # ---- scoring and policy ----------------------------------------------------------
     async def _schedule(self) -> None:
