@@ -51,7 +51,7 @@ def test_simulate_calibrate_scan(tmp_path, capsys):
     assert code == 0, err
     assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["baseline"]["accounts"] > 900
     assert set(json.loads((tmp_path / "cal" / "COMPLETE").read_text())["outputs"]) == {"calibration.json", "reference.npz"}
-    assert "calibrate: reading logs" in err and "calibrate: similarity" in err and "calibrate: done" in err
+    assert "calibrate: reading traffic.jsonl" in err and "calibrate: similarity" in err and "calibrate: done" in err
     code, out, err = run(capsys, "guard", "scan", str(day_dir / "traffic.parquet"), "--calibration", str(tmp_path / "cal"),
                          "--name", "scan-test", "--set", f"output_dir={tmp_path / 'runs'}", "--redact")
     assert code == 0, err
@@ -148,7 +148,7 @@ def test_benign_only_traffic_gives_an_empty_report_and_exit_0(benign_day, calibr
     html = (folder / "report.html").read_text()
     assert "<strong>0 campaign(s)</strong>" in html and 'id="plot-timeline"' in html and "plot-graph" not in html
     assert "no campaign flagged" in out and f"reports in {folder}" in out
-    assert "scan: features" in err and "scan: done" in err  # the progress line names its stages
+    assert "scan: reading traffic.parquet (1/2)" in err and "scan: features" in err and "scan: done" in err  # the stages shown
     manifest = json.loads((folder / "COMPLETE").read_text())
     assert set(manifest["outputs"]) == {"recipe.yaml", "alerts.json", "report.md", "report.html"}
 

@@ -147,9 +147,10 @@ def _signals(guard: Guard) -> list[Any]:
 
 
 # ---- calibrate / scan ----------------------------------------------------------------
-def read_logs(recipe: GuardRecipe, paths: list[str]) -> IngestResult:
+def read_logs(recipe: GuardRecipe, paths: list[str], stages: Stages | None = None) -> IngestResult:
     logs = recipe.logs
-    result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit)
+    result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
+                    on_file=stages.stage if stages is not None else None)
     for notice in result.notices:
         LOG.info("%s", notice)
     for warning in result.warnings:
@@ -200,8 +201,7 @@ def run_calibrate(recipe: GuardRecipe, paths: list[str], out: Path, progress: bo
     COMPLETE manifest is written."""
     stages = Stages("calibrate", enabled=progress)
     try:
-        stages.stage("reading logs")
-        data = read_logs(recipe, paths)
+        data = read_logs(recipe, paths, stages)
         start = time.perf_counter()
         robust = recipe.calibration.mode in ("history", "self")
         guard = _fit(new_guard(recipe), data.frame, robust, stages)
@@ -227,7 +227,7 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
         if cal.path:
             return Guard.load(cal.path)
         if cal.benign_logs:
-            return _fit(new_guard(recipe), read_logs(recipe, cal.benign_logs).frame, False, stages)
+            return _fit(new_guard(recipe), read_logs(recipe, cal.benign_logs, stages).frame, False, stages)
         raise StillroomError("no calibration: calibration mode clean needs thresholds set on benign traffic",
                              hint="pass --calibration FOLDER (from `stillroom guard calibrate`) or --benign BENIGN_LOGS, "
                                   "or use --calibration-mode self")
@@ -236,7 +236,7 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
         if not logs:
             raise StillroomError("calibration mode history needs past traffic to calibrate on",
                                  hint="pass --history LOGS (past traffic; it may hold attacks)")
-        return _fit(new_guard(recipe), read_logs(recipe, logs).frame, True, stages)
+        return _fit(new_guard(recipe), read_logs(recipe, logs, stages).frame, True, stages)
     if scanned is None:
         raise StillroomError("calibration mode self needs the scanned traffic")
     LOG.info("calibrating on the scanned traffic itself (robustly: it may hold attacks)")
@@ -258,8 +258,7 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
     stages = Stages("scan", enabled=progress)
     try:
         if data is None:
-            stages.stage("reading logs")
-            data = read_logs(recipe, paths or recipe.logs.paths)
+            data = read_logs(recipe, paths or recipe.logs.paths, stages)
         mode = "given" if guard is not None else calibration_mode(recipe)
         guard = guard or load_or_calibrate(recipe, data.frame, stages)
         stages.stage("features")

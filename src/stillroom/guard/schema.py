@@ -50,7 +50,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -162,8 +162,9 @@ def log_files(paths: str | Path | Iterable[str | Path]) -> tuple[list[Path], lis
 
 
 def ingest(paths: str | Path | Iterable[str | Path], *, fmt: str = "auto", mapping: dict[str, str] | None = None,
-           max_field_chars: int = 100_000, time_unit: str = "auto") -> IngestResult:
-    """Read log files (or folders of them) into the schema; bad records go to the quarantine."""
+           max_field_chars: int = 100_000, time_unit: str = "auto", on_file: Callable[[str], None] | None = None) -> IngestResult:
+    """Read log files (or folders of them) into the schema; bad records go to the quarantine.
+    `on_file(name)` is called before each file is read (a progress display)."""
     files, notices = log_files(paths)
     if not files:
         raise DataError("no log files given", hint="pass one or more JSONL, CSV or Parquet files, or a folder of them")
@@ -171,7 +172,9 @@ def ingest(paths: str | Path | Iterable[str | Path], *, fmt: str = "auto", mappi
     frames, bad, warnings = [], [], []
     result = IngestResult(pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=["source", "reason", "record", "redacted"]),
                           notices=notices)
-    for path in files:
+    for i, path in enumerate(files):
+        if on_file is not None:
+            on_file(f"reading {path.name}" + (f" ({i + 1}/{len(files)})" if len(files) > 1 else ""))
         raw, quarantined = _read(path, fmt)
         frame, rejected, report = _normalise(raw, mapping or {}, max_field_chars, time_unit, path.name)
         if frame.empty:
