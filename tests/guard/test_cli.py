@@ -223,6 +223,9 @@ def test_self_calibration_mode_scans_without_any_calibration(benign_day, tmp_pat
                        "--set", f"output_dir={tmp_path}")
     assert code == 0, err
     assert json.loads((tmp_path / "history" / "alerts.json").read_text())["summary"]["calibration_mode"] == "history"
+    code, _, err = run(capsys, "guard", "calibrate", str(paths["traffic"]), "--mode", "history", "--out", str(tmp_path / "cal"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "cal" / "COMPLETE").read_text())["robust"] and "robustly" in err
 
 
 def test_the_documented_python_api_snippet_runs_as_written(benign_day, tmp_path, monkeypatch):

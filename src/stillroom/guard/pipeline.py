@@ -237,6 +237,10 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
             raise StillroomError("calibration mode history needs past traffic to calibrate on",
                                  hint="pass --history LOGS (past traffic; it may hold attacks)")
         return _fit(new_guard(recipe), read_logs(recipe, logs, stages).frame, True, stages)
+    ignored = [name for name, value in (("calibration.path", cal.path), ("calibration.benign_logs", cal.benign_logs),
+                                        ("calibration.history_logs", cal.history_logs)) if value]
+    if ignored:
+        LOG.warning("warning: calibration mode self calibrates on the scanned traffic; %s ignored", " and ".join(ignored))
     if scanned is None:
         raise StillroomError("calibration mode self needs the scanned traffic")
     LOG.info("calibrating on the scanned traffic itself (robustly: it may hold attacks)")
