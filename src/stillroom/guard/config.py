@@ -223,6 +223,12 @@ class EvaluateConfig(Schema):
     calibration_seed: int = 1000
     calibration_scale: float = Field(2.0, gt=0, description="benign calibration traffic, as a multiple of simulate.benign")
     prada_fpr: Optional[float] = Field(None, description="FPR the PRADA baseline is calibrated to; none: the same target_fpr")
+    calibration_modes: list[Literal["clean", "contaminated", "self"]] = Field(
+        ["clean", "contaminated", "self"], description="clean: a benign-only day; contaminated: that day with `contamination` "
+        "attack accounts, calibrated robustly; self: each scanned day calibrates itself (robustly)")
+    contamination: float = Field(0.1, ge=0, lt=0.5, description="share of attack accounts in the contaminated calibration traffic")
+    no_metadata: bool = Field(True, description="also score every style with ip, network, user_agent, org, payment, country blanked")
+    simple_rules: bool = Field(True, description="report the best single-feature threshold rule per style at the detector's FPR")
 
     @field_validator("styles")
     @classmethod
