@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -20,7 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("STILLROOM_SHARED_DATA") or ROOT.parent / "shared" / "data")
+"""../shared/data beside the checkout; `STILLROOM_SHARED_DATA` points elsewhere (a checkout outside /work)."""
 
 
 def provenance(repo: Path = ROOT) -> dict[str, Any]:
