@@ -19,7 +19,7 @@ TINY = {"chat": 320, "apps": 10, "evals": 2, "labelers": 4, "researchers": 10}
 
 def tiny_recipe(tmp_path, *sets: str):
     base = [f"output_dir={tmp_path}", "name=eval", "evaluate.styles=[blatant]", "evaluate.accounts_per_campaign=30",
-            "evaluate.calibration_scale=1.6", "evaluate.calibration_modes=[clean]"]
+            "evaluate.calibration_scale=1.6", "evaluate.calibration_modes=[clean]", "evaluate.no_metadata=true"]
     return resolve(None, {"simulate.benign": TINY}, [*base, *sets], quick=True)
 
 
