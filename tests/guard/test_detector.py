@@ -16,7 +16,7 @@ from stillroom.guard.simulate import simulate
 
 
 def test_calibration_takes_traffic_only_and_sets_thresholds_from_the_held_back_fold(calibrated):
-    assert list(inspect.signature(Guard.fit).parameters) == ["self", "benign"]  # no labels can be passed
+    assert list(inspect.signature(Guard.fit).parameters) == ["self", "benign", "robust"]  # no labels can be passed
     base = calibrated.baseline
     assert base["fold_a"] + base["fold_b"] == base["accounts"] and min(base["fold_a"], base["fold_b"]) > 500
     # thresholds come from fold B against fold A; scans compare novelty and per-account distributions against both
@@ -168,3 +168,36 @@ def test_a_crowd_is_flagged_only_when_it_crowds_both_behaviour_and_content():
     campaigns = guard._flag(scored, guard._campaigns(scored, edges))
     verdict = {tuple(sorted(m))[0]: f for m, f in zip(campaigns["members"], campaigns["flagged"])}
     assert verdict == {"d0": True, "e0": False}  # both crowds have z = 19 * sqrt(6); only one is dense in both spaces
+
+
+def test_groups_that_share_a_fingerprint_become_one_alert():
+    guard = Guard()
+    guard.thresholds = {"similarity_edge": 3.0, "content_edge": 3.0, "similarity_dense": 1.0, "content_dense": 1.0, "link_score": 99.0,
+                        "benign_mean": 1.0, "benign_std": 1.0, "campaign_z_crowd": 3.0, "campaign_z_linked": 3.0}
+    waves = [[f"{p}{i}" for i in range(5)] for p in ("w", "v", "u")]  # one operation, seen as three unconnected groups
+    other = [f"o{i}" for i in range(5)]  # another operation: other asks
+    names = [n for w in waves for n in w] + other
+    scored = pd.DataFrame({"score": 20.0, "requests": 10.0, "similarity": 6.0, "content": 6.0,
+                           **{c: 0.5 for c in CONTENT_COLUMNS}, **{f"cap_{c}": 0.0 for c in CAPABILITIES}}, index=names)
+    scored.loc[[n for w in waves for n in w], "cap_coding"] = 1.0
+    scored.loc[other, "cap_math"] = 1.0
+    ring = lambda m: pd.DataFrame({"a": m, "b": m[1:] + m[:1], "distance": 0.1})  # noqa: E731
+    edges = {"similarity": pd.concat([ring(m) for m in waves + [other]]), "content": pd.concat([ring(m) for m in waves + [other]])}
+    campaigns = pd.DataFrame([{"kind": "crowd", "size": 5, "z": 30.0, "mean_score": 20.0, "members": m, "dense": True}
+                              for m in waves + [other]])
+    alerts = guard._flag(scored, campaigns)
+    assert len(alerts) == 2 and alerts["flagged"].all()
+    merged = alerts.loc[alerts["size"].idxmax()]
+    assert merged["size"] == 15 and merged["groups"] == 3 and sorted(merged["members"]) == sorted(n for w in waves for n in w)
+    del edges
+
+
+def test_an_alert_says_what_linked_its_members_against_the_benign_baseline(scanned):
+    result, truth, _ = scanned
+    top = result.campaigns[result.campaigns["flagged"]].iloc[0]
+    links = top["links"]
+    assert set(links) >= {"behaviour", "content", "schedule", "lockstep", "infrastructure"}
+    strongest = max(links, key=lambda kind: links[kind]["strength"])
+    assert strongest in ("behaviour", "content") and links[strongest]["members_linked"] > 5 * links[strongest]["benign_rate"]
+    for evidence in links.values():
+        assert 0 <= evidence["members_linked"] <= 1 and 0 < evidence["benign_rate"] < 1

@@ -199,7 +199,7 @@ class CalibrationConfig(Schema):
 
 class SignalsConfig(Schema):
     per_account: list[str] = ["volume", "timing", "templating", "coverage", "elicitation", "harvesting"]
-    cross_account: list[str] = ["similarity", "content", "lockstep", "infrastructure"]
+    cross_account: list[str] = ["similarity", "content", "schedule", "lockstep", "infrastructure"]
     neighbours: int = Field(15, ge=3, le=100, description="k of the k-nearest-neighbour similarity signal")
     lockstep_bin_seconds: int = Field(60, ge=1)
     max_prompts_per_account: int = Field(50, ge=5, description="prompts per account the content signal reads (a sample)")

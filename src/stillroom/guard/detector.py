@@ -48,6 +48,7 @@ from stillroom.guard.features import FeatureEngine, customer_key
 from stillroom.guard.signals import CROSS_ACCOUNT, PER_ACCOUNT
 from stillroom.guard.signals.base import Reference
 from stillroom.guard.signals.cross_account import Content, DensityExcess, Infrastructure, Lockstep, Similarity, binomial_surprisal
+from stillroom.guard.signals.schedule import Schedule, ScheduleRows
 
 SIGNAL_CAP = 6.0
 MIN_CAMPAIGN_Z = 3.0
@@ -66,8 +67,22 @@ LINK_SCORE_QUANTILE = 0.9
 MERGE_CAPABILITY_HELLINGER = 0.15
 MERGE_CONTENT_DISTANCE = 1.0
 KINDS = ("crowd", "linked")
+# What each kind of edge says linked two accounts, for the alert's evidence.
+LINK_KINDS = {"similarity": "behaviour", "content": "content", "schedule": "schedule", "lockstep": "lockstep",
+              "infrastructure": "infrastructure"}
+# A density test loses power as the scan outgrows its reference (all k neighbours from the scan is then no
+# longer rare): a scan more than BLOCK_RATIO times the reference is scored in blocks of about the reference's size.
+BLOCK_RATIO = 1.5
+# Robust calibration: at most this many rounds of "calibrate, scan the calibration traffic, leave out what it flags",
+# stopping early when a round would leave out no more than MIN_NEW_EXCLUSIONS new accounts.
+ROBUST_ROUNDS = 3
+MIN_NEW_EXCLUSIONS = 2
+# Robust calibration leaving out more than this share of the calibration accounts gets a warning.
+MAX_EXCLUDED_SHARE = 0.3
+# Fewer calibration accounts than this cannot estimate a 0.001 FPR threshold well (about 5 expected false positives).
+MIN_CALIBRATION_ACCOUNTS = 5_000
 CONTENT_FEATURES = ["elicit_share", "template_share", "high_value_share", "log_completion", "log_prompt_chars", "breadth30"]
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 
 
 @dataclass
@@ -81,6 +96,7 @@ class ScanResult:
     thresholds: dict[str, float]
     signal_names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> pd.Index:
@@ -97,7 +113,11 @@ def fold_of(feats: pd.DataFrame) -> np.ndarray:
 
 
 class Guard:
-    """Calibrate with `fit(benign_traffic)`, then `scan(traffic)`; `save`/`load` keep a calibration."""
+    """Calibrate with `fit(traffic)`, then `scan(traffic)`; `save`/`load` keep a calibration.
+
+    `fit(traffic, robust=True)` calibrates on traffic that may hold campaigns (history, or the scanned
+    traffic itself: `Guard().fit(today, robust=True).scan(today)`), see `stillroom.guard.calibration`.
+    """
 
     def __init__(self, signals: SignalsConfig | None = None, campaigns: CampaignsConfig | None = None,
                  calibration: CalibrationConfig | None = None, seed: int = 0):
@@ -111,46 +131,120 @@ class Guard:
             CROSS_ACCOUNT.get(name, where="signals.cross_account")
         self.per_account = {name: PER_ACCOUNT.get(name)() for name in self.signals_cfg.per_account}
         cross = set(self.signals_cfg.cross_account)
-        self.similarity = Similarity(k=self.signals_cfg.neighbours, seed=seed) if "similarity" in cross else None
-        self.content = Content(k=self.signals_cfg.neighbours, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account) \
+        k = self.signals_cfg.neighbours
+        self.similarity = Similarity(k=k, seed=seed) if "similarity" in cross else None
+        self.content = Content(k=k, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account) \
             if "content" in cross else None
+        self.schedule = Schedule(k=k, seed=seed) if "schedule" in cross else None
         self.lockstep = Lockstep(bin_seconds=self.signals_cfg.lockstep_bin_seconds) if "lockstep" in cross else None
         self.infrastructure = Infrastructure() if "infrastructure" in cross else None
         self.thresholds: dict[str, float] = {}
         self.baseline: dict[str, Any] = {}
+        self.warnings: list[str] = []
         self.fitted = False
+        self._calibration_accounts: pd.Index = pd.Index([])
 
     @property
     def crowding(self) -> list[DensityExcess]:
-        """The density-excess signals, whose neighbour pairs build crowds: behaviour similarity, prompt content."""
-        return [s for s in (self.similarity, self.content) if s is not None]
+        """The density-excess signals, whose neighbour pairs build crowds: behaviour, prompt content, schedule."""
+        return [s for s in (self.similarity, self.content, self.schedule) if s is not None]
 
     @property
     def signal_names(self) -> list[str]:
-        return list(self.per_account) + [s.name for s in (self.similarity, self.content, self.lockstep, self.infrastructure)
-                                         if s is not None]
+        return list(self.per_account) + [s.name for s in (self.similarity, self.content, self.schedule, self.lockstep,
+                                                          self.infrastructure) if s is not None]
+
+    def signal_threshold(self, name: str) -> float:
+        """The benign threshold above which signal `name` has *fired*: the 99th percentile of its benign scores
+        (calibration fold B, scored like fresh traffic). 3.0 (1 in 1,000) for a calibration that predates it."""
+        return float(self.thresholds.get(f"fired_{name}", 3.0))
 
     # ---- calibration -----------------------------------------------------------
-    def fit(self, benign: pd.DataFrame) -> "Guard":
-        """Calibrate on benign traffic (a frame in the interaction schema). Attack labels are not an input.
+    def fit(self, benign: pd.DataFrame, robust: bool = False) -> "Guard":
+        """Calibrate on traffic (a frame in the interaction schema). Attack labels are not an input.
 
-        Thresholds are read off fold B scored against fold A, out of sample. Then the per-account and link
+        `robust=False`: the traffic is presumed benign (a certified-clean period). `robust=True`: it may hold
+        campaigns (up to about 10% of its accounts): reference-free suspects are left out first, then the crowds
+        that a scan of the calibration traffic itself flags, and the thresholds are read off what remains
+        (`stillroom.guard.calibration`).
+        """
+        engine = FeatureEngine(benign)
+        feats = engine.accounts()
+        inputs = self._inputs(engine, feats)
+        self.warnings = []
+        excluded = pd.Index([])
+        if robust:
+            excluded = self._reference_free_suspects(engine, feats, inputs)
+            for _ in range(ROBUST_ROUNDS):
+                self._calibrate(engine, feats.drop(excluded), inputs)
+                flagged = self._crowd_members(self._scan(engine, feats, inputs))
+                if flagged.difference(excluded).size <= MIN_NEW_EXCLUSIONS:
+                    break
+                excluded = excluded.union(flagged)
+        self._calibrate(engine, feats.drop(excluded), inputs)
+        self.baseline.update({"robust": robust, "excluded": int(len(excluded)), "calibration_accounts": int(len(feats))})
+        if len(excluded) > MAX_EXCLUDED_SHARE * len(feats):
+            self.warnings.append(f"robust calibration left out {len(excluded):,} of {len(feats):,} accounts "
+                                 f"({len(excluded) / len(feats):.0%}): the calibration traffic is mostly unusual; "
+                                 "calibrate on a longer or broader period")
+        if len(feats) - len(excluded) < MIN_CALIBRATION_ACCOUNTS:
+            self.warnings.append(f"calibrated on {len(feats) - len(excluded):,} accounts: a target FPR of "
+                                 f"{self.calibration_cfg.target_fpr:g} is estimated from about "
+                                 f"{(len(feats) - len(excluded)) / 2 * self.calibration_cfg.target_fpr:.1f} false positives; "
+                                 f"at least {MIN_CALIBRATION_ACCOUNTS:,} accounts of benign traffic are needed for a stable threshold")
+        self._calibration_accounts = feats.index
+        self.fitted = True
+        return self
+
+    @staticmethod
+    def _crowd_members(result: ScanResult) -> pd.Index:
+        """The members of flagged campaigns that include a crowd: what robust calibration leaves out of the reference.
+        Linked groups (a carrier NAT, a family's card) and lone accounts stay: leaving benign ones out would lower
+        the very thresholds that keep their like from being flagged."""
+        crowds = result.campaigns[result.campaigns["flagged"] & result.campaigns["kind"].str.contains("crowd")]
+        return result.accounts.index[result.accounts["campaign"].isin(set(crowds["id"]))]
+
+    def _inputs(self, engine: FeatureEngine, feats: pd.DataFrame) -> dict[str, Any]:
+        """What the cross-account signals read from the engine, computed once per traffic: prompt profiles,
+        schedule vectors, lockstep pairs, infrastructure memberships."""
+        return {"content": self.content.profiles(engine, feats.index) if self.content is not None else None,
+                "schedule": self.schedule.vectors(engine, feats.index) if self.schedule is not None else None,
+                "lockstep": self.lockstep.pairs(engine) if self.lockstep is not None else None,
+                "infrastructure": self.infrastructure.memberships(engine) if self.infrastructure is not None else None}
+
+    def _reference_free_suspects(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any]) -> pd.Index:
+        """Accounts that are each other's neighbours in several spaces at once (`calibration.co_neighbour_suspects`),
+        found with every space's neighbours taken among the calibration accounts themselves."""
+        from stillroom.guard.calibration import co_neighbour_suspects, wide_k
+
+        self._fit_references(feats, inputs)
+        wide = wide_k(len(feats))
+        edges = {}
+        for signal in self.crowding:
+            saved = signal.reference, signal.k
+            signal.reference, signal.k = saved[0][:0], wide
+            try:
+                edges[signal.name] = self._density(signal, engine, feats, inputs)[1]
+            finally:
+                signal.reference, signal.k = saved
+        if len(edges) < 2:
+            return pd.Index([])
+        suspects, _ = co_neighbour_suspects(edges, feats.index, self.signals_cfg.neighbours, self.campaigns_cfg.min_accounts)
+        return suspects
+
+    def _calibrate(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any]) -> None:
+        """Thresholds read off fold B scored against fold A, out of sample; then the per-account and link
         distributions and novelty's reference are refit on both folds, which scans compare against: a k-th
         neighbour distance can only shrink as benign reference is added, so the single-account rate calibrated
         on fold B holds or falls, and rare legitimate kinds (evaluation jobs) have twice the relatives to be
         recognised by.
         """
-        engine = FeatureEngine(benign)
-        feats = engine.accounts()
         fold = fold_of(feats)
         a, b = feats[fold == 0], feats[fold == 1]
         if min(len(a), len(b)) < 50:
-            raise DataError(f"calibration needs benign traffic from at least 100 accounts; got {len(feats)}",
+            raise DataError(f"calibration needs traffic from at least 100 accounts; got {len(feats)}",
                             hint="calibrate on a longer period of traffic")
-        inputs = {"content": self.content.profiles(engine, feats.index) if self.content is not None else None,
-                  "lockstep": self.lockstep.pairs(engine) if self.lockstep is not None else None,
-                  "infrastructure": self.infrastructure.memberships(engine) if self.infrastructure is not None else None}
-        self._fit_references(feats.loc[a.index], inputs)
+        self._fit_references(a, inputs)
         cross_b, edges_b = self._cross(engine, b, inputs)
         scored = self._combine(b, cross_b)
         score = scored["score"].to_numpy()
@@ -160,32 +254,33 @@ class Guard:
             "account": float(np.quantile(novelty, 1 - fpr * (1 - share), method="higher")),
             **{f"{s.name}_edge": float(max(MIN_SIMILARITY_EDGE, np.quantile(scored[s.name], 0.99))) for s in self.crowding},
             **{f"{s.name}_dense": float(np.quantile(scored[s.name], 0.99)) for s in self.crowding},
+            **{f"fired_{name}": float(np.quantile(scored[name], 0.99)) for name in self.signal_names},
             "link_score": float(np.quantile(score, LINK_SCORE_QUANTILE)),
             "benign_mean": float(score.mean()),
             "benign_std": float(max(score.std(), 1e-6)),
         }
-        campaigns = self._campaigns(scored, self._restrict(edges_b, set(b.index)))
+        edges_b = self._restrict(edges_b, set(b.index))
+        campaigns = self._campaigns(scored, edges_b)
         for kind in KINDS:
             eligible = campaigns[(campaigns["kind"] == kind) & campaigns["dense"]]
             self.thresholds[f"campaign_z_{kind}"] = self._campaign_threshold(eligible, len(b), fpr * share / len(KINDS))
         self.baseline = {"accounts": int(len(feats)), "fold_a": int(len(a)), "fold_b": int(len(b)),
-                         "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share}
+                         "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share,
+                         "link_rates": {LINK_KINDS[name]: len(self._linked(name, scored, edges_b, list(b.index))) / len(b)
+                                        for name in edges_b}}
         for kind in KINDS:
             mine = campaigns[campaigns["kind"] == kind]
             self.baseline[f"benign_{kind}_campaigns"] = int(len(mine))
             self.baseline[f"max_benign_{kind}_z"] = float(mine["z"].max()) if len(mine) else None
         self._fit_references(feats, inputs, density=False)
-        self.fitted = True
-        return self
 
     def _fit_references(self, benign: pd.DataFrame, inputs: dict[str, Any], density: bool = True) -> None:
-        """Fit the signals' benign references on the accounts of `benign` (`inputs`: the calibration traffic's
-        prompt profiles, lockstep pairs and infrastructure memberships, computed once).
+        """Fit the signals' benign references on the accounts of `benign` (`inputs`: see `_inputs`).
 
-        `density=False` leaves the density-excess references (similarity, content) as they are and only widens
-        novelty's: their binomial test depends on the scanned share of the pool, and related benign accounts
-        (a team's evaluation jobs, all in one scan) crowd each other more as that share falls, so they keep the
-        fold-A reference their thresholds were calibrated with.
+        `density=False` leaves the density-excess references (similarity, content, schedule) as they are and
+        only widens novelty's: their binomial test depends on the scanned share of the pool, and related benign
+        accounts (a team's evaluation jobs, all in one scan) crowd each other more as that share falls, so they
+        keep the fold-A reference their thresholds were calibrated with.
         """
         for signal in self.per_account.values():
             signal.fit(benign)
@@ -193,27 +288,47 @@ class Guard:
             (self.similarity.fit if density else self.similarity.fit_novelty)(benign)
         if self.content is not None and density:
             self.content.fit(inputs["content"].rows(benign.index))
+        if self.schedule is not None and density:
+            self.schedule.fit(inputs["schedule"].rows(benign.index))
         if self.lockstep is not None:
             self.lockstep.fit(Lockstep.partners(inputs["lockstep"], benign.index))
         if self.infrastructure is not None:
             self.infrastructure.fit(Infrastructure.group_size(inputs["infrastructure"], benign.index))
 
-    def _cross(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any] | None = None,
+    def _density(self, signal: DensityExcess, engine: FeatureEngine, feats: pd.DataFrame,
+                 inputs: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if signal is self.similarity:
+            return signal.score(feats)
+        return signal.score(engine, feats, inputs.get(signal.name))
+
+    def _blocks(self, feats: pd.DataFrame, reference_size: int) -> list[pd.Index]:
+        """The scanned accounts in blocks of about the reference's size, related accounts together (see BLOCK_RATIO)."""
+        if reference_size == 0 or len(feats) <= BLOCK_RATIO * reference_size:
+            return [feats.index]
+        n = max(2, int(round(len(feats) / reference_size)))
+        block = np.array([zlib.crc32(str(key).encode()) % n for key in customer_key(feats)])
+        return [feats.index[block == i] for i in range(n)]
+
+    def _cross(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any],
                timings: dict[str, float] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-        """Every cross-account signal's scores and edges for the accounts of `feats` (`inputs`: precomputed
-        prompt profiles, pairs or memberships, else read from `engine`), each signal's seconds into `timings`."""
-        inputs = inputs or {}
+        """Every cross-account signal's scores and edges for the accounts of `feats`, each signal's seconds into
+        `timings`. Density signals score a scan larger than their reference in blocks (`_blocks`)."""
         timings = {} if timings is None else timings
         cross: dict[str, pd.DataFrame] = {}
         edges: dict[str, pd.DataFrame] = {}
-        for signal in (self.similarity, self.content, self.lockstep, self.infrastructure):
+        for signal in self.crowding:
+            tick = time.perf_counter()
+            blocks = self._blocks(feats, len(signal.reference))
+            parts = [self._density(signal, engine, feats.loc[block], inputs) for block in blocks]
+            cross[signal.name] = pd.concat([p[0] for p in parts]).reindex(feats.index)
+            edges[signal.name] = pd.concat([p[1] for p in parts], ignore_index=True)
+            timings[f"{signal.name}_s"] = time.perf_counter() - tick
+            timings["blocks"] = len(blocks)
+        for signal in (self.lockstep, self.infrastructure):
             if signal is None:
                 continue
             tick = time.perf_counter()
-            if signal is self.similarity:
-                cross[signal.name], edges[signal.name] = signal.score(feats)
-            else:
-                cross[signal.name], edges[signal.name] = signal.score(engine, feats, inputs.get(signal.name))
+            cross[signal.name], edges[signal.name] = signal.score(engine, feats, inputs.get(signal.name))
             timings[f"{signal.name}_s"] = time.perf_counter() - tick
         return cross, edges
 
@@ -296,17 +411,22 @@ class Guard:
         for kind, members in groups:
             z, mean = self._z(scored, members)
             rows.append({"kind": kind, "size": len(members), "z": z, "mean_score": mean, "members": members,
-                         "dense": kind != "crowd" or self._dense_everywhere(scored, members)})
+                         "dense": kind != "crowd" or self._dense(scored, members)})
         campaigns = pd.DataFrame(rows, columns=["kind", "size", "z", "mean_score", "members", "dense"])
         return campaigns.sort_values("z", ascending=False).reset_index(drop=True)
 
-    def _dense_everywhere(self, scored: pd.DataFrame, members: list[str]) -> bool:
-        """Whether a crowd's members, on average, crowd every density-excess space more than 99% of benign accounts
-        do (`{signal}_dense`: fold B's 99th percentile; a mean over members is stable, so it needs no floor like the
-        single-account edge threshold). A campaign's accounts are alike in what they do and in what they ask; a benign
-        crowd (a day with many evaluation teams running several suites) is alike in one and asks what benign accounts ask."""
-        return all(float(scored.loc[members, s.name].mean()) >= self.thresholds[f"{s.name}_dense"]
-                   for s in self.crowding if s.name in scored)
+    def _dense(self, scored: pd.DataFrame, members: list[str]) -> bool:
+        """Whether a crowd's members, on average, crowd the density spaces more than 99% of benign accounts do
+        (`{signal}_dense`: fold B's 99th percentile; a mean over members is stable, so it needs no floor like the
+        single-account edge threshold): prompt content, and at least one of behaviour and schedule. A campaign's
+        accounts are alike in what they ask and in what they do or when; a benign crowd (a day with many
+        evaluation teams running several suites) is alike in what it does and asks what benign accounts ask.
+        With no content signal, every space must be dense."""
+        dense = {s.name: float(scored.loc[members, s.name].mean()) >= self.thresholds[f"{s.name}_dense"]
+                 for s in self.crowding if s.name in scored}
+        if "content" not in dense or len(dense) == 1:
+            return all(dense.values())
+        return dense["content"] and any(v for name, v in dense.items() if name != "content")
 
     @staticmethod
     def _pairs_between(pairs: pd.DataFrame | None, ok: pd.Series, index: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -323,70 +443,80 @@ class Guard:
         return [list(names[order[bounds[label] - sizes[label]:bounds[label]]])
                 for label in np.flatnonzero(sizes >= self.campaigns_cfg.min_accounts)]
 
-    def _merge_crowds(self, scored: pd.DataFrame, crowds: list[list[str]]) -> list[list[str]]:
-        """Merge crowds with the same capability mix and prompt style (see MERGE_*): one operator who varies
-        decoding parameters per account forms several crowds in behaviour space, but asks the same things."""
+    def _fingerprints(self, scored: pd.DataFrame, groups: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: its request-weighted capability mix (square-rooted, for Hellinger distances) and its
+        members' median prompt style (CONTENT_FEATURES, in units of their spread over the scan)."""
         from stillroom.guard.capabilities import CAPABILITIES
 
-        if len(crowds) < 2:
-            return crowds
-        cap_cols = [f"cap_{c}" for c in CAPABILITIES]
-        scale = scored[CONTENT_FEATURES].std().replace(0, 1).to_numpy()
+        cap_cols = [f"cap_{c}" for c in CAPABILITIES if f"cap_{c}" in scored]
+        content_cols = [c for c in CONTENT_FEATURES if c in scored]
+        scale = scored[content_cols].std().replace(0, 1).fillna(1).to_numpy()
         caps, content = [], []
-        for members in crowds:
+        for members in groups:
             m = scored.loc[members]
             weights = m["requests"].to_numpy(float)
             caps.append(np.sqrt((m[cap_cols].to_numpy(float) * weights[:, None]).sum(axis=0) / max(weights.sum(), 1)))
-            content.append(m[CONTENT_FEATURES].median().to_numpy() / scale)
-        caps_m, content_m = np.array(caps), np.array(content)
-        hellinger = np.linalg.norm(caps_m[:, None] - caps_m[None], axis=2) / np.sqrt(2)
-        distance = np.linalg.norm(content_m[:, None] - content_m[None], axis=2)
-        close = (hellinger < MERGE_CAPABILITY_HELLINGER) & (distance < MERGE_CONTENT_DISTANCE)
-        _, labels = connected_components(coo_matrix(close.astype(float)), directed=False)
+            content.append(m[content_cols].median().to_numpy() / scale)
+        return np.array(caps), np.array(content)
+
+    def _alike(self, scored: pd.DataFrame, groups: list[list[str]]) -> np.ndarray:
+        """Which pairs of groups share a fingerprint: the same capability mix and prompt style (see MERGE_*)."""
+        caps, content = self._fingerprints(scored, groups)
+        hellinger = np.linalg.norm(caps[:, None] - caps[None], axis=2) / np.sqrt(2)
+        distance = np.linalg.norm(content[:, None] - content[None], axis=2)
+        return (hellinger < MERGE_CAPABILITY_HELLINGER) & (distance < MERGE_CONTENT_DISTANCE)
+
+    def _merge_crowds(self, scored: pd.DataFrame, crowds: list[list[str]]) -> list[list[str]]:
+        """Merge crowds that share a fingerprint (`_alike`): one operator who varies decoding parameters per account,
+        or whose accounts were scored in different blocks, forms several crowds, but asks the same things."""
+        if len(crowds) < 2:
+            return crowds
+        _, labels = connected_components(coo_matrix(self._alike(scored, crowds).astype(float)), directed=False)
         merged: dict[int, list[str]] = {}
         for label, members in zip(labels, crowds):
             merged.setdefault(int(label), []).extend(members)
         return list(merged.values())
 
     def _flag(self, scored: pd.DataFrame, campaigns: pd.DataFrame) -> pd.DataFrame:
-        """Flag each campaign against its kind's threshold (a crowd only when dense in every space: `_dense_everywhere`);
-        flagged campaigns that share accounts become one alert."""
+        """Flag each campaign against its kind's threshold (a crowd only when dense enough: `_dense`); flagged
+        campaigns that share accounts, or share a fingerprint (`_alike`: one operation's crowds and linked
+        groups), become one alert."""
         limits = campaigns["kind"].map(lambda kind: self.thresholds[f"campaign_z_{kind}"])
         campaigns = campaigns.assign(flagged=(campaigns["z"] > limits) & campaigns["dense"])
         flagged = campaigns[campaigns["flagged"]]
         if len(flagged) > 1:
+            n = len(flagged)
             owner: dict[str, int] = {}
-            parent = list(range(len(flagged)))
-
-            def root(i: int) -> int:
-                while parent[i] != i:
-                    i = parent[i]
-                return i
-
+            src, dst = [], []
             for i, members in enumerate(flagged["members"]):
                 for m in members:
                     if m in owner:
-                        parent[root(i)] = root(owner[m])
+                        src.append(i)
+                        dst.append(owner[m])
                     else:
                         owner[m] = i
-            alerts: dict[int, list[int]] = {}
-            for i in range(len(flagged)):
-                alerts.setdefault(root(i), []).append(i)
+            alike = np.argwhere(self._alike(scored, list(flagged["members"])))
+            src += list(alike[:, 0])
+            dst += list(alike[:, 1])
+            _, labels = connected_components(coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), directed=False)
             rows = []
-            for parts in alerts.values():
-                group = flagged.iloc[parts]
+            for label in np.unique(labels):
+                group = flagged.iloc[np.flatnonzero(labels == label)]
                 members = list(dict.fromkeys(m for ms in group["members"] for m in ms))
                 z, mean = self._z(scored, members)
-                rows.append({"kind": "+".join(sorted(set(group["kind"]))), "size": len(members), "z": max(z, group["z"].max()),
-                             "mean_score": mean, "members": members, "dense": True, "flagged": True})
-            campaigns = pd.concat([pd.DataFrame(rows), campaigns[~campaigns["flagged"]]], ignore_index=True)
+                rows.append({"kind": "+".join(sorted(set("+".join(group["kind"]).split("+")))), "size": len(members),
+                             "z": max(z, group["z"].max()), "mean_score": mean, "members": members, "dense": True,
+                             "flagged": True, "groups": len(group)})
+            campaigns = pd.concat([pd.DataFrame(rows), campaigns[~campaigns["flagged"]].assign(groups=1)], ignore_index=True)
+        else:
+            campaigns = campaigns.assign(groups=1)
         campaigns = campaigns.sort_values(["flagged", "z"], ascending=False).reset_index(drop=True)
         campaigns.insert(0, "id", [f"C{i + 1:03d}" for i in range(len(campaigns))])
         return campaigns
 
     def _join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, edges: dict[str, pd.DataFrame]) -> None:
         """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members,
-        in every density-excess space (see JOIN_EACH, JOIN_SURPRISAL)."""
+        in prompt content and in behaviour or schedule (see JOIN_EACH, JOIN_SURPRISAL)."""
         joined = pd.Series(0, index=campaigns.index)
         for i, row in campaigns[campaigns["flagged"]].iterrows():
             member = scored["campaign"] == row["id"]
@@ -402,22 +532,71 @@ class Guard:
             if not evidence:
                 continue
             ev = pd.DataFrame(evidence).fillna(0.0)
+            if "content" in ev and len(ev.columns) > 1:  # what it asks, and what it does or when (as in `_dense`)
+                other = ev.drop(columns="content").max(axis=1)
+                ev = pd.DataFrame({"content": ev["content"], "other": other})
             new = ev.index[(ev.min(axis=1) >= JOIN_EACH) & (ev.sum(axis=1) >= JOIN_SURPRISAL)]
             scored.loc[new, "campaign"] = row["id"]
             joined[i] = len(new)
         campaigns["joined"] = joined
         campaigns.loc[campaigns["flagged"], "size"] += joined[campaigns["flagged"]]
 
+    def _linked(self, name: str, scored: pd.DataFrame, edges: dict[str, pd.DataFrame], members: list[str]) -> set:
+        """The members linked by edges of signal `name` to another member. Density edges count only between
+        accounts that both fired the signal (`signal_threshold`): an ordinary account is somebody's neighbour."""
+        inside = set(members)
+        frame = edges.get(name)
+        if frame is None or frame.empty:
+            return set()
+        if name == "infrastructure":
+            mine = frame[frame["account"].isin(inside)]
+            shared = mine.groupby(["key", "value"])["account"].transform("nunique") >= 2
+            return set(mine.loc[shared, "account"])
+        pairs = frame[frame["a"].isin(inside) & frame["b"].isin(inside)]
+        if name in scored and name != "lockstep":
+            fired = scored[name] >= self.signal_threshold(name)
+            pairs = pairs[pairs["a"].map(fired).fillna(False).to_numpy(bool) & pairs["b"].map(fired).fillna(False).to_numpy(bool)]
+        return set(pairs["a"]) | set(pairs["b"])
+
+    def _links(self, scored: pd.DataFrame, members: list[str], edges: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+        """What linked a campaign's members, per kind of link, against the benign baseline: the share of members
+        linked to another member that way, the share of benign calibration accounts linked to another benign one
+        that way, and the binomial surprisal of the members' count at the benign rate (how strongly)."""
+        rates = self.baseline.get("link_rates", {})
+        out = {}
+        for name, kind in LINK_KINDS.items():
+            if name not in edges:
+                continue
+            linked = self._linked(name, scored, edges, members)
+            rate = float(min(max(rates.get(kind, 0.0), 1e-4), 0.999))
+            out[kind] = {"members_linked": round(len(linked) / max(len(members), 1), 4), "benign_rate": round(rate, 4),
+                         "strength": round(float(binomial_surprisal(len(linked), len(members), rate)), 2) if linked else 0.0}
+        return out
+
     def scan(self, frame: pd.DataFrame) -> ScanResult:
         """Score every account of `frame`, group campaigns, and flag against the calibrated thresholds."""
         if not self.fitted:
             raise StillroomError("the detector is not calibrated", hint="calibrate on benign traffic first (`stillroom guard calibrate`)")
-        timings: dict[str, float] = {}
         start = time.perf_counter()
         engine = FeatureEngine(frame)
         feats = engine.accounts()
-        timings["features_s"] = time.perf_counter() - start
-        cross, edges = self._cross(engine, feats, timings=timings)
+        inputs = self._inputs(engine, feats)
+        result = self._scan(engine, feats, inputs, {"features_s": time.perf_counter() - start})
+        result.timings["total_s"] = time.perf_counter() - start
+        return result
+
+    def _scan(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any],
+              timings: dict[str, float] | None = None) -> ScanResult:
+        timings = timings or {}
+        warnings = list(self.warnings)
+        cross, edges = self._cross(engine, feats, inputs, timings=timings)
+        self_scan = len(self._calibration_accounts) and feats.index.isin(self._calibration_accounts).mean() > 0.9
+        if timings.get("blocks", 1) > (2 if self_scan else 1):
+            reference = min(len(s.reference) for s in self.crowding)
+            warnings.append(f"the scan has {len(feats):,} accounts against a benign reference of {reference:,}: the density "
+                            f"signals scored it in {timings['blocks']} blocks, so a campaign needs about "
+                            f"{timings['blocks'] * self.signals_cfg.neighbours:,} accounts to crowd; calibrate on at least "
+                            f"{2 * len(feats):,} accounts of traffic, or calibrate on the scanned traffic itself (`--calibration-mode self`)")
         tick = time.perf_counter()
         scored = self._combine(feats, cross)
         campaigns = self._flag(scored, self._campaigns(scored, edges))
@@ -425,13 +604,14 @@ class Guard:
         for row in campaigns[campaigns["flagged"]].itertuples():
             scored.loc[row.members, "campaign"] = row.id
         self._join_neighbours(scored, campaigns, edges)
+        campaigns["links"] = [self._links(scored, list(scored.index[scored["campaign"] == cid]), edges) if flagged else {}
+                              for cid, flagged in zip(campaigns["id"], campaigns["flagged"])]
         scored["novelty"] = self.similarity.novelty(feats) if self.similarity is not None else scored["score"]
         scored["flagged_alone"] = scored["novelty"] > self.thresholds["account"]
         scored["flagged"] = scored["flagged_alone"] | (scored["campaign"] != "")
         timings["campaigns_s"] = time.perf_counter() - tick
-        timings["total_s"] = time.perf_counter() - start
         return ScanResult(scored.sort_values("score", ascending=False), campaigns, edges, engine, dict(self.thresholds),
-                          self.signal_names, timings)
+                          self.signal_names, timings, warnings)
 
     # ---- persistence -----------------------------------------------------------
     def save(self, folder: Path | str) -> Path:

@@ -245,5 +245,15 @@ class FeatureEngine:
               SELECT account, {text}, t, row_number() OVER (PARTITION BY account ORDER BY {order}) AS r FROM interactions)
             WHERE r <= {int(limit)} ORDER BY account, r""")
 
+    def activity(self) -> pd.DataFrame:
+        """Requests per account by hour of the week (0..167, UTC) and by 5-minute phase of the hour (0..11): the
+        raw material of the schedule signal. Columns account, kind ('hour' or 'phase'), slot, requests."""
+        return self.sql("""
+            SELECT account, 'hour' AS kind, ((dayofweek(ts) * 24) + hour(ts)) AS slot, count(*) AS requests
+            FROM interactions GROUP BY account, slot
+            UNION ALL
+            SELECT account, 'phase' AS kind, floor(minute(ts) / 5) AS slot, count(*) AS requests
+            FROM interactions GROUP BY account, slot""")
+
     def size(self) -> int:
         return int(self.run("SELECT count(*) FROM interactions")[0][0])

@@ -8,4 +8,4 @@ A score is a *surprisal*: -log10 of how rare the value is among benign accounts,
 """
 
 from stillroom.guard.signals.base import PER_ACCOUNT, CROSS_ACCOUNT, AccountSignal, Reference  # noqa: F401
-from stillroom.guard.signals import per_account, cross_account  # noqa: F401  (registers the signals)
+from stillroom.guard.signals import per_account, cross_account, schedule  # noqa: F401  (registers the signals)
