@@ -88,8 +88,36 @@ def main() -> None:
         "simple_rule_thresholds": "set on each scenario's own benign accounts (with labels) for the detector's FPR there: "
                                   "the most generous single-feature baseline",
     }
+    payload["targets"] = targets(report)
     path = write_result("guard_detect" + ("_quick" if args.quick else ""), payload, summary_line(report))
     print(f"wrote {path}\n{summary_line(report)}")
+
+
+def targets(report: dict, recall: float = 0.95, fpr: float = 0.001, gap: float = 0.02) -> dict:
+    """The issue's targets, each with the styles that miss it and by how much (recall short of the bar, FPR over it)."""
+    out: dict = {"self_recall_at_fpr": {}, "modes_within_clean": {}, "beats_best_rule": {}}
+    for row in report["rows"]:
+        mode = row.get("by_mode", {}).get("self", {})
+        for suffix in ("", "_no_metadata"):
+            r, f = mode.get(f"recall{suffix}"), mode.get(f"fpr{suffix}")
+            if r is not None and (r < recall or f > fpr):
+                out["self_recall_at_fpr"][row["style"] + suffix] = {"recall": r, "fpr": f, "recall_short_by": round(max(0.0, recall - r), 5),
+                                                                  "fpr_over_by": round(max(0.0, f - fpr), 5)}
+    modes = {m["mode"]: m for m in report.get("calibration_modes", [])}
+    for mode in ("contaminated", "self"):
+        for suffix in ("", "_no_metadata"):
+            clean, other = modes.get("clean", {}).get(f"account_recall{suffix}"), modes.get(mode, {}).get(f"account_recall{suffix}")
+            if clean is not None and other is not None:
+                out["modes_within_clean"][mode + suffix] = {"recall": other, "clean": clean, "gap": round(clean - other, 5),
+                                                           "met": bool(clean - other <= gap)}
+    for style, rule in report.get("simple_rules", {}).items():
+        if rule.get("detector_beats_rule") is False:
+            out["beats_best_rule"][style] = {"rule": rule["rule"], "rule_recall": rule["recall"], "detector_recall": rule["detector_recall"]}
+    out["met"] = {"self_recall_at_fpr": not out["self_recall_at_fpr"] and "self" in modes,
+                  "modes_within_clean": all(v["met"] for v in out["modes_within_clean"].values()) and bool(out["modes_within_clean"]),
+                  "beats_best_rule": not out["beats_best_rule"],
+                  "capability_macro_f1": report.get("capability_macro_f1") is not None and report["capability_macro_f1"] >= 0.85}
+    return out
 
 
 def _f(value, digits: int = 3) -> str:
