@@ -96,7 +96,10 @@ def test_evaluate_reports_styles_populations_and_the_baseline(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "eval-test" / "evaluation.json").read_text())
     assert [r["style"] for r in report["rows"]] == ["blatant", "adaptive"]
-    assert [r["held_out"] for r in report["rows"]] == [False, True] and not any(r["never_seen"] for r in report["rows"])
+    from stillroom.guard.config import STYLES
+
+    assert [r["held_out"] for r in report["rows"]] == [bool(STYLES[s].get("held_out")) for s in ("blatant", "adaptive")]
+    assert not any(r["never_seen"] for r in report["rows"])
     assert report["never_seen_recall"] is None  # no never-seen style ran
     assert report["rows"][0]["recall"] > 0.9  # the blatant style is caught even at this small scale
     assert set(report["by_population"]) == {"chat", "app", "eval", "labeler", "researcher"}

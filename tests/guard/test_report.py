@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -24,9 +25,10 @@ def test_each_campaign_alert_carries_its_evidence(alerts, scanned):
     c = alerts["campaigns"][0]
     assert c["accounts"] >= 70 and c["z"] > alerts["summary"]["thresholds"]["campaign_z_crowd"]
     fired = {s["signal"] for s in c["signals"] if s["fired"]}
-    assert "similarity" in fired  # the crowding is what gives this campaign away
+    assert fired & {"similarity", "content"}  # crowding, in behaviour or content space, is what gives this campaign away
     assert all(s["mean_surprisal"] >= 0 for s in c["signals"])
-    assert c["features"][0]["median"] > c["features"][0]["benign_p99"] or c["features"][0]["surprisal"] > 2
+    surprisals = [f["surprisal"] for f in c["features"]]
+    assert surprisals == sorted(surprisals, reverse=True) and {"median", "benign_median", "benign_p99"} <= set(c["features"][0])
     assert list(c["capabilities"])[0] in {"coding", "debugging", "agentic", "cybersecurity", "math", "logic", "chat"}
     assert c["infrastructure"]["distinct"]["ips"] >= 1 and "payment" in c["infrastructure"]
     assert sum(n for _, n in c["timeline"]) == c["requests"]
@@ -157,15 +159,16 @@ def test_a_shared_system_prompt_is_campaign_evidence(calibrated, scanned):
     _, truth, log = scanned
     attack = set(truth.loc[truth["is_attack"], "account"])
     harness = "You are a meticulous expert. Always explain every step before the final answer."
-    with_system = log.assign(system=[harness if a in attack else ("Be brief." if i % 7 == 0 else "")
-                                     for i, a in enumerate(log["account"])])
+    with_system = log.assign(system=[harness if a in attack else ("Be brief." if zlib.crc32(a.encode()) % 7 == 0 else "")
+                                     for a in log["account"]])
     data = from_frame(with_system)  # the system prompt is validated and kept like any field
     assert data.fields["table"]["system"] == {"column": "system", "how": "alias", "filled": round(float((with_system["system"] != "").mean()), 4)}
     result = calibrated.scan(data.frame)
     stored = result.engine.sql(f"SELECT count(*) AS n FROM interactions WHERE system = '{harness}'")
     assert int(stored["n"].iloc[0]) == int(log["account"].isin(attack).sum())  # in the interaction table
     c = build_alerts(result, calibrated, top=1, examples=1)["campaigns"][0]
-    assert c["system_prompts"][0]["system"] == harness and c["system_prompts"][0]["accounts"] >= 0.8 * c["accounts"]
+    assert c["system_prompts"][0]["system"] == harness  # the harness all attack members share outranks the rest
+    assert c["system_prompts"][0]["accounts"] == len(set(c["members"]) & attack) > 0
     hidden = build_alerts(result, calibrated, top=1, examples=1, redact=True)["campaigns"][0]
     assert hidden["system_prompts"][0]["system"] == f"[redacted: {len(harness)} characters]"
     assert harness[:30] not in to_markdown(build_alerts(result, calibrated, top=1, examples=1, redact=True))
