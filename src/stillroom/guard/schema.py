@@ -227,7 +227,7 @@ def write_quarantine(result: IngestResult, path: Path, redact: bool = False) -> 
     """One JSON line per quarantined record; `redact` keeps only its times, ids and metadata, not its text."""
     with path.open("w", encoding="utf-8") as fh:
         for row in result.quarantine.itertuples(index=False):
-            record = row.redacted if redact else row.record
+            record = getattr(row, "redacted", "[redacted]") if redact else row.record
             fh.write(json.dumps({"source": row.source, "reason": row.reason, "record": record}, ensure_ascii=False) + "\n")
 
 
