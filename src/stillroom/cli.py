@@ -37,15 +37,10 @@ def _load(ref: str) -> Any:
 
 def resolve_distill_recipe(recipe: Optional[str], overrides: dict[str, Any], sets: list[str], quick: bool):
     """Read a recipe, apply presets and overrides, and validate it against its kind's schema."""
-    from stillroom.core.recipe import apply_overrides, read_recipe, validate
+    from stillroom.core.recipe import apply_overrides, apply_preset, read_recipe, validate
 
     data, source = read_recipe(recipe, default="classifier")
-    presets = data.pop("presets", {}) or {}
-    if quick:
-        if "quick" not in presets:
-            raise StillroomError("this recipe has no 'quick' preset", where=source,
-                                 hint="add a presets.quick mapping of overrides, or drop --quick")
-        data = apply_overrides(data, dict(presets["quick"]))
+    data = apply_preset(data, "quick" if quick else None, source)
     data = apply_overrides(data, overrides)
     data = apply_overrides(data, sets)
     if sets or any(v is not None for v in overrides.values()):
@@ -57,17 +52,45 @@ def resolve_distill_recipe(recipe: Optional[str], overrides: dict[str, Any], set
     return validate(schema, data, source), kind
 
 
-@app.command()
+DISTILL_EXAMPLES = """Examples:
+
+  stillroom distill                        # the built-in classifier demo
+
+  stillroom distill --data tickets.csv --set data.unlabeled=traffic.jsonl
+
+  stillroom distill --recipe llm --quick   # a language model, small
+
+Ctrl-C writes a checkpoint; the same command again resumes from it."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"stillroom {version('stillroom')}")
+        except PackageNotFoundError:
+            typer.echo("stillroom (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print stillroom's version and exit.")) -> None:
+    """stillroom: distil a teacher into a smaller student, and guard a model API against distillation."""
+
+
+@app.command(epilog=DISTILL_EXAMPLES)
 def distill(
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML file, or a built-in name (see `stillroom recipes`). Default: classifier."),
-    data: Optional[str] = typer.Option(None, help="Training data file (CSV, TSV, JSONL, Parquet); sets data.path. Without it the built-in default data is used."),
-    teacher: Optional[str] = typer.Option(None, help="Teacher model folder or file; sets teacher.path."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs; sets training.epochs."),
-    output_dir: Optional[str] = typer.Option(None, help="Where run folders go; sets output_dir."),
-    name: Optional[str] = typer.Option(None, help="Run name, the folder under output_dir; sets name."),
-    seed: Optional[int] = typer.Option(None, help="Random seed; sets seed."),
-    quick: bool = typer.Option(False, "--quick", help="Apply the recipe's quick preset (a smaller, faster run)."),
-    set_: list[str] = typer.Option([], "--set", help="Override any recipe key, e.g. --set training.lr=3e-5. Repeatable."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", metavar="RECIPE", help="Recipe YAML file, or a built-in name (see `stillroom recipes`). Default: classifier."),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help="Training data file (CSV, TSV, JSONL, Parquet); sets data.path. Without it the built-in default data is used."),
+    teacher: Optional[str] = typer.Option(None, metavar="PATH", help="Teacher model folder or file; sets teacher.path."),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help="Training epochs; sets training.epochs."),
+    output_dir: Optional[str] = typer.Option(None, metavar="DIR", help="Where run folders go; sets output_dir."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="Run name, the folder under output_dir; sets name."),
+    seed: Optional[int] = typer.Option(None, metavar="N", help="Random seed; sets seed."),
+    quick: bool = typer.Option(False, "--quick", metavar="", help="Apply the recipe's quick preset (a smaller, faster run)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key, e.g. --set training.lr=3e-5. Repeatable."),
 ) -> None:
     """Distil a teacher into a smaller student and print the card that compares them."""
     overrides = {"data.path": data, "teacher.path": teacher, "training.epochs": epochs,
@@ -76,8 +99,8 @@ def distill(
     _load(DISTILL_KINDS[kind][1])(resolved)
 
 
-@app.command()
-def recipes(show: Optional[str] = typer.Argument(None, help="A built-in recipe to print.")) -> None:
+@app.command(epilog="Examples:\n\n  stillroom recipes\n\n  stillroom recipes classifier > my.yaml   # then: stillroom distill --recipe my.yaml")
+def recipes(show: Optional[str] = typer.Argument(None, metavar="NAME", help="A built-in recipe to print.")) -> None:
     """List the built-in recipes, or print one to start your own from."""
     from stillroom.core.recipe import builtin_recipes
 
@@ -119,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     except StillroomError as exc:
         if os.environ.get("STILLROOM_DEBUG"):
             raise
-        typer.secho(f"error: {exc.render()}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        interrupted = type(exc).__name__ == "Interrupted"  # Ctrl-C, after the checkpoint was written
+        typer.secho(f"{'interrupted' if interrupted else 'error'}: {exc.render()}", fg=typer.colors.RED, err=True)
+        sys.exit(130 if interrupted else 2)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted; run the same command again to resume from the last checkpoint", err=True)
         sys.exit(130)

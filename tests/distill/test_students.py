@@ -3,6 +3,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from stillroom.core.errors import ModelError
+from stillroom.core.errors import StillroomError
 from stillroom.distill.config import StudentConfig
 from stillroom.distill.models import build_student, find_layer_list, select_layers, spread_layers, trim_vocabulary
 
@@ -20,7 +21,8 @@ def test_spread_layers_reproduces_distilbert():
     assert spread_layers(6, 2) == [0, 5]
     assert spread_layers(6, 3) == [0, 3, 5]
     assert spread_layers(6, 6) == list(range(6))
-    with pytest.raises(ModelError):
+    assert spread_layers(6, 1) == [0], "one rule with the LLM students: one layer keeps the first"
+    with pytest.raises(StillroomError, match="cannot keep 7 of the teacher's 6 layers"):
         spread_layers(6, 7)
 
 

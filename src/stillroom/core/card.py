@@ -19,6 +19,15 @@ class Column:
     key: str
     header: str
     fmt: str = "{}"
+    short: str | None = None
+    """Header in the terminal table; None leaves the column out there (it stays in card.md)."""
+    short_fmt: Any = None
+    """Format in the terminal table: a format string or a function of the value; None uses `fmt`."""
+
+    def show_short(self, value: Any) -> str:
+        if callable(self.short_fmt) and value is not None:
+            return self.short_fmt(value)
+        return Column(self.key, self.header, self.short_fmt or self.fmt).show(value)
 
     def show(self, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -53,25 +62,52 @@ class Card:
             lines += ["## Summary", ""]
             lines += [f"- **{k}**: {_fmt_summary(v)}" for k, v in self.summary.items()]
             lines.append("")
-        if self.notes:
-            lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        notes = self.notes + [f"warning: {w}" for w in self.warnings()]
+        if notes:
+            lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
         if self.meta:
             lines += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in self.meta.items()] + [""]
         return "\n".join(lines)
 
-    def print(self) -> None:
+    def terminal_columns(self) -> list[Column]:
+        """The columns that fit a terminal: those with a short header (all of them when none has one)."""
+        chosen = [c for c in self.columns if c.short is not None]
+        return chosen or self.columns
+
+    def print(self, width: int | None = None) -> None:
+        """A compact table that fits an 80-column terminal; every column and the notes are in card.md."""
+        from rich.box import SIMPLE
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=self.title)
-        for column in self.columns:
-            table.add_column(column.header, justify="left" if column.key == "name" else "right")
+        console = Console(width=width or (None if Console().is_terminal else 100))
+        table = Table(title=self.title, box=SIMPLE, pad_edge=False, padding=(0, 1))
+        columns = self.terminal_columns()
+        for column in columns:
+            names = column.key == "name"
+            table.add_column(column.short or column.header, justify="left" if names else "right", no_wrap=True,
+                             min_width=max((len(str(r.get("name", ""))) for r in self.rows), default=5) if names else None)
         for row in self.rows:
-            table.add_row(*(column.show(row.get(column.key)) for column in self.columns))
-        console = Console(width=None if Console().is_terminal else 200)
+            table.add_row(*(c.show_short(row.get(c.key)) for c in columns))
         console.print(table)
         for key, value in self.summary.items():
             console.print(f"  {key}: {_fmt_summary(value)}")
+        for warning in self.warnings():
+            console.print(f"  [yellow]warning:[/yellow] {warning}")
+
+    def warnings(self, key: str = "latency_ms_b1", ratio: float = 1.5) -> list[str]:
+        """Timing noise that a reader should know of: rows of the same size whose latencies differ by over `ratio`."""
+        out = []
+        by_size: dict[Any, list[dict]] = {}
+        for row in self.rows:
+            if row.get(self.size_key) and row.get(key):
+                by_size.setdefault(row[self.size_key], []).append(row)
+        for same in by_size.values():
+            fast, slow = min(same, key=lambda r: r[key]), max(same, key=lambda r: r[key])
+            if slow[key] > ratio * fast[key]:
+                out.append(f"{fast['name']} and {slow['name']} have the same size but {key} {fast[key]:.3g} vs "
+                           f"{slow[key]:.3g}: the machine was busy while they were timed; compare ratios with care")
+        return out
 
     def plot(self, path: Path) -> None:
         import matplotlib

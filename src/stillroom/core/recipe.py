@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stillroom.core.errors import RecipeError
 
@@ -27,6 +27,42 @@ class Schema(BaseModel):
     """Base for every recipe section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class BaseRecipe(Schema):
+    """What every kind of recipe has: a run name (a plain folder name), where run folders go, a seed, and
+    named presets (override sets such as `quick`, applied by `load_recipe(..., preset="quick")` or `--quick`)."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value.startswith(".") or value.strip() != value:
+            raise ValueError("must be a plain folder name (no '/', not starting with '.', no surrounding spaces)")
+        return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error, not a silent overwrite."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first on line {seen[key] + 1}); the second would silently win",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -52,7 +88,7 @@ def read_recipe(name_or_path: str | Path | None, default: str = "classifier") ->
     except UnicodeDecodeError as exc:
         raise RecipeError("the recipe is not valid UTF-8 text", where=str(path)) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
@@ -197,14 +233,28 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
+def apply_preset(data: dict, preset: str | None, source: str = "recipe") -> dict:
+    """Apply the recipe's named preset (its `presets.<name>` overrides); None applies none."""
+    if preset is None:
+        return data
+    presets = data.get("presets") or {}
+    if preset not in presets:
+        raise RecipeError(f"this recipe has no {preset!r} preset", where=source,
+                          hint=f"add a presets.{preset} mapping of overrides" + (
+                              f", or use one of: {', '.join(sorted(presets))}" if presets else ""))
+    return apply_overrides(data, dict(presets[preset]))
+
+
 def load_recipe(
     schema: type[S],
     name_or_path: str | Path | None = None,
     overrides: Mapping[str, Any] | list[str] | None = None,
     default: str = "classifier",
+    preset: str | None = None,
 ) -> S:
-    """Read, override and validate a recipe in one call."""
+    """Read, apply a preset, override and validate a recipe in one call."""
     data, source = read_recipe(name_or_path, default=default)
+    data = apply_preset(data, preset, source)
     data = apply_overrides(data, overrides)
     return validate(schema, data, source)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from stillroom.core.recipe import Schema
+from stillroom.core.recipe import BaseRecipe, Schema
 
 
 class DataConfig(Schema):
@@ -145,11 +145,9 @@ class CardConfig(Schema):
     int8: bool = True
 
 
-class ClassifierRecipe(Schema):
+class ClassifierRecipe(BaseRecipe):
     kind: Literal["classifier"] = "classifier"
     name: str = "classifier"
-    output_dir: str = "runs"
-    seed: int = 0
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -164,13 +162,6 @@ class ClassifierRecipe(Schema):
     fine-tuned teacher, hard labels only; pseudo_label: the distilled student's transfer set and views with the
     teacher's argmax as hard labels. Each trains for as many steps as the distilled student."""
     card: CardConfig = CardConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        if not value or "/" in value or value.startswith("."):
-            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
-        return value
 
     @model_validator(mode="after")
     def _losses_given(self) -> "ClassifierRecipe":

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from stillroom.core.errors import ModelError
+from stillroom.core.layers import evenly_spaced_layers
 from stillroom.distill.config import StudentConfig, TeacherConfig
 from stillroom.distill.data import LabelMap
 from stillroom.distill.losses import Outputs
@@ -137,13 +138,8 @@ def find_layer_list(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
 
 
 def spread_layers(teacher_layers: int, student_layers: int) -> list[int]:
-    """Evenly spaced layers, first and last included: 6 of 12 gives DistilBERT's 0, 2, 4, 7, 9, 11."""
-    if student_layers > teacher_layers:
-        raise ModelError(f"the student cannot keep {student_layers} layers of a {teacher_layers}-layer teacher",
-                         where="student.num_layers")
-    if student_layers == 1:
-        return [teacher_layers - 1]
-    return [int(i * (teacher_layers - 1) / (student_layers - 1) + 0.5) for i in range(student_layers)]
+    """Evenly spaced layers, first and last included (`stillroom.core.layers.evenly_spaced_layers`)."""
+    return evenly_spaced_layers(teacher_layers, student_layers, where="student.num_layers")
 
 
 def select_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from stillroom.core.card import Card, Column
 from stillroom.core.errors import DataError, ModelError, StillroomError
@@ -402,11 +403,14 @@ def initialisations(ws: Workspace) -> dict[str, str]:
 
 
 CARD_COLUMNS = [
-    Column("name", "model"), Column("accuracy", "accuracy", "{:.4f}"), Column("macro_f1", "macro-F1", "{:.4f}"),
-    Column("params", "params", "{:,}"), Column("bytes", "bytes", "{:,}"),
-    Column("latency_ms_b1", "latency b1 median (ms)", "{:.2f}"), Column("latency_p90_ms_b1", "latency b1 p90 (ms)", "{:.2f}"),
-    Column("throughput_b64", "throughput b64 (/s)", "{:.0f}"), Column("retention", "retention", "{:.3f}"),
-    Column("gap_closed", "gap closed", "{:.2f}"), Column("init", "initialisation"),
+    Column("name", "model", short="model"), Column("accuracy", "accuracy", "{:.4f}", short="acc"),
+    Column("macro_f1", "macro-F1", "{:.4f}"), Column("params", "params", "{:,}"),
+    Column("bytes", "bytes", "{:,}", short="MB", short_fmt=lambda v: f"{v / 1e6:.1f}"),
+    Column("latency_ms_b1", "latency b1 median (ms)", "{:.2f}", short="ms b1", short_fmt="{:.1f}"),
+    Column("latency_p90_ms_b1", "latency b1 p90 (ms)", "{:.2f}", short="p90", short_fmt="{:.1f}"),
+    Column("throughput_b64", "throughput b64 (/s)", "{:.0f}", short="/s b64"),
+    Column("retention", "retention", "{:.3f}", short="ret"), Column("gap_closed", "gap closed", "{:.2f}", short="gap"),
+    Column("init", "initialisation"),
 ]
 
 
@@ -419,14 +423,19 @@ def measure_rows(ws: Workspace, models: dict[str, nn.Module], int8: tuple[str, .
     c = ws.recipe.card
     rows = []
     inits = initialisations(ws)
+    bar = tqdm(total=sum(1 + (c.int8 and name in int8) for name in models), desc="card: measuring", unit="row",
+               disable=not ws.accelerator.is_main_process, leave=False)
     for name, model in models.items():
         data = ws.teacher_encoded["test"] if _is_teacher(name) else ws.student_encoded["test"]
         variants = [(name, model.eval())] + ([(f"{name} int8", quantize_int8(model))] if c.int8 and name in int8 else [])
         for row_name, variant in variants:
+            bar.set_postfix_str(row_name)
             rows.append(card_row(row_name, variant, data, c.threads, c.latency_samples, c.throughput_batch_size,
                                  c.throughput_batches))
+            bar.update(1)
             rows[-1]["init"] = inits.get(name.split(" int8")[0], "") + (", int8" if row_name.endswith("int8") else "")
             LOG.info("card: %s accuracy %.4f", row_name, rows[-1]["accuracy"])
+    bar.close()
     return rows
 
 

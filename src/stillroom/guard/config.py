@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from stillroom.core.recipe import Schema
+from stillroom.core.recipe import BaseRecipe, Schema
 from stillroom.guard.capabilities import CAPABILITIES
 
 # Attacker styles: each is a set of knob values; a campaign names a style and may override any knob.
@@ -239,7 +239,7 @@ class EvaluateConfig(Schema):
         return value
 
 
-class GuardRecipe(Schema):
+class GuardRecipe(BaseRecipe):
     kind: Literal["guard"] = "guard"
     name: str = "guard"
     output_dir: str = "runs"

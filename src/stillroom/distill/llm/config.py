@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from stillroom.core.recipe import Schema
+from stillroom.core.recipe import BaseRecipe, Schema
 
 
 class DataConfig(Schema):
@@ -115,11 +115,9 @@ class EvalConfig(Schema):
     batch_size: int = Field(8, ge=1, description="Batch size for the NLL / agreement passes")
 
 
-class LLMRecipe(Schema):
+class LLMRecipe(BaseRecipe):
     kind: Literal["llm"] = "llm"
     name: str = "llm"
-    output_dir: str = "runs"
-    seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads for the whole run (unset: torch's default)")
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -129,7 +127,6 @@ class LLMRecipe(Schema):
     variants: list[VariantConfig] = Field(default_factory=_default_variants, min_length=1)
     eval: EvalConfig = EvalConfig()
     export: str = Field("best", description="Variant to export to model/: a variant name, or best (highest validation agreement)")
-    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named override sets, e.g. quick (applied by --quick)")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -18,16 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from stillroom.core.errors import ModelError, RecipeError
-
-
-def evenly_spaced_layers(total: int, keep: int) -> list[int]:
-    """`keep` layer indices out of `total`, evenly spaced, always including the first and the last."""
-    if not 1 <= keep <= total:
-        raise RecipeError(f"cannot keep {keep} of the teacher's {total} layers", where="student.layers",
-                          hint=f"choose a number from 1 to {total}, or a list of layer indices")
-    if keep == 1:
-        return [0]
-    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+from stillroom.core.layers import evenly_spaced_layers  # noqa: F401  (the one rule, shared with classifiers)
 
 
 def layer_influence(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_id: int) -> list[float]:
