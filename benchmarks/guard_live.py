@@ -274,17 +274,17 @@ def scenario(args):
     scale = 0.5 if args.quick else 1.0
     benign = Populations(chat=int(1000 * scale), apps=int(30 * scale), evals=4, labelers=8, researchers=int(30 * scale))
     campaigns = [CampaignSpec(name=f"campaign-{style}", style=style, accounts=int(n * scale))
-                 for style, n in (("mixed", 60), ("blatant", 30), ("rotating", 60))]
+                 for style, n in (("mixed", 40), ("blatant", 20), ("rotating", 40))]
     calibration_day = SimulateConfig(seed=1000, benign=Populations(chat=benign.chat * 3, apps=benign.apps * 3, evals=12,
                                                                    labelers=24, researchers=benign.researchers * 3),
                                      campaigns=[])
-    cal_log, _ = simulate(calibration_day)
+    cal_log = simulate(calibration_day)[0] if args.calibration_mode == "clean" else None
     log, truth = simulate(SimulateConfig(seed=0, benign=benign, campaigns=campaigns))
     return cal_log, log, truth
 
 
 async def replay_traffic(url: str, log, keys: dict[str, str], seconds: float, concurrency: int) -> dict:
-    import httpx
+    from stillroom.guard.gateway.upstream import UpstreamError, UpstreamPool
 
     ts = log["ts"].astype("int64").to_numpy() / 1e9
     start_log, start_wall = float(ts[0]), time.monotonic() + 1.0
@@ -300,7 +300,7 @@ async def replay_traffic(url: str, log, keys: dict[str, str], seconds: float, co
         for _ in range(concurrency):
             await queue.put(None)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: UpstreamPool) -> None:
         while (item := await queue.get()) is not None:
             t, rec = item
             due = start_wall + (t - start_log) / speedup
@@ -317,21 +317,23 @@ async def replay_traffic(url: str, log, keys: dict[str, str], seconds: float, co
                 body["logprobs"] = True
                 if rec["top_logprobs"]:
                     body["top_logprobs"] = int(rec["top_logprobs"])
-            headers = {"authorization": f"Bearer {keys[rec['account']]}", "x-stillroom-ts": repr(t),
+            headers = {"content-type": "application/json", "authorization": f"Bearer {keys[rec['account']]}",
+                       "x-stillroom-ts": repr(t),
                        "x-forwarded-for": rec["ip"] or "0.0.0.0", "x-stillroom-network": rec["network"] or "",
                        "user-agent": rec["user_agent"] or "replay"}
+            payload = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
             try:
-                reply = await client.post(url + "/v1/chat/completions", json={k: v for k, v in body.items() if v is not None},
-                                          headers=headers)
-                codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
-            except httpx.HTTPError:
+                reply = await client.request("POST", "/v1/chat/completions", payload, headers)
+                await reply.read()
+                codes[reply.status] = codes.get(reply.status, 0) + 1
+            except UpstreamError:
                 codes[0] = codes.get(0, 0) + 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
-        tick = time.monotonic()
-        await asyncio.gather(producer(), *(worker(client) for _ in range(concurrency)))
-        wall = time.monotonic() - tick
+    client = UpstreamPool(url, timeout=30.0)  # the gateway's own lean client: the sender must not be the bottleneck
+    tick = time.monotonic()
+    await asyncio.gather(producer(), *(worker(client) for _ in range(concurrency)))
+    wall = time.monotonic() - tick
+    client.close()
     late = sorted(lateness)
     return {"speedup": round(speedup, 1), "wall_s": round(wall, 1), "sent": len(records), "codes": codes,
             "late_share": round(len(late) / max(1, len(records)), 4),
@@ -374,9 +376,11 @@ def part_replay(args, folder: Path) -> dict:
 
     tick = time.perf_counter()
     cal_log, log, truth = scenario(args)
-    guard = Guard()
-    guard = guard.fit(cal_log)
-    guard.save(folder / "calibration")
+    if args.calibration_mode == "clean":  # a benign day's calibration, loaded by the gateway
+        Guard().fit(cal_log).save(folder / "calibration")
+        calibration_args = ["--calibration", str(folder / "calibration")]
+    else:  # every scan calibrates robustly on its own window
+        calibration_args = ["--self-calibrate"]
     calibrate_s = time.perf_counter() - tick
     log = log.sort_values("ts", kind="stable").reset_index(drop=True)
     store = KeyStore(folder / "replay-keys.json")
@@ -399,8 +403,8 @@ def part_replay(args, folder: Path) -> dict:
         wait_http(f"http://127.0.0.1:{up_port}/v1/chat/completions", upstream)
         port = free_port()
         gateway = start_gateway(f"http://127.0.0.1:{up_port}/v1", folder / "replay-log.db", folder / "replay-keys.json",
-                                port, extra=["--replay", "--calibration", str(folder / "calibration"), "--policy",
-                                             str(policy)], stderr_path=folder / "replay-gateway.log")
+                                port, extra=["--replay", *calibration_args, "--policy", str(policy)],
+                                stderr_path=folder / "replay-gateway.log")
         processes.append(gateway)
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, gateway)
@@ -418,6 +422,7 @@ def part_replay(args, folder: Path) -> dict:
     rows, false = harvest(folder / "replay-log.db", log, truth)
     scans_n = float(scan_count.group(1)) if scan_count else 0.0
     return {"harvest_before_detection": rows, "false_positives": false, "replay": sent,
+            "calibration_mode": args.calibration_mode,
             "interactions": len(log), "accounts": len(firsts), "calibrate_s": round(calibrate_s, 1),
             "scan_interval_log_s": args.scan_interval, "scans": int(scans_n),
             "mean_scan_s": round(float(scan_seconds.group(1)) / scans_n, 2) if scan_count and scans_n else None,
@@ -439,6 +444,8 @@ def main() -> None:
     parser.add_argument("--replay-seconds", type=float, default=240.0, help="wall seconds for the simulated day")
     parser.add_argument("--replay-concurrency", type=int, default=64)
     parser.add_argument("--scan-interval", type=float, default=1800.0, help="log seconds between scans in the replay")
+    parser.add_argument("--calibration-mode", choices=["self", "clean"], default="self",
+                        help="replay: each scan self-calibrates on its window (robust fit), or one benign day's calibration")
     parser.add_argument("--quick", action="store_true", help="10 s load phases and a smaller replay")
     parser.add_argument("--fresh", action="store_true", help="redo parts already finished for this commit")
     parser.add_argument("--serve-replay-upstream", nargs=2, metavar=("ANSWERS", "PORT"), help=argparse.SUPPRESS)

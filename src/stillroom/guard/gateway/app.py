@@ -381,9 +381,12 @@ class Gateway:
     # ---- scoring and policy ----------------------------------------------------------
     async def _schedule(self) -> None:
         last_wall = time.monotonic()
-        last_log = 0.0
+        last_log: float | None = None  # log time of the last scan; the first interval counts from the first request
         while True:
             await asyncio.sleep(0.25)
+            if last_log is None:
+                last_log = self.latest_ts or None
+                continue
             interval = self.policy.scan_interval_s
             due = (self.latest_ts - last_log >= interval) if self.config.replay else (time.monotonic() - last_wall >= interval)
             if not due or self.logged_since_scan < max(1, self.policy.min_new_interactions):
@@ -433,7 +436,10 @@ class Gateway:
                                 "", {"account": account["evidence"]}))
         n = 0
         for account, action, reason, campaign, evidence in changes:
-            n += await self.act(account, action, reason, evidence, campaign=campaign, log_ts=as_of, source="policy")
+            # log_ts: the log time the action takes effect (traffic went on while the scan ran); the scan's window
+            # ended at `scanned_to`
+            evidence["scanned_to"] = as_of
+            n += await self.act(account, action, reason, evidence, campaign=campaign, source="policy")
         return n
 
     async def act(self, account: str, action: str, reason: str, evidence: Any, *, campaign: str = "",

@@ -29,7 +29,7 @@ def gateway(
     keys: Path = KEYS,
     policy: Optional[Path] = typer.Option(None, help="Policy YAML (see docs/gateway.md). Default: the built-in policy."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", "-c", help="Calibration folder from `stillroom guard calibrate`; enables the campaign scans."),
-    self_calibrate: bool = typer.Option(False, help="No calibration folder: calibrate on the log's own first window (robust fit where the detector has one)."),
+    self_calibrate: bool = typer.Option(False, help="No calibration folder: each scan calibrates robustly on its own window of the log (guard's `self` mode), then scans it."),
     upstream_key_env: str = typer.Option("STILLROOM_UPSTREAM_KEY", help="Environment variable holding the upstream's API key, if it needs one."),
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body accepted (413 above)."),
     trust_forwarded_for: bool = typer.Option(False, help="Take the client address from X-Forwarded-For (behind a trusted proxy)."),
@@ -55,6 +55,8 @@ def gateway(
         raise StillroomError("--upstream is required", hint="e.g. --upstream http://127.0.0.1:8000/v1 (start one with `stillroom serve`)")
     if not upstream.startswith(("http://", "https://")):
         raise StillroomError(f"--upstream {upstream!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
+    if calibration is not None and self_calibrate:
+        raise StillroomError("--calibration and --self-calibrate exclude each other", hint="give one of them")
     import uvicorn
 
     from stillroom.guard.gateway.app import GatewayConfig, create_gateway_app

@@ -60,6 +60,8 @@ class AccountCounters:
 
 # ---- the scan process -------------------------------------------------------------
 _GUARD = None
+# A self-calibrated scan needs this many accounts in its window for its thresholds to mean anything.
+MIN_SELF_ACCOUNTS = 100
 
 
 def _init_worker(calibration: str | None, threads: int) -> None:
@@ -82,19 +84,22 @@ def _scan_window(db: str, since: float | None, until: float | None, self_calibra
     from stillroom.guard.gateway.store import read_frame
     from stillroom.guard.schema import from_frame
 
-    global _GUARD
     tick = time.perf_counter()
     frame = read_frame(db, since=since, until=until)
     if frame.empty:
         return {"interactions": 0, "accounts": [], "campaigns": [], "seconds": 0.0}
     data = from_frame(frame).frame
-    if _GUARD is None:
-        if not self_calibrate:
-            return {"interactions": len(data), "accounts": [], "campaigns": [], "seconds": 0.0,
-                    "skipped": "no calibration"}
+    if self_calibrate:  # the window calibrates itself (robustly: it may hold attacks), then is scanned
+        if data["account"].nunique() < MIN_SELF_ACCOUNTS:
+            return {"interactions": len(data), "accounts": [], "campaigns": [], "seconds": time.perf_counter() - tick,
+                    "skipped": f"fewer than {MIN_SELF_ACCOUNTS} accounts in the window to self-calibrate on"}
         fit = Guard().fit
-        _GUARD = fit(data, robust=True) if "robust" in inspect.signature(fit).parameters else fit(data)
-    result = _GUARD.scan(data)
+        guard = fit(data, robust=True) if "robust" in inspect.signature(fit).parameters else fit(data)
+    elif _GUARD is None:
+        return {"interactions": len(data), "accounts": [], "campaigns": [], "seconds": 0.0, "skipped": "no calibration"}
+    else:
+        guard = _GUARD
+    result = guard.scan(data)
     accounts = result.accounts
     signal_columns = [c for c in result.signal_names if c in accounts.columns]
     flagged = accounts[accounts["flagged"]]
