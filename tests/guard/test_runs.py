@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,16 @@ def test_in_place_attempts_begin_and_complete(tmp_path):
     run.write_atomic("card.md", "card two")
     run.complete()
     assert "card.md" in run.manifest()["outputs"] and "log.txt" in run.manifest()["outputs"]
+
+
+def test_a_run_under_a_relative_output_dir_writes_inside_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(Path("runs") / "rel")
+    run.root.mkdir(parents=True)
+    run.write_atomic(run.card("md"), "card")  # already under the run folder: not nested again
+    run.write_atomic("notes.txt", "inside")
+    with run.staged() as out:
+        (out / "report.md").write_text("r")
+    assert (tmp_path / "runs" / "rel" / "COMPLETE").is_file() and (tmp_path / "runs" / "rel" / "card.md").is_file()
+    assert (tmp_path / "runs" / "rel" / "notes.txt").read_text() == "inside"
+    assert not (tmp_path / "runs" / "rel" / "runs").exists()

@@ -106,8 +106,13 @@ class RunDir:
             self._remove(relative)
 
     def write_atomic(self, path: str | Path, data: str | bytes) -> Path:
-        """Write a file whole or not at all (a temporary file beside it, then a rename)."""
-        target = Path(path) if Path(path).is_absolute() else self.root / path
+        """Write a file whole or not at all (a temporary file beside it, then a rename).
+
+        A relative `path` is taken inside the run folder, unless it already starts with the run folder
+        (`run.card("md")` of a run under a relative `output_dir`)."""
+        target = Path(path)
+        if not target.is_absolute() and not _starts_with(target, self.root):
+            target = self.root / target
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         if isinstance(data, str):
@@ -164,6 +169,14 @@ class RunDir:
             os.replace(staging / relative, self.root / relative)
         shutil.rmtree(staging, ignore_errors=True)
         self.complete(staged, **info)
+
+
+def _starts_with(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
 
 
 def _sha256(path: Path) -> str:
