@@ -207,6 +207,11 @@ def test_fields_dry_run_shows_each_fields_column_and_fill_rate(tmp_path, capsys)
     code, out, _ = run(capsys, "guard", "fields", str(path), "--set", "logs.mapping={ts: event_time, prompt: text, payment: card_fp}")
     assert code == 0 and "card_fp" in next(line for line in out.splitlines() if line.strip().startswith("payment "))
     assert "warning:" not in out and not list(tmp_path.glob("runs"))  # a dry run writes nothing
+    # a file no record of which would be read still shows its table, and says why and what to map
+    code, out, err = run(capsys, "guard", "fields", str(path))
+    assert code == 0, err
+    assert "read 0 interactions; quarantined 3 (3 missing time)" in out
+    assert "--set logs.mapping.ts=event_time" in out and "--set logs.mapping.account=api_key_id" not in out  # an alias found it
 
 
 @pytest.mark.skipif(not ROBUST, reason="the detector has no robust fit yet (Guard.fit(frame, robust=True))")

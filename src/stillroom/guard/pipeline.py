@@ -163,7 +163,8 @@ def run_fields(recipe: GuardRecipe, paths: list[str]) -> str:
     """The dry run of reading logs: which source column feeds each schema field and how full it is, the
     columns nothing reads, what would be quarantined, and the warnings. Writes nothing."""
     logs = recipe.logs
-    data = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit)
+    data = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
+                  dry_run=True)
     lines = [field_table(data), "", data.summary()]
     lines += [f"note: {n}" for n in data.notices] + [f"warning: {w}" for w in data.warnings]
     return "\n".join(lines)

@@ -162,9 +162,12 @@ def log_files(paths: str | Path | Iterable[str | Path]) -> tuple[list[Path], lis
 
 
 def ingest(paths: str | Path | Iterable[str | Path], *, fmt: str = "auto", mapping: dict[str, str] | None = None,
-           max_field_chars: int = 100_000, time_unit: str = "auto", on_file: Callable[[str], None] | None = None) -> IngestResult:
+           max_field_chars: int = 100_000, time_unit: str = "auto", on_file: Callable[[str], None] | None = None,
+           dry_run: bool = False) -> IngestResult:
     """Read log files (or folders of them) into the schema; bad records go to the quarantine.
-    `on_file(name)` is called before each file is read (a progress display)."""
+
+    `on_file(name)` is called before each file is read (a progress display). With `dry_run`, a file with no
+    valid record is a warning, not an error, so that its field report can still be shown."""
     files, notices = log_files(paths)
     if not files:
         raise DataError("no log files given", hint="pass one or more JSONL, CSV or Parquet files, or a folder of them")
@@ -177,11 +180,14 @@ def ingest(paths: str | Path | Iterable[str | Path], *, fmt: str = "auto", mappi
             on_file(f"reading {path.name}" + (f" ({i + 1}/{len(files)})" if len(files) > 1 else ""))
         raw, quarantined = _read(path, fmt)
         frame, rejected, report = _normalise(raw, mapping or {}, max_field_chars, time_unit, path.name)
+        result.fields[path.name], result.unused[path.name] = report["fields"], report["unused"]
         if frame.empty:
             reasons = Counter(r["reason"] for r in quarantined + rejected)
             detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3)) or "the file is empty"
-            if from_folder:  # one stray file in a folder (the simulator's truth.csv) does not stop the others
-                warnings.append(f"{path.name}: skipped, no valid interaction in it ({detail})")
+            if from_folder or dry_run:  # one stray file in a folder (the simulator's truth.csv) does not stop the others
+                warnings += [f"{path.name}: skipped, no valid interaction in it ({detail})", *report["warnings"]]
+                if dry_run:  # what a real read would quarantine
+                    bad += quarantined + rejected
                 continue
             hint = "each record needs a time and an account; map other field names with logs.mapping"
             if report["warnings"]:
@@ -191,15 +197,14 @@ def ingest(paths: str | Path | Iterable[str | Path], *, fmt: str = "auto", mappi
         bad += quarantined + rejected
         warnings += report["warnings"]
         result.notices += report["notices"]
-        result.fields[path.name], result.unused[path.name] = report["fields"], report["unused"]
-    if not frames:
+    result.files, result.warnings = [str(p) for p in files], warnings
+    if not frames and not dry_run:
         raise DataError("no valid interaction in any of these files", where=", ".join(str(p) for p in files),
                         hint="each record needs a time and an account; map other field names with logs.mapping")
-    result.frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
+    if frames:
+        result.frame = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
     result.quarantine = pd.DataFrame(bad, columns=["source", "reason", "record", "redacted"])
     result.reasons = dict(Counter(result.quarantine["reason"]))
-    result.files = [str(p) for p in files]
-    result.warnings = warnings
     return result
 
 
