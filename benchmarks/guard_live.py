@@ -1,6 +1,6 @@
 """Benchmark: the guard gateway live: added latency under load, kill -9, and harvest before detection on a replay.
 
-    .venv/bin/python benchmarks/guard_live.py                    # everything (about 8 minutes on 2 cores)
+    .venv/bin/python benchmarks/guard_live.py                    # everything (about 12 minutes on 2 cores)
     .venv/bin/python benchmarks/guard_live.py --sections load    # one part: load, kill9, replay
     .venv/bin/python benchmarks/guard_live.py --quick            # 10 s load phases, a smaller replay (a smoke run)
 
@@ -441,7 +441,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=25, help="wrk connections")
     parser.add_argument("--litellm", default=None, help="path to the litellm executable of a venv with litellm[proxy]")
     parser.add_argument("--kill-after", type=int, default=500, help="acknowledged requests before the SIGKILL")
-    parser.add_argument("--replay-seconds", type=float, default=240.0, help="wall seconds for the simulated day")
+    parser.add_argument("--replay-seconds", type=float, default=360.0, help="wall seconds for the simulated day")
     parser.add_argument("--replay-concurrency", type=int, default=64)
     parser.add_argument("--scan-interval", type=float, default=1800.0, help="log seconds between scans in the replay")
     parser.add_argument("--calibration-mode", choices=["self", "clean"], default="self",
