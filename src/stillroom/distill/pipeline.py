@@ -92,7 +92,7 @@ def start(recipe: ClassifierRecipe, accelerator=None) -> Workspace:
     return Workspace(recipe, run, accelerator)
 
 
-_RESUME_FREE = {"card", "name", "output_dir", "baselines", "scratch_baseline"}
+_RESUME_FREE = {"card", "name", "output_dir", "baselines", "scratch_baseline", "presets"}
 
 
 def _refuse_other_recipe(run: RunDir, recipe: ClassifierRecipe) -> None:
@@ -102,10 +102,10 @@ def _refuse_other_recipe(run: RunDir, recipe: ClassifierRecipe) -> None:
     import yaml
 
     try:
-        before = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return
-    now = recipe.model_dump(mode="json")
+        before = type(recipe).model_validate(yaml.safe_load(run.recipe.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValueError):
+        return  # unreadable, or written by another version: each stage's checkpoint fingerprint still decides
+    before, now = before.model_dump(mode="json"), recipe.model_dump(mode="json")
     changed = sorted(k for k in set(before) | set(now) if k not in _RESUME_FREE and before.get(k) != now.get(k))
     if changed:
         raise StillroomError(f"{run.root} holds checkpoints of a run with a different recipe (differs in: "
