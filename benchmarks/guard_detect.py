@@ -75,6 +75,7 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(cache)
+    load_at_start = os.getloadavg()
     report = run_evaluate(recipe, cache_dir=cache)
     payload = {k: report.get(k) for k in KEEP}
     payload["setup"] = {
@@ -85,6 +86,8 @@ def main() -> None:
         "calibration_modes": recipe.evaluate.calibration_modes,
         "seeds": {"calibration": recipe.evaluate.calibration_seed, "scenarios": f"{recipe.seed + 1}..{recipe.seed + len(styles)}"},
         "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}, "cache": str(cache.relative_to(ROOT)),
+        "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()],
+                         "cores": os.cpu_count(), "note": "the machine is shared: throughput is measured under this load"},
         "simple_rule_thresholds": "set on each scenario's own benign accounts (with labels) for the detector's FPR there: "
                                   "the most generous single-feature baseline",
     }
