@@ -74,7 +74,7 @@ class Stages:
 
         self.job = job
         self.bar = tqdm(total=None, desc=job, unit="stage", disable=not enabled, mininterval=0, leave=True,
-                        bar_format="{desc} [{elapsed}] {n_fmt} stage(s) done")
+                        bar_format="{desc} [{elapsed}]")
         self.redirect = logging_redirect_tqdm([LOG]) if enabled else None  # log lines above the bar, not through it
         if self.redirect is not None:
             self.redirect.__enter__()
@@ -125,8 +125,9 @@ class Stages:
             self.stage(label)
             try:
                 return original(*args, **kwargs)
-            finally:
-                self.stage(after)
+            finally:  # between two signals' work, the detector is combining what it has: shown, not counted
+                self._finish()
+                self.bar.set_description_str(f"{self.job}: {after}", refresh=True)
 
         return call
 
@@ -328,13 +329,20 @@ def print_top_campaign(alerts: dict[str, Any]) -> None:
     c = alerts["campaigns"][0]
     console.print(f"\n[bold]Top campaign {c['id']}[/bold]: {c['accounts']:,} accounts, {c['requests']:,} requests, "
                   f"z = {c['z']} ({c['accounts_flagged_alone']} member(s) flagged on their own)")
-    table = Table(title="signals (surprisal: -log10 share of benign accounts as extreme)")
+    table = Table(title="signals (surprisal: -log10 share of benign accounts as extreme; fired: above the benign threshold)")
     for col in ("signal", "mean surprisal", "members fired"):
         table.add_column(col, justify="left" if col == "signal" else "right")
     for r in c["signals"]:
         style = "bold red" if r["fired"] else None
         table.add_row(r["signal"], f"{r['mean_surprisal']:.2f}", f"{r['share_fired']:.0%}", style=style)
     console.print(table)
+    if c.get("links"):
+        links = Table(title="what links the members (strength: surprisal against the benign rate of such links)")
+        for col in ("link", "pairs", "members linked", "benign rate", "strength"):
+            links.add_column(col, justify="left" if col == "link" else "right")
+        for r in c["links"]:
+            links.add_row(r["kind"], f"{r['pairs']:,}", f"{r['members_linked']:.0%}", f"{r['benign_rate']:.3g}", f"{r['strength']:.2f}")
+        console.print(links)
     feats = Table(title="most unusual features")
     for col in ("feature", "campaign median", "benign median", "benign p99"):
         feats.add_column(col, justify="left" if col == "feature" else "right")
