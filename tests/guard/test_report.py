@@ -125,7 +125,7 @@ def test_link_evidence_and_warnings_are_rendered(calibrated, scanned, tmp_path):
     result = copy.copy(result)
     result.campaigns = result.campaigns.copy()
     links = {"infrastructure": {"pairs": 120, "members_linked": 0.9, "benign_rate": 0.0004, "strength": 6.5},
-             "content": {"pairs": 300, "members_linked": 1.0, "benign_rate": 0.01, "strength": 3.2}}
+             "content": {"members_linked": 1.0, "benign_rate": 0.01, "strength": 3.2}}  # pairs are optional
     result.campaigns["links"] = [links] * len(result.campaigns)
     result.warnings = ["calibration has 300 accounts; this scan has 1,100 (needs at least 2,200 for FPR 0.001)"]
     alerts = build_alerts(result, calibrated, top=2, examples=1, warnings=["logs.mapping: payment -> card_fp: no such column"])
@@ -137,6 +137,7 @@ def test_link_evidence_and_warnings_are_rendered(calibrated, scanned, tmp_path):
     assert "| infrastructure | 120 | 90% | 0.0004 | 6.50 |" in md and "**What links the members**" in md
     assert "> **Warning:** logs.mapping" in md and 'class="warning"' in page and "needs at least 2,200" in page
     assert '<table class="links">' in page and "<td>infrastructure</td><td>120</td>" in page
+    assert "| content |  | 100% | 0.01 | 3.20 |" in md and "<td>content</td><td></td><td>100%</td>" in page
 
 
 def test_a_scan_with_nothing_flagged_writes_an_empty_report(calibrated, scanned, tmp_path):

@@ -341,7 +341,8 @@ def print_top_campaign(alerts: dict[str, Any]) -> None:
         for col in ("link", "pairs", "members linked", "benign rate", "strength"):
             links.add_column(col, justify="left" if col == "link" else "right")
         for r in c["links"]:
-            links.add_row(r["kind"], f"{r['pairs']:,}", f"{r['members_linked']:.0%}", f"{r['benign_rate']:.3g}", f"{r['strength']:.2f}")
+            links.add_row(r["kind"], "" if r.get("pairs") is None else f"{r['pairs']:,}", f"{r['members_linked']:.0%}",
+                          f"{r['benign_rate']:.3g}", f"{r['strength']:.2f}")
         console.print(links)
     feats = Table(title="most unusual features")
     for col in ("feature", "campaign median", "benign median", "benign p99"):

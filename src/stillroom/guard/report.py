@@ -67,7 +67,8 @@ def _links(value: Any) -> list[dict[str, Any]]:
     for kind, link in value.items():
         if not isinstance(link, dict):
             continue
-        rows.append({"kind": str(kind), "pairs": int(link.get("pairs", 0) or 0),
+        pairs = link.get("pairs")  # optional: not every kind of link is counted in pairs
+        rows.append({"kind": str(kind), "pairs": int(pairs) if pairs is not None else None,
                      "members_linked": round(float(link.get("members_linked", 0.0) or 0.0), 4),
                      "benign_rate": round(float(link.get("benign_rate", 0.0) or 0.0), 6),
                      "strength": round(float(link.get("strength", 0.0) or 0.0), 3)})
@@ -235,7 +236,8 @@ def shown(alerts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 # ---- writers -------------------------------------------------------------------------
 def _link_line(r: dict[str, Any]) -> str:
-    return (f"| {r['kind']} | {r['pairs']:,} | {r['members_linked']:.0%} | {r['benign_rate']:.3g} | {r['strength']:.2f} |")
+    pairs = "" if r.get("pairs") is None else f"{r['pairs']:,}"
+    return f"| {r['kind']} | {pairs} | {r['members_linked']:.0%} | {r['benign_rate']:.3g} | {r['strength']:.2f} |"
 
 
 def to_markdown(alerts: dict[str, Any]) -> str:
