@@ -69,7 +69,6 @@ class Stages:
 
     def __init__(self, job: str, enabled: bool = True):
         from tqdm.auto import tqdm
-
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self.job = job
@@ -104,7 +103,8 @@ class Stages:
     @contextmanager
     def watch(self, guard: Guard, after: str = "campaigns") -> Iterator["Stages"]:
         """Within this block, each call a cross-account signal makes to compute (its scores, or the inputs
-        calibration reads once: prompt profiles, schedule vectors, pairs, memberships) is a stage; `after` follows the last."""
+        calibration reads once: prompt profiles, schedule vectors, pairs, memberships) is a stage, and `after`
+        is shown between them."""
         patched = []
         for signal in _signals(guard):
             for method in ("profiles", "vectors", "pairs", "memberships", "score"):
