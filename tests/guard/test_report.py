@@ -173,3 +173,19 @@ def test_a_shared_system_prompt_is_campaign_evidence(calibrated, scanned):
     hidden = build_alerts(result, calibrated, top=1, examples=1, redact=True)["campaigns"][0]
     assert hidden["system_prompts"][0]["system"] == f"[redacted: {len(harness)} characters]"
     assert harness[:30] not in to_markdown(build_alerts(result, calibrated, top=1, examples=1, redact=True))
+
+
+def test_an_empty_html_report_renders_in_headless_chromium(calibrated, scanned, tmp_path):
+    import copy
+
+    chromium = _chromium()
+    result, _, _ = scanned
+    quiet = copy.copy(result)
+    quiet.accounts = result.accounts.assign(flagged=False, flagged_alone=False, campaign="")
+    quiet.campaigns = result.campaigns.assign(flagged=False)
+    page = write_reports(build_alerts(quiet, calibrated), tmp_path / "report", ["html"], quiet)["html"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="nothing-flagged"' in dom and "<strong>0 campaign(s)</strong>" in dom
+    assert len(re.findall(r'<img id="plot-(timeline|heatmap)"[^>]*src="data:image/png;base64,', dom)) == 2
