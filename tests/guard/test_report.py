@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
+from stillroom.guard.capabilities import CAPABILITIES
 from stillroom.guard.report import build_alerts, to_markdown, write_reports
 
 
@@ -29,7 +30,9 @@ def test_each_campaign_alert_carries_its_evidence(alerts, scanned):
     assert all(s["mean_surprisal"] >= 0 for s in c["signals"])
     surprisals = [f["surprisal"] for f in c["features"]]
     assert surprisals == sorted(surprisals, reverse=True) and {"median", "benign_median", "benign_p99"} <= set(c["features"][0])
-    assert list(c["capabilities"])[0] in {"coding", "debugging", "agentic", "cybersecurity", "math", "logic", "chat"}
+    shares = list(c["capabilities"].values())
+    assert set(c["capabilities"]) <= set(CAPABILITIES) and shares == sorted(shares, reverse=True)
+    assert abs(sum(shares) - 1) < 0.01  # request-weighted shares of the members' traffic
     assert c["infrastructure"]["distinct"]["ips"] >= 1 and "payment" in c["infrastructure"]
     assert sum(n for _, n in c["timeline"]) == c["requests"]
     assert len(c["examples"]) == 4 and all(e["prompt"] for e in c["examples"])
