@@ -214,6 +214,7 @@ def test_fields_dry_run_shows_each_fields_column_and_fill_rate(tmp_path, capsys)
     assert "--set logs.mapping.ts=event_time" in out and "--set logs.mapping.account=api_key_id" not in out  # an alias found it
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ROBUST, reason="the detector has no robust fit yet (Guard.fit(frame, robust=True))")
 def test_self_calibration_mode_scans_without_any_calibration(benign_day, tmp_path, capsys):
     from stillroom.guard.pipeline import write_traffic
