@@ -238,3 +238,25 @@ def test_new_never_seen_knobs():
     assert (rotation["org"] == "").all()
     team = _attack_log({"infra": "team", "team_size": 8, "orchestration": "workday", "params": "mixed"})
     assert 2 <= team.groupby("org")["account"].nunique().median() <= 12 and (team.groupby("account")["ip"].nunique() == 1).all()
+
+
+def test_every_prompt_pool_is_drawn_by_benign_and_attack_traffic(monkeypatch):
+    from stillroom.guard.prompts import PromptPools
+
+    prompts = shared_data("prompts")  # skips without the shared data
+    draws: dict[str, set[str]] = {"human": set(), "benchmark": set(), "generated": set()}
+    original = PromptPools.draw
+
+    def spy(self, capability, rng, *args, **kwargs):
+        text = original(self, capability, rng, *args, **kwargs)
+        source = "human" if text in self.human.get(capability, ()) else "benchmark" if text in self.real.get(capability, ()) \
+            else "generated"
+        draws[source].add(__import__("sys")._getframe(1).f_code.co_name)
+        return text
+
+    monkeypatch.setattr(PromptPools, "draw", spy)
+    simulate(SimulateConfig(seed=2, benign=TINY, prompts=str(prompts),
+                            campaigns=[CampaignSpec(name="c", style="mixed", accounts=30)]))
+    attack = {"campaign", "_cover"}
+    for source, callers in draws.items():
+        assert callers & attack and callers - attack, (source, callers)  # each pool feeds both classes
