@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from stillroom.guard.capabilities import CAPABILITIES, HIGH_VALUE, capability_sql
+from stillroom.guard.capabilities import CAPABILITIES, DEFAULT, HIGH_VALUE, classify_many
 
 # Asking the model to show its reasoning: the marker of chain-of-thought harvesting (and of many honest users).
 ELICITATION = (r"\b(step[- ]by[- ]step|show (your|all|the|me your) (work|reasoning|steps|thinking)|"
@@ -32,10 +32,17 @@ ENRICH = """
 CREATE OR REPLACE TABLE interactions AS
 SELECT *,
   epoch(ts) AS t,
-  {capability} AS capability,
   regexp_matches(lower(prompt), '{elicit}') AS elicit,
   regexp_replace(regexp_replace(lower(prompt), '[0-9]+', '0', 'g'), '\\s+', ' ', 'g') AS norm
 FROM raw_interactions
+"""
+# The capability column: the capability model (Python, `capabilities.classify_many`) classifies each distinct
+# normalised prompt once; the result is a small table joined on `norm`. (A Spark port runs the same model as a
+# pandas UDF over the distinct prompts.)
+ADD_CAPABILITY = """
+CREATE OR REPLACE TABLE interactions AS
+SELECT i.*, coalesce(c.capability, '{default}') AS capability
+FROM interactions i LEFT JOIN prompt_capabilities c USING (norm)
 """
 
 ACCOUNT_FEATURES = """
@@ -186,8 +193,17 @@ class FeatureEngine:
         if threads:
             self.run(f"SET threads = {int(threads)}")
         self.con.register("raw_interactions", frame)
-        self.run(ENRICH.format(capability=capability_sql("lower(prompt)"), elicit=ELICITATION.replace("'", "''")))
+        self.run(ENRICH.format(elicit=ELICITATION.replace("'", "''")))
         self.con.unregister("raw_interactions")
+        self._add_capability()
+
+    def _add_capability(self) -> None:
+        """Classify each distinct normalised prompt once (`classify_many`) and join the result in as `capability`."""
+        norms = [row[0] for row in self.run("SELECT DISTINCT norm FROM interactions WHERE norm IS NOT NULL ORDER BY norm")]
+        table = pd.DataFrame({"norm": pd.Series(norms, dtype=object), "capability": pd.Series(classify_many(norms), dtype=object)})
+        self.con.register("prompt_capabilities", table)
+        self.run(ADD_CAPABILITY.format(default=DEFAULT))
+        self.con.unregister("prompt_capabilities")
 
     def run(self, statement: str) -> list[tuple]:
         """Execute a statement and read its result to the end (DuckDB refuses new work while a result is open)."""
