@@ -9,16 +9,19 @@ Everything listens on 127.0.0.1. Parts:
 - **load**: an echo upstream (`stillroom.guard.gateway.echo`, fixed answer, no model) is loaded at
   `--rate` requests/s for `--seconds` s three times in the same run: directly, through the gateway,
   and through LiteLLM's proxy (`litellm[proxy]`, in its own venv: `--litellm PATH/TO/litellm`, or
-  /tmp/litellm-venv/bin/litellm when present). The load generator is `wrk` (Debian package) with a Lua
-  script that paces each connection (`delay()`), so the offered rate is about `--rate`; the achieved
-  rate is reported. Added latency = gateway percentile - direct percentile.
+  /tmp/litellm-venv/bin/litellm when present). The load generator is an open-loop bounded async client
+  (`open_loop`: requests go out on schedule whatever the latency, timed from their scheduled start, like
+  wrk2); `--generator wrk` uses `wrk` (Debian package) instead, closed loop, each connection paced by a Lua
+  `delay()`, which offers less than `--rate` once latency grows. The achieved rate is reported.
+  Added latency = gateway percentile - direct percentile.
 - **kill9**: the gateway (a subprocess) is SIGKILLed under load and restarted;
   `stillroom.guard.gateway.faults.kill_and_restart` compares what clients saw acknowledged with the log.
 - **replay**: a simulated day with campaigns (`stillroom.guard.simulate`) is replayed through the gateway
-  at accelerated time (`--replay-seconds` of wall time for the day), with a calibration from a benign
-  day, scans every `--scan-interval` s of log time, and the policy `on_campaign: block`. For each
-  campaign: the share of its interactions served before its accounts were flagged, and before they
-  were throttled or blocked.
+  at accelerated time (`--replay-seconds` of wall time for the day); each scan self-calibrates on its
+  window (`--calibration-mode self`; `clean` loads one calibration from a benign day instead); scans
+  every `--scan-interval` s of log time, and the policy `on_campaign: block`. For each campaign: the
+  share of its interactions served before its accounts were flagged, and before they were throttled or
+  blocked.
 
 Each finished part is kept in runs/guard_live/<part>.json and not redone on a rerun of the same commit
 (`--fresh` redoes them). Writes benchmarks/results/guard_live.json and its line in BENCHMARKS.md.
@@ -135,6 +138,71 @@ def start_litellm(binary: str, upstream: str, folder: Path) -> tuple[subprocess.
 
 
 # ---- load ---------------------------------------------------------------------------
+LOAD_BODY = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                        "max_tokens": 16}).encode()
+
+
+def open_loop(url: str, key: str, rate: float, seconds: int, name: str, max_in_flight: int = 256) -> dict:
+    """Send `rate` requests/s for `seconds` s on schedule, whatever the latency (an open loop, like wrk2).
+
+    Latency is timed from each request's scheduled start, so a server (or a client) that falls behind shows in
+    the figures instead of lowering the offered rate. At most `max_in_flight` requests are open; a request due
+    while that many are open is counted as dropped.
+    """
+    import uvloop
+
+    from stillroom.guard.gateway.upstream import UpstreamError, UpstreamPool
+
+    async def run() -> dict:
+        pool = UpstreamPool(url, max_idle=max_in_flight, timeout=10.0)
+        headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+        latencies: list[float] = []
+        errors = dropped = 0
+        in_flight = 0
+        clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution only
+        total = int(rate * seconds)
+        start = clock() + 0.2
+
+        async def one(due: float) -> None:
+            nonlocal errors, in_flight
+            try:
+                reply = await pool.request("POST", "/v1/chat/completions", LOAD_BODY, headers)
+                await reply.read()
+                if reply.status == 200:
+                    latencies.append(clock() - due)
+                else:
+                    errors += 1
+            except UpstreamError:
+                errors += 1
+            finally:
+                in_flight -= 1
+
+        tasks = []
+        for i in range(total):
+            due = start + i / rate
+            wait = due - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if in_flight >= max_in_flight:
+                dropped += 1
+                continue
+            in_flight += 1
+            tasks.append(asyncio.ensure_future(one(due)))
+        await asyncio.gather(*tasks)
+        elapsed = clock() - start
+        pool.close()
+        lat = sorted(latencies)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else float("nan")
+
+        return {"target": name, "requests": total, "ok": len(lat), "errors": errors, "dropped": dropped,
+                "achieved_rps": round(len(lat) / elapsed, 1), "p50_ms": pct(0.50), "p90_ms": pct(0.90),
+                "p99_ms": pct(0.99), "mean_ms": round(sum(lat) / max(1, len(lat)) * 1000, 3)}
+
+    return uvloop.run(run())
+
+
 def wrk(url: str, key: str, rate: float, seconds: int, connections: int, folder: Path, name: str) -> dict:
     delay_ms = max(1, round(connections / rate * 1000))
     script = folder / f"{name}.lua"
@@ -153,8 +221,8 @@ def wrk(url: str, key: str, rate: float, seconds: int, connections: int, folder:
 
 
 def part_load(args, folder: Path) -> dict:
-    if shutil.which("wrk") is None:
-        raise SystemExit("the load part needs wrk: apt-get install -y wrk")
+    if args.generator == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("--generator wrk needs wrk: apt-get install -y wrk")
     echo, upstream = start_echo(folder)
     processes = [echo]
     try:
@@ -179,12 +247,21 @@ def part_load(args, folder: Path) -> dict:
                 peer_note = f"LiteLLM proxy did not start: {exc}"
         else:
             peer_note = "litellm not found (pip install 'litellm[proxy]' in a venv of its own; pass --litellm)"
+        if args.generator == "wrk":
+            def measure(url, k, seconds, name):
+                return wrk(url, k, args.rate, seconds, args.connections, folder, name)
+            generator = (f"wrk 4.1, closed loop (-t1 -c{args.connections}, each connection paced by a Lua delay of "
+                         f"{max(1, round(args.connections / args.rate * 1000))} ms)")
+        else:
+            def measure(url, k, seconds, name):
+                return open_loop(url, k, args.rate, seconds, name)
+            generator = ("open loop, a bounded async client (benchmarks/guard_live.py open_loop: uvloop and the gateway's "
+                         "httptools client; latency from each request's scheduled start; at most 256 in flight)")
         for name, url, k in targets:  # warm-up: connections, caches, first-request paths
-            wrk(url, k, args.rate, 3, args.connections, folder, f"warm-{name}")
-        rows = [wrk(url, k, args.rate, args.seconds, args.connections, folder, name) for name, url, k in targets]
+            measure(url, k, 3, f"warm-{name}")
+        rows = [measure(url, k, args.seconds, name) for name, url, k in targets]
         by = {r["target"]: r for r in rows}
-        out = {"load_generator": f"wrk 4.1 (-t1 -c{args.connections}, paced by a Lua delay of "
-                                 f"{rows[0]['delay_ms']} ms per connection)",
+        out = {"load_generator": generator,
                "offered_rps": args.rate, "seconds": args.seconds, "runs": rows,
                "p50_added_ms": round(by["stillroom"]["p50_ms"] - by["direct"]["p50_ms"], 3),
                "p99_added_ms": round(by["stillroom"]["p99_ms"] - by["direct"]["p99_ms"], 3)}
@@ -438,6 +515,8 @@ def main() -> None:
     parser.add_argument("--sections", default="load,kill9,replay", help="comma-separated parts: load, kill9, replay")
     parser.add_argument("--rate", type=float, default=500.0, help="offered requests/s in the load part")
     parser.add_argument("--seconds", type=int, default=60, help="seconds of load per target")
+    parser.add_argument("--generator", choices=["async", "wrk"], default="async",
+                        help="load generator: an open-loop async client (default), or wrk (closed loop, paced)")
     parser.add_argument("--connections", type=int, default=25, help="wrk connections")
     parser.add_argument("--litellm", default=None, help="path to the litellm executable of a venv with litellm[proxy]")
     parser.add_argument("--kill-after", type=int, default=500, help="acknowledged requests before the SIGKILL")
