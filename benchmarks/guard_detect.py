@@ -7,7 +7,7 @@ single-feature threshold rule at the detector's own FPR. Real prompt pools (../s
 present. The run resumes after a kill: finished calibrations and scenarios are kept under
 runs/guard-detect-cache/<commit+settings>/ and reused by a rerun of the same command on the same commit.
 
-    .venv/bin/python benchmarks/guard_detect.py                        # the full run (scale 0.5: 1,600 benign accounts per scenario)
+    .venv/bin/python benchmarks/guard_detect.py                        # the full run (scale 0.4: 1,280 benign accounts per scenario)
     .venv/bin/python benchmarks/guard_detect.py --quick --styles blatant,adaptive   # a smoke run
 
 Writes benchmarks/results/guard_detect.json (guard_detect_quick.json for --quick) and its line in BENCHMARKS.md.
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the recipe's quick preset (small traffic, clean calibration only)")
     parser.add_argument("--no-shared", action="store_true", help="use only the built-in prompt pools")
-    parser.add_argument("--scale", type=float, default=0.5, help="benign accounts per scenario, as a multiple of the recipe's (3,200)")
+    parser.add_argument("--scale", type=float, default=0.4, help="benign accounts per scenario, as a multiple of the recipe's (3,200)")
     parser.add_argument("--attack-accounts", type=int, default=None,
                         help="attack accounts per style (default: 300 per 6,400 benign accounts, as in earlier runs; slow_low 3.3x)")
     parser.add_argument("--calibration-scale", type=float, default=2.5, help="benign calibration accounts, as a multiple of a scenario's")
