@@ -67,15 +67,18 @@ def test_killed_training_resumes_to_the_same_weights(tiny_lm, generations, tmp_p
         assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_changed_settings_do_not_resume_a_stale_checkpoint(tiny_lm, generations, tmp_path):
+def test_changed_settings_never_resume_a_stale_checkpoint(tiny_lm, generations, tmp_path):
+    """One resume policy with the classifier: a checkpoint of other settings is an error, not a silent restart."""
+    from stillroom.core.errors import StillroomError
+
     items, cache = generations
     student, _ = prune_layers(tiny_lm.model, 1)
     train_student(student, tiny_lm.model, tiny_lm.tokenizer, items, cache,
                   TrainConfig(loss="sft", epochs=1, batch_size=5), tmp_path / "ck", progress=False)
     other, _ = prune_layers(tiny_lm.model, 1)
-    result = train_student(other, tiny_lm.model, tiny_lm.tokenizer, items, cache,
-                           TrainConfig(loss="sft", epochs=1, batch_size=5, lr=1e-4), tmp_path / "ck", progress=False)
-    assert result.resumed_from == 0 and result.steps == 2
+    with pytest.raises(StillroomError, match="checkpoint of a different run"):
+        train_student(other, tiny_lm.model, tiny_lm.tokenizer, items, cache,
+                      TrainConfig(loss="sft", epochs=1, batch_size=5, lr=1e-4), tmp_path / "ck", progress=False)
 
 
 def test_on_policy_batches_are_the_students_samples_scored_by_the_teacher(tiny_lm, generations, monkeypatch):

@@ -24,6 +24,17 @@ LAST = "last"
 BEST = "best"
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A teacher's (or any model's) identity: a hash of its weights, never of a file's name or date."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
     folder = Path(folder)

@@ -1,4 +1,8 @@
-"""Export the distilled student so plain transformers can load it and predict."""
+"""Export a student, classifier or language model, so plain transformers can load it; with a model card.
+
+`write_model_card` is the one README writer for both kinds: Hub front matter, the run's card table
+(the same columns the terminal shows), the summary, and how to load the model.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from pathlib import Path
 from safetensors.torch import save_model
 from torch import nn
 
+from stillroom.core.card import Card
 from stillroom.distill.data import LabelMap
 
 MODEL_CARD = """---
 library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {pipeline_tag}
 tags: [stillroom, distillation]
 ---
 
@@ -19,26 +24,34 @@ tags: [stillroom, distillation]
 
 A student distilled by stillroom from `{teacher}`.
 
-| | accuracy | macro-F1 | params | MB | latency b1 (ms) | throughput b64 (/s) |
-|---|---|---|---|---|---|---|
-{rows}
+{table}
 
-Retention (student / teacher accuracy): {retention}. Gap closed over the hard-label student: {gap_closed}.
+{summary}
 
 ## Use
 
 {usage}
 
-Labels are also in `labels.json`. The full card and recipe are in the run folder above this one.
+{footer}The full card (every column, notes, provenance) and the recipe are in the run folder above this one.
 """
 
-TRANSFORMERS_USAGE = """```python
+CLASSIFIER_USAGE = """```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 model = AutoModelForSequenceClassification.from_pretrained("{folder}")
 tokenizer = AutoTokenizer.from_pretrained("{folder}")
 batch = tokenizer(["{example}"], return_tensors="pt")
 label = model.config.id2label[model(**batch).logits.argmax(-1).item()]
+```"""
+
+LM_USAGE = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{folder}")
+tokenizer = AutoTokenizer.from_pretrained("{folder}")
+chat = [{{"role": "user", "content": "{example}"}}]
+inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0], skip_special_tokens=True))
 ```"""
 
 MODULE_USAGE = """This student is a custom `torch.nn.Module` saved as `model.safetensors`; load it into the same class:
@@ -49,8 +62,28 @@ load_model(module, "{folder}/model.safetensors")
 ```"""
 
 
-def export_student(student: nn.Module, tokenizer, labels: LabelMap, folder: Path, card: dict, teacher_name: str,
+def card_table(card: Card) -> str:
+    columns = card.terminal_columns()
+    lines = ["| " + " | ".join(c.short or c.header for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(c.show_short(row.get(c.key)) for c in columns) + " |" for row in card.rows]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, card: Card, teacher_name: str, pipeline_tag: str, usage: str,
+                     footer: str = "") -> Path:
+    """The exported model's README.md, for a classifier or a language model."""
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    summary = "\n".join(f"- {key}: {fmt(value)}" for key, value in card.summary.items())
+    path = folder / "README.md"
+    path.write_text(MODEL_CARD.format(pipeline_tag=pipeline_tag, name=folder.parent.name, teacher=teacher_name,
+                                      table=card_table(card), summary=summary, usage=usage, footer=footer),
+                    encoding="utf-8")
+    return path
+
+
+def export_student(student: nn.Module, tokenizer, labels: LabelMap, folder: Path, card: Card, teacher_name: str,
                    example: str) -> Path:
+    """A classifier student: `save_pretrained` (or safetensors for a custom module), labels.json, README.md."""
     folder.mkdir(parents=True, exist_ok=True)
     is_transformers = hasattr(student, "save_pretrained")
     if is_transformers:
@@ -61,13 +94,14 @@ def export_student(student: nn.Module, tokenizer, labels: LabelMap, folder: Path
     else:
         save_model(student, str(folder / "model.safetensors"))
     labels.save(folder / "labels.json")
-    rows = "\n".join(
-        f"| {r['name']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['params']:,} | {r['bytes'] / 1e6:.1f} | "
-        f"{r['latency_ms_b1']:.2f} | {r['throughput_b64']:.0f} |" for r in card["rows"])
-    summary = card.get("summary", {})
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    usage = (TRANSFORMERS_USAGE if is_transformers else MODULE_USAGE).format(folder=folder, example=example.replace('"', "'"))
-    (folder / "README.md").write_text(MODEL_CARD.format(
-        name=folder.parent.name, teacher=teacher_name, rows=rows, retention=fmt(summary.get("retention")),
-        gap_closed=fmt(summary.get("gap_closed")), usage=usage), encoding="utf-8")
+    usage = (CLASSIFIER_USAGE if is_transformers else MODULE_USAGE).format(folder=folder, example=example.replace('"', "'"))
+    write_model_card(folder, card, teacher_name, "text-classification", usage,
+                     footer="Labels are also in `labels.json`. ")
+    return folder
+
+
+def export_language_model(model, tokenizer, folder: Path) -> Path:
+    """An LM student: `save_pretrained` and its tokenizer (the README follows once the card exists)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

@@ -520,7 +520,7 @@ def run(recipe: ClassifierRecipe, *, teacher: nn.Module | None = None, tokenizer
                                   for k, v in ws.results.items()}
     card.meta["epochs"] = {k: v.history[-1]["epoch"] if v.history else 0 for k, v in ws.results.items()}
     written = card.write(ws.run.root)
-    model_dir = export_student(distilled, ws.student_tokenizer, ws.splits.labels, ws.run.model, card.to_dict(),
+    model_dir = export_student(distilled, ws.student_tokenizer, ws.splits.labels, ws.run.model, card,
                                ws.teacher_name, ws.splits.test.texts[0])
     ws.run.complete(OUTPUTS + ["recipe.yaml"])
     card.print()

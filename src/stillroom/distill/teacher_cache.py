@@ -16,18 +16,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from stillroom.core.checkpoint import weights_fingerprint
 from stillroom.core.runs import LOG, cache_dir
-from stillroom.distill.encoding import Encoded
-from stillroom.distill.losses import Outputs
 from stillroom.distill.models import run_model
+from stillroom.distill.types import Encoded, Outputs
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+model_fingerprint = weights_fingerprint  # the one teacher fingerprint (stillroom.core.checkpoint)
 
 
 def data_fingerprint(data: Encoded) -> str:

@@ -1,5 +1,8 @@
-"""One training loop for every classifier run: teacher fine-tuning, scratch and teacher-init baselines,
-pseudo-labels, distillation.
+"""One training loop for every run: classifier teacher fine-tuning, scratch and teacher-init baselines,
+pseudo-labels and distillation; LM SFT, token-level KD and on-policy distillation (`llm/train.py`).
+
+What differs between them is a batch source (`batch(epoch, position, rank, world)`, with `steps_per_epoch`)
+and a step module (`forward(batch, teacher_outputs) -> (loss, parts)`); the teacher is a `TeacherSignal`.
 
 It runs through Hugging Face Accelerate, so `accelerate launch --num_processes 2`
 splits each global batch across processes (the global batch, and so the
@@ -49,6 +52,7 @@ class LoopConfig:
     checkpoint_every: int = 200
     max_steps: int | None = None
     """Stop after this many optimizer steps instead of `epochs` (equal budgets across runs)."""
+    grad_clip: float = 1.0
 
 
 @dataclass
@@ -63,6 +67,10 @@ class TrainResult:
     reused_seconds: float = 0.0
     """Training time restored from a checkpoint written by an earlier process (not measured here)."""
     resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)
+    """The loss of every step."""
+    totals: dict[str, float] = field(default_factory=dict)
+    """What the batch source counts over the run (for LMs: `tokens`, `on_policy` steps)."""
 
 
 class Interrupted(StillroomError):
@@ -193,29 +201,33 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, config: LoopConfig,
-          evaluate: Callable[[nn.Module], dict[str, float]], checkpoints: Path, accelerator,
-          teacher: TeacherSignal | Callable[[dict], Outputs] | None = None, seed: int = 0, fingerprint: str = "",
-          desc: str = "train", metric: str = "accuracy") -> TrainResult:
+def train(student: nn.Module, loss: nn.Module, data, config: LoopConfig,
+          evaluate: Callable[[nn.Module], dict[str, float]] | None, checkpoints: Path, accelerator,
+          teacher: TeacherSignal | Callable | None = None, seed: int = 0, fingerprint: str = "",
+          desc: str = "train", metric: str = "accuracy", step: nn.Module | None = None,
+          progress: bool = True) -> TrainResult:
     """Train `student` on `data` with `loss`; keep the checkpoint with the best validation `metric`.
 
-    On return the student holds the best weights. Killed and called again with
-    the same arguments, it resumes from `checkpoints/last`.
+    `data` is an `Encoded` set or any batch source; `step` replaces the classifier's `DistillStep(student, loss)`.
+    With `evaluate`, the student is scored after every epoch and holds the best weights on return; without,
+    it holds the last. Killed and called again with the same arguments, it resumes from `checkpoints/last`;
+    a checkpoint of other settings (another `fingerprint`) is an error, never a silent restart.
     """
     from transformers import get_scheduler
 
-    if loss.uses_teacher and teacher is None:
+    uses_teacher = bool(getattr(loss, "uses_teacher", getattr(loss, "needs_teacher", False)))
+    if uses_teacher and teacher is None:
         raise StillroomError("these losses need a teacher signal, but none was given")
-    source = data if isinstance(data, Batches) else Batches(data, config.batch_size, seed)
+    source = data if hasattr(data, "steps_per_epoch") else Batches(data, config.batch_size, seed)
     steps_per_epoch = source.steps_per_epoch
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
-    step_module = DistillStep(student, loss)
+    step_module = step if step is not None else DistillStep(student, loss)
     optimizer = _optimizer(step_module, config)
     scheduler = get_scheduler(config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     state = {"step": 0, "train_seconds": 0.0, "best_metric": -math.inf, "best_step": 0, "history": [],
-             "fingerprint": fingerprint, "total_steps": total_steps}
+             "fingerprint": fingerprint, "total_steps": total_steps, "losses": [], "totals": {}}
     last = find_checkpoint(checkpoints, LAST)
     if last is None:
         seed_everything(seed)  # each stage starts from its own seed, whatever ran before it
@@ -231,8 +243,9 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, conf
 
     wrapped, optimizer = accelerator.prepare(step_module, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
-    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", disable=not accelerator.is_main_process,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", dynamic_ncols=True, leave=True,
+               disable=not (progress and accelerator.is_main_process))
+    counts = getattr(source, "counts", None)
     running = None
     started = time.perf_counter()
     wrapped.train()
@@ -241,22 +254,26 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, conf
             step = state["step"]
             epoch, position = divmod(step, steps_per_epoch)
             batch = source.batch(epoch, position, rank, world)
-            target = teacher(batch) if loss.uses_teacher else None
+            target = teacher(batch) if uses_teacher else None
             value, parts = wrapped(batch, target)
             accelerator.backward(value)
-            accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
+            accelerator.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step + 1
-            running = float(value.detach()) if running is None else 0.95 * running + 0.05 * float(value.detach())
+            loss_value = float(value.detach())
+            state["losses"].append(round(loss_value, 5))
+            for key, amount in (counts(batch) if counts else {}).items():
+                state["totals"][key] = state["totals"].get(key, 0) + amount
+            running = loss_value if running is None else 0.95 * running + 0.05 * loss_value
             bar.update(1)
             bar.set_postfix(epoch=f"{step / steps_per_epoch:.2f}", loss=f"{running:.4f}")
 
             epoch_done = position == steps_per_epoch - 1 or state["step"] == total_steps
             if epoch_done or state["step"] % config.checkpoint_every == 0 or stop.requested:
                 state["train_seconds"] += time.perf_counter() - started
-                if epoch_done:
+                if epoch_done and evaluate is not None:
                     scores = evaluate(student)
                     record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3),
                               "loss": running, **{k: float(v) for k, v in parts.items()}, **scores}
@@ -269,8 +286,9 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, conf
                         if accelerator.is_main_process:
                             save_checkpoint(checkpoints / BEST, step_module, state)
                     wrapped.train()
-                if accelerator.is_main_process:
-                    save_checkpoint(checkpoints / LAST, step_module, state, optimizer, scheduler)
+                state["done"] = state["step"] == total_steps
+                if accelerator.is_main_process:  # a finished stage needs only its weights
+                    save_checkpoint(checkpoints / LAST, step_module, state, *(() if state["done"] else (optimizer, scheduler)))
                 accelerator.wait_for_everyone()
                 if stop.requested and state["step"] < total_steps:
                     bar.close()
@@ -287,4 +305,4 @@ def train(student: nn.Module, loss: CompositeLoss, data: Encoded | Batches, conf
     student.eval()
     return TrainResult(state["step"], state["train_seconds"], state["best_metric"], state["best_step"], state["history"],
                        measured_seconds=state["train_seconds"] - reused_seconds, reused_seconds=reused_seconds,
-                       resumed_from=resumed_from)
+                       resumed_from=resumed_from, losses=state["losses"], totals=state["totals"])

@@ -2,6 +2,7 @@
 
 - `Outputs`: what a loss sees of a model (logits, plus pooled hidden states by layer index).
 - `Encoded`: token ids of a list of texts, unpadded, with their label ids; `batch(index)` pads a chosen set.
+- `TokenBatch`: a language-model batch, prompts and completions right-padded, with the completion positions.
 - `IGNORE`: the label id of an example that has none (unlabelled data, augmented views for the teacher to label).
 """
 
@@ -53,3 +54,21 @@ class Encoded:
 
     def __add__(self, other: "Encoded") -> "Encoded":
         return Encoded(self.input_ids + other.input_ids, torch.cat([self.labels, other.labels]), self.pad_id)
+
+
+@dataclass
+class TokenBatch:
+    """Prompt + completion pairs, right-padded, for LM training; the loss is taken at `targets_at` only."""
+
+    input_ids: torch.Tensor  # [B, L], right-padded
+    attention_mask: torch.Tensor
+    targets_at: torch.Tensor  # [B, L] bool: positions whose next-token prediction is a completion token
+    labels: torch.Tensor  # [N] completion tokens, row-major
+    items: list = field(default_factory=list)
+    """The cached generations the batch came from (their sparse targets are looked up by these)."""
+    on_policy: bool = False
+    """Completions sampled from the student (scored by the live teacher), not the teacher's."""
+
+    @property
+    def tokens(self) -> int:
+        return int(self.labels.numel())

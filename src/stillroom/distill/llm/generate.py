@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from stillroom.core.checkpoint import weights_fingerprint
 from stillroom.core.errors import DataError
 from stillroom.core.runs import LOG
 from stillroom.distill.llm.prompts import Prompt, encode_prompt
@@ -96,11 +97,10 @@ def sparse_bytes_per_token(k: int, vocab_size: int) -> int:
 
 
 def teacher_fingerprint(model, tokenizer, source: str) -> dict[str, Any]:
-    """What identifies the teacher for the cache: where it came from, its weights' size and date, its vocabulary."""
-    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else [Path(source)]
-    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    """What identifies the teacher for the cache: a hash of its weights (the same fingerprint as a classifier
+    teacher's, `stillroom.core.checkpoint.weights_fingerprint`), its vocabulary, and where it came from."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return {"source": source, "weights": stamp, "vocab_size": int(model.config.vocab_size),
+    return {"source": source, "weights": weights_fingerprint(model), "vocab_size": int(model.config.vocab_size),
             "tokenizer": hashlib.sha1(vocab.encode("utf-8")).hexdigest()[:16]}
 
 

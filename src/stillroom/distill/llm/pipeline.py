@@ -28,6 +28,7 @@ from stillroom.core.errors import ModelError
 from stillroom.core.measure import quantize_int8
 from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import LOG, RunDir, git_commit, open_run, seed_everything
+from stillroom.distill.export import LM_USAGE, export_language_model, write_model_card
 from stillroom.distill.llm.config import LLMRecipe, StudentConfig
 from stillroom.distill.llm.evaluate import generation_speed, heldout_metrics, size_metrics
 from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, Item, generate,
@@ -171,7 +172,7 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
                              onpolicy_warmup=recipe.training.onpolicy_warmup)
         result = train_student(student, teacher.model, tokenizer, train_items, train_cache, config,
                                checkpoints=folder.checkpoints / variant.name, desc=variant.name)
-        timings[f"train_{variant.name}_s"] = result.seconds
+        timings[f"train_{variant.name}_s"] = result.measured_seconds  # this process's time, not a checkpoint's
         model = merged(student).eval()
         trained[variant.name] = model
         val_agreement[variant.name] = heldout_metrics(model, val_items, eval_cache, tokenizer.pad_token_id,
@@ -199,6 +200,8 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - started
     card = _card(recipe, rows, summary, measurer.notes, teacher, student_description, export_name, timings)
     paths = card.write(folder.root)
+    write_model_card(folder.model, card, teacher.source, "text-generation",
+                     LM_USAGE.format(folder=folder.model, example="What is the capital of France?"))
     card.print()
     LOG.info("card: %s; exported student: %s (%.0fs in all)", paths["md"], folder.model, timings["total_s"])
     return card.to_dict()
@@ -293,8 +296,7 @@ def _card(recipe, rows, summary, notes, teacher, student_description, export_nam
 
 def _export(model, tokenizer, folder: RunDir, notes: list[str]) -> None:
     """Write the student with save_pretrained, then load it back with plain transformers and generate."""
-    model.save_pretrained(folder.model)
-    tokenizer.save_pretrained(folder.model)
+    export_language_model(model, tokenizer, folder.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reloaded = AutoModelForCausalLM.from_pretrained(folder.model, dtype=torch.float32)

@@ -1,4 +1,5 @@
-"""One readable training loop for LM students: SFT, token-level KD (live teacher or sparse cache), on-policy mixing.
+"""LM students in the shared training loop (`stillroom.distill.trainer.train`): SFT, token-level KD (live
+teacher or sparse cache), on-policy mixing. This module gives the loop its LM batch source, step and teacher signal.
 
 Each step takes a batch of prompts with the teacher's completions, or, with
 probability λ (`on_policy`), the same prompts completed by the student itself
@@ -17,31 +18,22 @@ import hashlib
 import json
 import math
 import random
-import time
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from stillroom.core.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from stillroom.core.runs import LOG
 from stillroom.distill.llm.generate import GenerationCache, Item, SparseTargets, left_pad
+from stillroom.distill.types import TokenBatch
 from stillroom.distill.llm.losses import LOSSES, DenseTarget
+from stillroom.distill.signals import TeacherSignal
+from stillroom.distill.trainer import LoopConfig, train
 
 
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [B, L], right-padded
-    attention_mask: torch.Tensor
-    targets_at: torch.Tensor  # [B, L] bool: positions whose next-token prediction is a completion token
-    labels: torch.Tensor  # [N] completion tokens, row-major
-
-    @property
-    def tokens(self) -> int:
-        return int(self.labels.numel())
+Batch = TokenBatch  # the LM batch type lives with the other data types, in stillroom.distill.types
 
 
 def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> Batch:
@@ -105,82 +97,95 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
+    measured_seconds: float = 0.0
+    """Training time spent by this process (`seconds` adds what a resumed checkpoint had)."""
+
+
+class TokenBatches:
+    """The batch source of LM training for the shared loop (`stillroom.distill.trainer.train`).
+
+    Step `s` of epoch `e` takes the prompts at `position` of a shuffle seeded by (seed, e); with
+    probability `on_policy` (after the warm-up) they are completed by the student itself instead of
+    by the teacher's cached generations. Both choices are functions of (seed, step), so a resumed run
+    continues exactly as an uninterrupted one.
+    """
+
+    def __init__(self, items: Sequence[Item], student, tokenizer, config: TrainConfig, total_steps: int):
+        self.items, self.student, self.tokenizer, self.config = list(items), student, tokenizer, config
+        self.steps_per_epoch = math.ceil(len(self.items) / config.batch_size)
+        self.total_steps = total_steps
+
+    def batch(self, epoch: int, position: int, rank: int = 0, world: int = 1) -> Batch:
+        config, step = self.config, epoch * self.steps_per_epoch + position
+        order = list(range(len(self.items)))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        chosen = [self.items[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
+        chosen = chosen[rank::world] if world > 1 else chosen
+        warm = step >= config.onpolicy_warmup * self.total_steps
+        on_policy = warm and random.Random(config.seed * 7919 + step).random() < config.on_policy
+        if on_policy:
+            completions = student_samples(self.student, self.tokenizer, [item.prompt_ids for item in chosen], config,
+                                          seed=config.seed + step)
+            pairs = [(item.prompt_ids, c) for item, c in zip(chosen, completions)]
+        else:
+            pairs = [(item.prompt_ids, item.completion_ids) for item in chosen]
+        batch = make_batch(pairs, self.tokenizer.pad_token_id)
+        batch.items, batch.on_policy = chosen, on_policy
+        return batch
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"tokens": batch.tokens, "on_policy": int(batch.on_policy)}
+
+
+class TokenTeacher(TeacherSignal):
+    """The teacher's next-token targets for a batch: live logits, or the sparse top-k cache of its own
+    generations. An on-policy batch (the student's text) is always scored live."""
+
+    def __init__(self, teacher, cache: GenerationCache | None, live: bool):
+        self.teacher, self.cache, self.live = teacher, cache, live
+
+    def __call__(self, batch: Batch):
+        if self.live or batch.on_policy:
+            with torch.no_grad():
+                return DenseTarget(logits_at(self.teacher, batch))
+        return sparse_targets(self.cache, batch.items)
+
+
+class TokenStep(torch.nn.Module):
+    """The student and a token loss as one step module: loss at the completion positions only."""
+
+    def __init__(self, student, loss_fn):
+        super().__init__()
+        self.student, self.loss_fn = student, loss_fn
+
+    def forward(self, batch: Batch, target):
+        return self.loss_fn(logits_at(self.student, batch), target, batch.labels), {}
 
 
 def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: GenerationCache | None,
                   config: TrainConfig, checkpoints: Path | None = None, desc: str = "train",
-                  progress: bool = True) -> TrainResult:
-    """Train `student` in place on the teacher's generations; resumable from `checkpoints`."""
+                  progress: bool = True, accelerator=None) -> TrainResult:
+    """Train `student` in place on the teacher's generations with the shared loop; resumable from `checkpoints`."""
     loss_fn = LOSSES.get(config.loss, where="variants.loss")(temperature=config.temperature, beta=config.beta)
     if teacher is None and ((loss_fn.needs_teacher and config.targets == "live") or config.on_policy > 0):
         raise ValueError("live targets and on-policy batches need the live teacher")
     if config.on_policy > 0 and not loss_fn.needs_teacher:
         raise ValueError("on-policy batches need a token-level loss, not sft")
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=True)
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, round(config.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
-        math.pi * min(1.0, max(0, s + 1 - warmup) / max(1, total_steps - warmup))))))
-    digest = config.digest(items)
-    state = {"step": 0, "train_tokens": 0, "onpolicy_steps": 0, "seconds": 0.0, "losses": [], "digest": digest, "done": False}
-    resumed_from = 0
-    found = find_checkpoint(checkpoints) if checkpoints else None
-    if found is not None:
-        saved = json.loads((found / "state.json").read_text(encoding="utf-8"))
-        if saved.get("digest") == digest:
-            state = load_checkpoint(found, student, optimizer, scheduler)
-            resumed_from = state["step"]
-            if not state["done"]:
-                LOG.info("%s: resuming at step %d of %d", desc, resumed_from, total_steps)
-        else:
-            LOG.info("%s: the checkpoint in %s was made with other settings or data; starting over", desc, found)
-    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", disable=not progress, leave=False)
-    student.train()
-    while state["step"] < total_steps:
-        step = state["step"]
-        epoch, position = divmod(step, steps_per_epoch)
-        order = list(range(len(items)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        chosen = [items[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
-        start = time.perf_counter()
-        warm = step >= config.onpolicy_warmup * total_steps
-        on_policy = warm and random.Random(config.seed * 7919 + step).random() < config.on_policy
-        if on_policy:
-            completions = student_samples(student, tokenizer, [item.prompt_ids for item in chosen], config, seed=config.seed + step)
-            batch = make_batch([(item.prompt_ids, c) for item, c in zip(chosen, completions)], tokenizer.pad_token_id)
-        else:
-            batch = make_batch([(item.prompt_ids, item.completion_ids) for item in chosen], tokenizer.pad_token_id)
-        target = None
-        if loss_fn.needs_teacher:
-            if on_policy or config.targets == "live":
-                with torch.no_grad():
-                    target = DenseTarget(logits_at(teacher, batch))
-            else:
-                target = sparse_targets(cache, chosen)
-        loss = loss_fn(logits_at(student, batch), target, batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        state["step"] += 1
-        state["train_tokens"] += batch.tokens
-        state["onpolicy_steps"] += int(on_policy)
-        state["seconds"] += time.perf_counter() - start
-        value = loss.detach().item()
-        state["losses"].append(round(value, 5))
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{state['train_tokens'] / max(state['seconds'], 1e-9):.0f}")
-        if checkpoints and (state["step"] % config.checkpoint_every == 0 or state["step"] == total_steps):
-            state["done"] = state["step"] == total_steps
-            keep_optimizer = not state["done"]  # a finished student needs only its weights
-            save_checkpoint(checkpoints / "last", student, state, optimizer if keep_optimizer else None,
-                            scheduler if keep_optimizer else None)
-    bar.close()
-    student.eval()
-    return TrainResult(state["step"], state["train_tokens"], state["onpolicy_steps"], state["seconds"], state["losses"], resumed_from)
+    loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                      warmup_ratio=config.warmup_ratio, scheduler="cosine", grad_clip=config.grad_clip,
+                      checkpoint_every=config.checkpoint_every)
+    source = TokenBatches(items, student, tokenizer, config, steps_per_epoch * config.epochs)
+    with tempfile.TemporaryDirectory() as scratch:
+        result = train(student, loss_fn, source, loop, None, Path(checkpoints) if checkpoints else Path(scratch),
+                       accelerator, teacher=TokenTeacher(teacher, cache, config.targets == "live"), seed=config.seed,
+                       fingerprint=config.digest(items), desc=desc, step=TokenStep(student, loss_fn), progress=progress)
+    return TrainResult(result.steps, int(result.totals.get("tokens", 0)), int(result.totals.get("on_policy", 0)),
+                       result.train_seconds, result.losses, result.resumed_from, result.measured_seconds)
 
 
 def student_samples(student, tokenizer, prompts: Sequence[Sequence[int]], config: TrainConfig, seed: int) -> list[list[int]]:
