@@ -562,7 +562,11 @@ def main() -> None:
                 results[name] = kept["result"]
     payload = flatten(results)
     payload["parts"] = results
-    write_result("guard_live" + ("_quick" if args.quick else ""), payload, summary(payload))
+    if args.quick:  # a smoke run: kept in the run folder, never as the benchmark's result
+        (RUN / "quick-summary.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        print(summary(payload))
+        return
+    write_result("guard_live", payload, summary(payload))
 
 
 def flatten(results: dict) -> dict:

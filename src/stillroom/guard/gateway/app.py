@@ -504,6 +504,7 @@ class Gateway:
         metric("log_largest_group", s.largest_group, kind="gauge", help_="most rows in one commit")
         metric("log_interrupted_on_start", s.interrupted_on_open, kind="gauge", help_="streams cut by a crash, found at start")
         metric("log_write_errors_total", s.errors, help_="failed log transactions")
+        metric("log_checkpoints_total", s.checkpoints, help_="WAL checkpoints, run off the commit path")
         metric("scans_total", self.metrics.get("scans", 0), help_="campaign scans run")
         metric("scan_seconds_total", self.metrics.get("scan_seconds", 0), help_="time in campaign scans")
         metric("scan_failures_total", self.metrics.get("scan_failed", 0), help_="failed scans")

@@ -90,6 +90,7 @@ class StoreStats:
     commit_seconds: float = 0.0
     largest_group: int = 0
     interrupted_on_open: int = 0
+    checkpoints: int = 0
     errors: int = 0
     last_error: str = ""
     group_sizes: list[int] = field(default_factory=list)
@@ -109,7 +110,13 @@ class LogStore:
         self.stats.interrupted_on_open = cur.rowcount
         self._queue: queue.Queue[_Write | None] = queue.Queue()
         self._thread = threading.Thread(target=self._writer, name="stillroom-log-writer", daemon=True)
+        # Checkpoints (copying the WAL back into the database file, with an fsync of it) run on a connection and
+        # thread of their own, so a commit never pays for one: the writer's automatic checkpoint is off.
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._thread.start()
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="stillroom-log-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     # ---- writing ----------------------------------------------------------------
     async def write(self, sql: str, rows: list[dict[str, Any]]) -> None:
@@ -179,6 +186,18 @@ class LogStore:
             if stop:
                 return
 
+    def _checkpoints(self, every_s: float = 1.0) -> None:
+        conn = connect(self.path)
+        try:
+            while not self._stop.wait(every_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for the writer or readers
+                    self.stats.checkpoints += 1
+                except sqlite3.Error as exc:
+                    self.stats.last_error = f"checkpoint: {exc}"
+        finally:
+            conn.close()
+
     def _commit_one(self, item: _Write) -> None:
         try:
             self._conn.execute("BEGIN")
@@ -218,6 +237,12 @@ class LogStore:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+        self._stop.set()
+        self._checkpointer.join(timeout=10)
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
         self._conn.close()
 
     # ---- reading ----------------------------------------------------------------
