@@ -1,6 +1,6 @@
 """The shared loop drives an LM step under `accelerate launch` with 2 processes (gloo) like 1 process.
 
-Tolerance: 2% on the mean loss of the last 3 steps. The global batch is the same (each process takes half
+Tolerance: 2% on the mean loss of the last 3 of 8 steps. The global batch is the same (each process takes half
 of it); what differs is that 2 processes average two per-process token means, where 1 process takes one
 mean over all tokens, and the order of float reductions.
 """
@@ -38,7 +38,7 @@ root = {out!r} + f"/gen-{{accelerator.process_index}}"
 cache = GenerationCache.for_teacher(root, teacher_fingerprint(teacher, tokenizer, "tiny"), settings)
 items, _ = generate(teacher, tokenizer, prompts, cache, settings, batch_size=6, progress=False)
 student, _ = prune_layers(teacher, 1)
-config = TrainConfig(loss="forward_kl", targets="cache", epochs=4, batch_size=6, lr=5e-3, warmup_ratio=0.0)
+config = TrainConfig(loss="sft", epochs=4, batch_size=6, lr=1e-2, warmup_ratio=0.0)
 result = train_student(student, teacher, tokenizer, items, cache, config, {out!r} + "/ck", progress=False,
                        accelerator=accelerator)
 if accelerator.is_main_process:
@@ -62,7 +62,7 @@ def test_two_process_lm_training_matches_one(tmp_path):
         script = tmp_path / f"train_{processes}.py"
         script.write_text(SCRIPT.format(repo=str(REPO), out=str(out)))
         command = [sys.executable, str(script)] if processes == 1 else [
-            sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -71,5 +71,6 @@ def test_two_process_lm_training_matches_one(tmp_path):
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["steps"] == two["steps"] == 8
     tail = lambda losses: sum(losses[-3:]) / 3  # noqa: E731
-    assert tail(one["losses"]) < one["losses"][0], "the student learns"
+    assert tail(one["losses"]) < 0.9 * one["losses"][0], "the student learns"
+    assert tail(one["losses"]) > 0.01, "a loss still large enough to compare"
     assert tail(two["losses"]) == pytest.approx(tail(one["losses"]), rel=0.02)
