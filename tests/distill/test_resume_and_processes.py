@@ -73,7 +73,11 @@ def free_port() -> int:
 
 
 def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
-    """Tolerance: 0.02 validation and test accuracy (about 2 and 7 examples), and 2% on the last training loss.
+    """Tolerance: 2% on the training loss of the teacher's fine-tuning and of distillation, 3% on the validation NLL.
+
+    Accuracy is not compared: the 4-layer, 32-wide test model is near chance after these few steps, where
+    the different order of float reductions flips many argmaxes (one flipped example is 0.008 accuracy).
+    `accelerate launch --multi_gpu` starts the 2 CPU processes (gloo); `--cpu --num_processes 2` starts one.
 
     The global batch is the same in both runs (each process takes half), so only the order of float
     reductions differs; dropout is off so neither run draws random masks. Each run has its own cache, so
@@ -88,7 +92,7 @@ def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
     single = cli(["distill", "--recipe", str(one)], log, env={**os.environ, "STILLROOM_CACHE": str(tmp_path / "cache-1")})
     assert single.wait(timeout=900) == 0, log.read_text()[-3000:]
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "stillroom", "distill", "--recipe", str(two)],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "STILLROOM_CACHE": str(tmp_path / "cache-2")})
@@ -96,14 +100,15 @@ def test_two_process_run_reaches_the_same_metrics_as_one(tiny_recipe, tmp_path):
     assert "fine-tuning a classification head" in (tmp_path / "runs" / "two" / "log.txt").read_text()
 
     cards = {name: json.loads((tmp_path / "runs" / name / "card.json").read_text()) for name in ("one", "two")}
-    rows = {name: {r["name"]: r for r in card["rows"]} for name, card in cards.items()}
-    assert rows["one"]["distilled"]["accuracy"] == pytest.approx(rows["two"]["distilled"]["accuracy"], abs=0.02)
-    histories = {}
-    for name in ("one", "two"):
-        state = tmp_path / "runs" / name / "checkpoints" / "distilled" / "last" / "state.json"
-        histories[name] = json.loads(state.read_text())["history"]
-    first, second = histories["one"][-1], histories["two"][-1]
-    assert len(histories["one"]) == len(histories["two"]) == 2 and first["step"] == second["step"]
-    assert first["accuracy"] > 2 / 12, "both runs should learn: at least twice chance (1/12)"
-    assert first["accuracy"] == pytest.approx(second["accuracy"], abs=0.02)
-    assert first["loss"] == pytest.approx(second["loss"], rel=0.02)
+    assert all(row["accuracy"] > 0 for card in cards.values() for row in card["rows"])
+    assert "processes: 2" in (tmp_path / "runs" / "two" / "log.txt").read_text()
+    for stage in ("teacher", "distilled"):
+        histories = {}
+        for name in ("one", "two"):
+            state = tmp_path / "runs" / name / "checkpoints" / stage / "last" / "state.json"
+            histories[name] = json.loads(state.read_text())["history"]
+        first, second = histories["one"][-1], histories["two"][-1]
+        assert len(histories["one"]) == len(histories["two"]) and first["step"] == second["step"]
+        assert first["loss"] == pytest.approx(second["loss"], rel=0.02), stage
+        assert first["nll"] == pytest.approx(second["nll"], rel=0.03), stage
+    assert histories["one"][-1]["nll"] < histories["one"][0]["nll"], "distillation lowers the validation NLL"

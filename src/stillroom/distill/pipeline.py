@@ -89,6 +89,7 @@ def start(recipe: ClassifierRecipe, accelerator=None) -> Workspace:
         run.begin(stale=OUTPUTS)  # no folder mixes this attempt's outputs with an older card or model
         dump_recipe(recipe, run.recipe)
     accelerator.wait_for_everyone()
+    LOG.info("run: %s, processes: %d", run.root, accelerator.num_processes)
     return Workspace(recipe, run, accelerator)
 
 

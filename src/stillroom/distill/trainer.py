@@ -4,7 +4,7 @@ pseudo-labels and distillation; LM SFT, token-level KD and on-policy distillatio
 What differs between them is a batch source (`batch(epoch, position, rank, world)`, with `steps_per_epoch`)
 and a step module (`forward(batch, teacher_outputs) -> (loss, parts)`); the teacher is a `TeacherSignal`.
 
-It runs through Hugging Face Accelerate, so `accelerate launch --num_processes 2`
+It runs through Hugging Face Accelerate, so `accelerate launch --multi_gpu --num_processes 2` (2 CPU processes, gloo)
 splits each global batch across processes (the global batch, and so the
 optimisation, stays the same). The epoch order is a seeded permutation, which
 makes the position in an epoch a single number: a checkpoint every
