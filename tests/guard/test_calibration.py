@@ -40,8 +40,8 @@ def test_suspects_are_a_tight_group_alike_in_two_spaces_not_a_population_that_st
 
 
 def test_self_calibration_finds_a_campaign_holding_ten_percent_of_the_accounts():
-    day, truth = simulate(SimulateConfig(seed=22, benign=Populations(chat=1000, apps=30, evals=4, labelers=8, researchers=30),
-                                         campaigns=[CampaignSpec(name="c", style="paraphrased", accounts=120)]))
+    day, truth = simulate(SimulateConfig(seed=27, benign=Populations(chat=1000, apps=30, evals=4, labelers=8, researchers=30),
+                                         campaigns=[CampaignSpec(name="c", style="eval_mimic", accounts=120)]))
     attackers = set(truth.loc[truth["is_attack"], "account"])
     assert 0.09 <= len(attackers) / truth["account"].nunique() <= 0.11
     robust = Guard().fit(day, robust=True)
@@ -49,8 +49,8 @@ def test_self_calibration_finds_a_campaign_holding_ten_percent_of_the_accounts()
     flagged = set(result.flagged)
     benign = truth["account"].nunique() - len(attackers)
     assert len(flagged & attackers) >= 0.9 * len(attackers)
-    assert len(flagged - attackers) <= 0.02 * benign
-    assert robust.baseline["robust"] and robust.baseline["excluded"] >= 0.8 * len(attackers)
+    assert len(flagged - attackers) <= 0.005 * benign
+    assert robust.baseline["robust"] and robust.baseline["cross_fit"] and robust.baseline["excluded"] >= 0.8 * len(attackers)
     # presumed clean, the same traffic hides its campaign: half of it sits in the benign reference
     naive = set(Guard().fit(day).scan(day).flagged)
     assert len(naive & attackers) < 0.5 * len(attackers)

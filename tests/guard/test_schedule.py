@@ -6,17 +6,18 @@ import numpy as np
 import pandas as pd
 
 from stillroom.guard.features import FeatureEngine
+from stillroom.guard.signals.cross_account import Lockstep
 from stillroom.guard.signals.schedule import HOURS_OF_WEEK, Schedule, schedule_vectors
 from tests.guard.conftest import T0, people, requests
 
 
 def _blocks(count: int, rng: np.random.Generator) -> pd.DataFrame:
-    """An operator's accounts, each active in two of the 6-hour blocks starting at 00, 06, 12 and 18 UTC (the first
-    two hours of each), at random seconds: no minute is shared on purpose."""
+    """An operator's accounts, all active in the 6-hour blocks starting at 00, 06, 12 and 18 UTC (the first two hours of
+    each, round the clock as no person is), at random seconds: no minute is shared on purpose."""
     frames = []
     for i in range(count):
-        starts = rng.choice([0, 6, 12, 18], size=2, replace=False) * 3600
-        seconds = np.concatenate([s + np.sort(rng.uniform(0, 7200, 12)) for s in starts])
+        starts = np.array([0, 6, 12, 18]) * 3600
+        seconds = np.concatenate([s + np.sort(rng.uniform(0, 7200, 6)) for s in starts])
         frames.append(requests(f"op{i:02d}", ["What is a good name for a cat?"] * len(seconds), seconds))
     return pd.concat(frames, ignore_index=True)
 
@@ -45,6 +46,6 @@ def test_accounts_on_one_timetable_crowd_schedule_space_and_people_do_not():
     assert scores.loc[~operator, "schedule"].quantile(0.99) < scores.loc[operator, "schedule"].median()
     inside = edges[edges["a"].str.startswith("op")]
     assert inside["b"].str.startswith("op").mean() > 0.9  # their neighbours are each other
-    # no lockstep: the operator's accounts share almost no minute
-    minutes = scan[scan["account"].str.startswith("op")].assign(m=lambda f: f["ts"].dt.floor("min"))
-    assert minutes.groupby("m")["account"].nunique().mean() < 1.5
+    # and lockstep sees nothing: the minutes they share are no more than chance gives accounts this busy
+    pairs = Lockstep().pairs(engine)
+    assert not (pairs["a"].str.startswith("op") & pairs["b"].str.startswith("op")).any()

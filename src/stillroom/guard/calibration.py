@@ -4,24 +4,27 @@ A provider has no certified-clean history: the traffic it calibrates on (yesterd
 may hold a campaign. Left in, a campaign poisons the reference twice. Its accounts sit in the benign
 reference of the density tests, so scanned members find reference members beside them and never look
 crowded; and its groups sit among the "benign" campaigns the z thresholds are read from, which then rise
-above it. Robust calibration therefore trims the reference in two passes (`Guard.fit(..., robust=True)`):
+above it. Robust calibration therefore leaves out, before anything is fit (`Guard.fit(..., robust=True)`), the
+accounts that look like one operator's, found without any reference (`co_neighbour_suspects`):
 
-1. **Reference-free suspects** (`co_neighbour_suspects`, this module). Without any reference, take an
-   account's k nearest neighbours in one space (behaviour, prompt content, schedule) and ask how many of
-   them are also among its K nearest in another space (K: `WIDE_SHARE` of the accounts). For independent
-   people that is about k·K/N, a little more where topic drives both spaces; a campaign's accounts are
-   each other's neighbours in several spaces at once, so nearly all k are. The count is scored as a
-   binomial tail whose rate is estimated robustly (a trimmed mean over the accounts, so a 10%
-   contamination barely moves it). Accounts that are such cross-space neighbours of each other, or near
-   neighbours of each other that all sit in denser spots than 90% of accounts do (in content and another
-   space), form groups; a group of at least `min_accounts` whose members are, in the median, in denser
-   spots than most accounts is left out (`_tight_group`). One operator's accounts are alike; a natural
-   population that merely stands apart (developers' applications) is as spread as anyone, and stays.
-2. **Exclusion of flagged groups** (in `Guard.fit`): calibrate on what is left, scan the calibration
-   traffic itself with the result, leave out what that scan flags, and calibrate once more.
+- **Cross-space neighbours.** Take an account's k nearest neighbours in one space (behaviour, prompt
+  content, schedule), all among the calibration accounts themselves, and ask how many are also among its
+  K nearest in another space (K: `WIDE_SHARE` of the accounts). For independent people that is about
+  k·K/N, a little more where topic drives both spaces; a campaign's accounts are each other's neighbours
+  in several spaces at once, so nearly all k are. The count is a binomial tail at a rate estimated by a
+  trimmed mean over the accounts, which a 10% contamination barely moves.
+- **Tight spots.** Near neighbours that all sit in denser spots than 90% of accounts do, in content and
+  another space, are linked too.
+- **Groups, and their cores.** Linked accounts form groups; a group of at least `min_accounts` whose
+  members sit, in the median, in denser spots than most accounts (`_tight_group`) is left out, but only
+  its members about as tight as its core (`CORE_FACTOR`). One operator's accounts are alike; a natural
+  population that merely stands apart from chat users (developers' applications, labelers) is as spread
+  as anyone, and so are the people a campaign's group reaches through a few edges: they stay.
 
-Leaving a benign account out costs little (the reference keeps its many look-alikes); leaving a campaign
-in costs the campaign.
+Leaving a benign account out costs little when the reference keeps its look-alikes, and a false positive
+when it does not (a rare population left out is novel to the scan); leaving a campaign in costs the
+campaign. Leaving out, in further rounds, what a scan of the calibration traffic itself flags was tried
+and dropped: a benign crowd flagged once leaves the reference and is then certain to be flagged again.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ TRIM = 0.15  # the share of accounts with the largest counts left out of the rat
 WIDE_SHARE = 0.05  # K, the wide neighbourhood in the other space, as a share of the accounts
 MIN_WIDE, MAX_WIDE = 50, 1000
 TIGHT_ACCOUNT = 0.1  # an account this dense in content and another space is a suspect if its near neighbours are too
+CORE_FACTOR = 2.0  # a suspect group's members count when within this factor of its median tightness, per space
 TIGHT = 0.5  # a suspect group's median k-th-neighbour distance percentile, in the spaces that count (`_tight_group`)
 
 
@@ -98,9 +102,11 @@ def co_neighbour_suspects(wide: dict[str, pd.DataFrame], accounts: pd.Index, k: 
         members = suspect & (labels == label)
         if not _tight_group(tight[members]):
             suspect[members] = False
-    # within a group, only the members that are themselves in denser spots than most: a campaign's component can
-    # reach into a natural population beside it (applications, labelers) through a few edges
-    suspect &= _tight_accounts(tight, TIGHT).to_numpy()
+            continue
+        # only the members about as tight as the group's core: a campaign's component reaches into the people and
+        # natural populations beside it through a few edges, and those must stay in the reference
+        level = np.maximum(CORE_FACTOR * tight[members].median(), TIGHT_ACCOUNT)
+        suspect[members] = _tight_accounts(tight[members], level).to_numpy()
     return accounts[suspect], best
 
 
@@ -115,11 +121,13 @@ def _tightness(near: dict[str, pd.DataFrame], wide: dict[str, pd.DataFrame], k: 
     return pd.DataFrame(out, index=accounts)
 
 
-def _tight_accounts(tight: pd.DataFrame, level: float = TIGHT_ACCOUNT) -> pd.Series:
-    """Accounts in a denser spot than all but `level` of accounts, in content and in another space."""
-    if "content" not in tight or len(tight.columns) == 1:
-        return (tight < level).all(axis=1)
-    return (tight["content"] < level) & (tight.drop(columns="content") < level).any(axis=1)
+def _tight_accounts(tight: pd.DataFrame, level: float | pd.Series = TIGHT_ACCOUNT) -> pd.Series:
+    """Accounts in a denser spot than all but `level` of accounts (a share, or one per space), in content and in
+    another space."""
+    below = tight.lt(level, axis=1) if isinstance(level, pd.Series) else tight < level
+    if "content" not in below or len(below.columns) == 1:
+        return below.all(axis=1)
+    return below["content"] & below.drop(columns="content").any(axis=1)
 
 
 def _tight_group(tight: pd.DataFrame) -> bool:

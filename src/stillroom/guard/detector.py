@@ -52,6 +52,8 @@ from stillroom.guard.signals.schedule import Schedule, ScheduleRows
 
 SIGNAL_CAP = 6.0
 MIN_CAMPAIGN_Z = 3.0
+# Benign groups of one kind needed to extrapolate the tail of their z-scores (`Guard._campaign_threshold`).
+TAIL_MIN_GROUPS = 5
 MIN_SIMILARITY_EDGE = 3.0
 # An account joins a flagged campaign when its nearest neighbours are members more often than chance allows
 # (binomial, at the campaign's share) in every density-excess space (behaviour, content): in each by at least
@@ -68,15 +70,14 @@ MERGE_CAPABILITY_HELLINGER = 0.15
 MERGE_CONTENT_DISTANCE = 1.0
 KINDS = ("crowd", "linked")
 # What each kind of edge says linked two accounts, for the alert's evidence.
+DENSITY_SIGNALS = ("similarity", "content", "schedule")
 LINK_KINDS = {"similarity": "behaviour", "content": "content", "schedule": "schedule", "lockstep": "lockstep",
               "infrastructure": "infrastructure"}
 # A density test loses power as the scan outgrows its reference (all k neighbours from the scan is then no
 # longer rare): a scan more than BLOCK_RATIO times the reference is scored in blocks of about the reference's size.
 BLOCK_RATIO = 1.5
-# Robust calibration: at most this many rounds of "calibrate, scan the calibration traffic, leave out what it flags",
-# stopping early when a round would leave out no more than MIN_NEW_EXCLUSIONS new accounts.
-ROBUST_ROUNDS = 3
-MIN_NEW_EXCLUSIONS = 2
+# A scan whose accounts are at least this share of a robust calibration's is that calibration's self-scan.
+SELF_SCAN_SHARE = 0.9
 # Robust calibration leaving out more than this share of the calibration accounts gets a warning.
 MAX_EXCLUDED_SHARE = 0.3
 # Fewer calibration accounts than this cannot estimate a 0.001 FPR threshold well (about 5 expected false positives).
@@ -143,6 +144,7 @@ class Guard:
         self.warnings: list[str] = []
         self.fitted = False
         self._calibration_accounts: pd.Index = pd.Index([])
+        self._twin: Guard | None = None  # robust calibration: the detector fitted on fold B (see `_calibrate`)
 
     @property
     def crowding(self) -> list[DensityExcess]:
@@ -164,9 +166,11 @@ class Guard:
         """Calibrate on traffic (a frame in the interaction schema). Attack labels are not an input.
 
         `robust=False`: the traffic is presumed benign (a certified-clean period). `robust=True`: it may hold
-        campaigns (up to about 10% of its accounts): reference-free suspects are left out first, then the crowds
-        that a scan of the calibration traffic itself flags, and the thresholds are read off what remains
-        (`stillroom.guard.calibration`).
+        campaigns (up to about 10% of its accounts): the accounts that are one tight group in several spaces at
+        once are left out, found without any reference, and the thresholds are read off what remains
+        (`stillroom.guard.calibration`). Leaving out, in further rounds, what a scan of the calibration traffic
+        itself flags was tried and dropped: a benign crowd flagged in one round (researchers beside a campaign)
+        left the reference and was certain to be flagged in the next.
         """
         engine = FeatureEngine(benign)
         feats = engine.accounts()
@@ -175,13 +179,7 @@ class Guard:
         excluded = pd.Index([])
         if robust:
             excluded = self._reference_free_suspects(engine, feats, inputs)
-            for _ in range(ROBUST_ROUNDS):
-                self._calibrate(engine, feats.drop(excluded), inputs)
-                flagged = self._crowd_members(self._scan(engine, feats, inputs))
-                if flagged.difference(excluded).size <= MIN_NEW_EXCLUSIONS:
-                    break
-                excluded = excluded.union(flagged)
-        self._calibrate(engine, feats.drop(excluded), inputs)
+        self._calibrate(engine, feats.drop(excluded), inputs, cross_fit=robust)
         self.baseline.update({"robust": robust, "excluded": int(len(excluded)), "calibration_accounts": int(len(feats))})
         if len(excluded) > MAX_EXCLUDED_SHARE * len(feats):
             self.warnings.append(f"robust calibration left out {len(excluded):,} of {len(feats):,} accounts "
@@ -195,14 +193,6 @@ class Guard:
         self._calibration_accounts = feats.index
         self.fitted = True
         return self
-
-    @staticmethod
-    def _crowd_members(result: ScanResult) -> pd.Index:
-        """The members of flagged campaigns that include a crowd: what robust calibration leaves out of the reference.
-        Linked groups (a carrier NAT, a family's card) and lone accounts stay: leaving benign ones out would lower
-        the very thresholds that keep their like from being flagged."""
-        crowds = result.campaigns[result.campaigns["flagged"] & result.campaigns["kind"].str.contains("crowd")]
-        return result.accounts.index[result.accounts["campaign"].isin(set(crowds["id"]))]
 
     def _inputs(self, engine: FeatureEngine, feats: pd.DataFrame) -> dict[str, Any]:
         """What the cross-account signals read from the engine, computed once per traffic: prompt profiles,
@@ -232,12 +222,17 @@ class Guard:
         suspects, _ = co_neighbour_suspects(edges, feats.index, self.signals_cfg.neighbours, self.campaigns_cfg.min_accounts)
         return suspects
 
-    def _calibrate(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any]) -> None:
+    def _calibrate(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any], cross_fit: bool = False) -> None:
         """Thresholds read off fold B scored against fold A, out of sample; then the per-account and link
         distributions and novelty's reference are refit on both folds, which scans compare against: a k-th
         neighbour distance can only shrink as benign reference is added, so the single-account rate calibrated
         on fold B holds or falls, and rare legitimate kinds (evaluation jobs) have twice the relatives to be
         recognised by.
+
+        `cross_fit` (robust calibration, which a self-calibrated scan follows) also scores fold A against fold B
+        (`self._twin`, a detector fitted on fold B), so every calibration account has an out-of-sample score and
+        the thresholds are read off the whole traffic, at the size the scan will see it: linked groups whole,
+        not cut by the fold split, and as many benign groups as the scan will hold.
         """
         fold = fold_of(feats)
         a, b = feats[fold == 0], feats[fold == 1]
@@ -247,9 +242,25 @@ class Guard:
         self._fit_references(a, inputs)
         cross_b, edges_b = self._cross(engine, b, inputs)
         scored = self._combine(b, cross_b)
+        novelty = self.similarity.novelty(b) if self.similarity is not None else scored["score"]
+        edges = self._restrict(edges_b, set(b.index))
+        self._twin = None
+        if cross_fit:
+            twin = Guard(self.signals_cfg, self.campaigns_cfg, self.calibration_cfg, seed=self.seed)
+            twin._fit_references(b, inputs)
+            cross_a, edges_a = twin._cross(engine, a, inputs)
+            scored = pd.concat([scored, twin._combine(a, cross_a)])
+            novelty = pd.concat([novelty, twin.similarity.novelty(a) if twin.similarity is not None else scored.loc[a.index, "score"]])
+            edges_a = self._restrict(edges_a, set(a.index))
+            kept = set(feats.index)
+            edges = {name: pd.concat([frame, edges_a[name]], ignore_index=True) if name in DENSITY_SIGNALS else
+                     self._restrict({name: frame}, kept)[name] for name, frame in edges_b.items()}
+            for name in ("lockstep", "infrastructure"):
+                if name in edges_b:
+                    edges[name] = self._restrict({name: pd.concat([edges_b[name], edges_a[name]]).drop_duplicates()}, kept)[name]
+            self._twin = twin
         score = scored["score"].to_numpy()
         fpr, share = self.calibration_cfg.target_fpr, self.calibration_cfg.campaign_share
-        novelty = self.similarity.novelty(b) if self.similarity is not None else scored["score"]
         self.thresholds = {
             "account": float(np.quantile(novelty, 1 - fpr * (1 - share), method="higher")),
             **{f"{s.name}_edge": float(max(MIN_SIMILARITY_EDGE, np.quantile(scored[s.name], 0.99))) for s in self.crowding},
@@ -259,15 +270,20 @@ class Guard:
             "benign_mean": float(score.mean()),
             "benign_std": float(max(score.std(), 1e-6)),
         }
-        edges_b = self._restrict(edges_b, set(b.index))
-        campaigns = self._campaigns(scored, edges_b)
+        campaigns = self._campaigns(scored, edges)
+        scale = 1.0 if cross_fit else len(feats) / len(b)
         for kind in KINDS:
             eligible = campaigns[(campaigns["kind"] == kind) & campaigns["dense"]]
-            self.thresholds[f"campaign_z_{kind}"] = self._campaign_threshold(eligible, len(b), fpr * share / len(KINDS))
+            if kind == "linked" and not cross_fit:
+                # an address or card shared across customers is cut in two by the fold split, and a group of twice the
+                # size has sqrt(2) the z: fold B's linked groups are scored at the size the whole traffic gives them
+                eligible = eligible.assign(z=eligible["z"] * np.sqrt(scale))
+            self.thresholds[f"campaign_z_{kind}"] = self._campaign_threshold(eligible, len(scored), fpr * share / len(KINDS),
+                                                                             scale=scale)
         self.baseline = {"accounts": int(len(feats)), "fold_a": int(len(a)), "fold_b": int(len(b)),
-                         "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share,
-                         "link_rates": {LINK_KINDS[name]: len(self._linked(name, scored, edges_b, list(b.index))) / len(b)
-                                        for name in edges_b}}
+                         "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share, "cross_fit": cross_fit,
+                         "link_rates": {LINK_KINDS[name]: len(self._linked(name, scored, edges, list(scored.index))) / len(scored)
+                                        for name in edges}}
         for kind in KINDS:
             mine = campaigns[campaigns["kind"] == kind]
             self.baseline[f"benign_{kind}_campaigns"] = int(len(mine))
@@ -297,7 +313,7 @@ class Guard:
 
     def _density(self, signal: DensityExcess, engine: FeatureEngine, feats: pd.DataFrame,
                  inputs: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        if signal is self.similarity:
+        if signal.name == "similarity":
             return signal.score(feats)
         return signal.score(engine, feats, inputs.get(signal.name))
 
@@ -309,6 +325,15 @@ class Guard:
         block = np.array([zlib.crc32(str(key).encode()) % n for key in customer_key(feats)])
         return [feats.index[block == i] for i in range(n)]
 
+    def _own_fold(self, feats: pd.DataFrame) -> np.ndarray | None:
+        """For a scan of the very traffic a robust calibration was fit on: each account's calibration fold, so that
+        it is scored against the other fold's reference, as in calibration. None for any other scan."""
+        if self._twin is None or not len(self._calibration_accounts):
+            return None
+        if feats.index.isin(self._calibration_accounts).mean() < SELF_SCAN_SHARE:
+            return None
+        return fold_of(feats)
+
     def _cross(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any],
                timings: dict[str, float] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
         """Every cross-account signal's scores and edges for the accounts of `feats`, each signal's seconds into
@@ -316,10 +341,16 @@ class Guard:
         timings = {} if timings is None else timings
         cross: dict[str, pd.DataFrame] = {}
         edges: dict[str, pd.DataFrame] = {}
+        own = self._own_fold(feats)
         for signal in self.crowding:
             tick = time.perf_counter()
-            blocks = self._blocks(feats, len(signal.reference))
-            parts = [self._density(signal, engine, feats.loc[block], inputs) for block in blocks]
+            if own is not None:  # a self-calibrated scan: fold A's accounts against fold B's reference, and back
+                twin = {s.name: s for s in self._twin.crowding}[signal.name]
+                plan = [(signal, feats.index[own == 1]), (twin, feats.index[own == 0])]
+            else:
+                plan = [(signal, block) for block in self._blocks(feats, len(signal.reference))]
+            blocks = [block for _, block in plan]
+            parts = [self._density(s, engine, feats.loc[block], inputs) for s, block in plan]
             cross[signal.name] = pd.concat([p[0] for p in parts]).reindex(feats.index)
             edges[signal.name] = pd.concat([p[1] for p in parts], ignore_index=True)
             timings[f"{signal.name}_s"] = time.perf_counter() - tick
@@ -333,14 +364,32 @@ class Guard:
         return cross, edges
 
     @staticmethod
-    def _campaign_threshold(campaigns: pd.DataFrame, n_accounts: int, budget_share: float) -> float:
+    def _campaign_threshold(campaigns: pd.DataFrame, n_accounts: int, budget_share: float, scale: float = 1.0) -> float:
+        """The lowest z at which the benign campaigns of `campaigns` (fold B's, of one kind) would flag no more than
+        `budget_share` of `n_accounts`, and never below `MIN_CAMPAIGN_Z`.
+
+        With `scale` > 1 the threshold must also hold for a scan `scale` times as large, which holds more benign
+        groups than fold B, and so a higher largest one: the exceedances of the groups' z over their median are
+        fitted with an exponential tail (given at least `TAIL_MIN_GROUPS` groups), and the threshold is where that
+        tail expects `budget_share` of the accounts of such a scan to be flagged.
+        """
         budget = budget_share * n_accounts
         spent = 0.0
+        threshold = MIN_CAMPAIGN_Z
         for row in campaigns.sort_values("z", ascending=False).itertuples():
             if spent + row.size > budget:
-                return float(max(MIN_CAMPAIGN_Z, row.z))
+                threshold = float(max(MIN_CAMPAIGN_Z, row.z))
+                break
             spent += row.size
-        return MIN_CAMPAIGN_Z
+        if scale > 1 and len(campaigns) >= TAIL_MIN_GROUPS:
+            z = campaigns["z"].to_numpy(float)
+            u = float(np.median(z))
+            above = z > u
+            if above.sum() >= 2:
+                beta = max(float((z[above] - u).mean()), 0.1)
+                expected = scale * above.sum() * float(campaigns.loc[above, "size"].mean())
+                threshold = max(threshold, u + beta * float(np.log(max(expected / max(budget, 1e-9), 1.0))))
+        return float(threshold)
 
     @staticmethod
     def _restrict(edges: dict[str, pd.DataFrame], keep: set) -> dict[str, pd.DataFrame]:
@@ -390,7 +439,8 @@ class Guard:
         index = pd.Series(np.arange(len(scored)), index=scored.index)
         n = len(scored)
         groups: list[tuple[str, list[str]]] = []
-        crowd = [self._pairs_between(edges.get(s.name), scored[s.name] >= self.thresholds[f"{s.name}_edge"], index)
+        alike = self._crowding_twice(scored)
+        crowd = [self._pairs_between(edges.get(s.name), alike & (scored[s.name] >= self.thresholds[f"{s.name}_edge"]), index)
                  for s in self.crowding if s.name in edges]
         if crowd:
             labels = self._components(n, [a for a, _ in crowd], [b for _, b in crowd])
@@ -414,6 +464,16 @@ class Guard:
                          "dense": kind != "crowd" or self._dense(scored, members)})
         campaigns = pd.DataFrame(rows, columns=["kind", "size", "z", "mean_score", "members", "dense"])
         return campaigns.sort_values("z", ascending=False).reset_index(drop=True)
+
+    def _crowding_twice(self, scored: pd.DataFrame) -> pd.Series:
+        """Accounts that crowd prompt-content space and at least one of behaviour and schedule space more than 99% of
+        benign accounts do (each signal above its `_dense` threshold): the accounts a crowd's edges may join. A person
+        who asks what a nearby campaign asks crowds content space by its neighbours alone, and no other."""
+        names = [s.name for s in self.crowding if s.name in scored]
+        over = pd.DataFrame({n: scored[n] >= self.thresholds[f"{n}_dense"] for n in names}, index=scored.index)
+        if "content" not in over or len(over.columns) == 1:
+            return pd.Series(True, index=scored.index)
+        return over["content"] & over.drop(columns="content").any(axis=1)
 
     def _dense(self, scored: pd.DataFrame, members: list[str]) -> bool:
         """Whether a crowd's members, on average, crowd the density spaces more than 99% of benign accounts do
@@ -515,8 +575,9 @@ class Guard:
         return campaigns
 
     def _join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, edges: dict[str, pd.DataFrame]) -> None:
-        """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members,
-        in prompt content and in behaviour or schedule (see JOIN_EACH, JOIN_SURPRISAL)."""
+        """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members, in
+        every density space in which the campaign is dense (all of them for a campaign dense in none; see
+        JOIN_EACH, JOIN_SURPRISAL)."""
         joined = pd.Series(0, index=campaigns.index)
         for i, row in campaigns[campaigns["flagged"]].iterrows():
             member = scored["campaign"] == row["id"]
@@ -532,9 +593,11 @@ class Guard:
             if not evidence:
                 continue
             ev = pd.DataFrame(evidence).fillna(0.0)
-            if "content" in ev and len(ev.columns) > 1:  # what it asks, and what it does or when (as in `_dense`)
-                other = ev.drop(columns="content").max(axis=1)
-                ev = pd.DataFrame({"content": ev["content"], "other": other})
+            # the spaces in which the campaign itself is dense: a campaign alike in what it asks and does is joined
+            # by neighbours in both; one alike in what it asks and when, by neighbours in those two
+            dense = [name for name in ev.columns if name in scored
+                     and float(scored.loc[member, name].mean()) >= self.thresholds.get(f"{name}_dense", np.inf)]
+            ev = ev[dense] if dense else ev
             new = ev.index[(ev.min(axis=1) >= JOIN_EACH) & (ev.sum(axis=1) >= JOIN_SURPRISAL)]
             scored.loc[new, "campaign"] = row["id"]
             joined[i] = len(new)
@@ -590,8 +653,7 @@ class Guard:
         timings = timings or {}
         warnings = list(self.warnings)
         cross, edges = self._cross(engine, feats, inputs, timings=timings)
-        self_scan = len(self._calibration_accounts) and feats.index.isin(self._calibration_accounts).mean() > 0.9
-        if timings.get("blocks", 1) > (2 if self_scan else 1):
+        if timings.get("blocks", 1) > (2 if self._own_fold(feats) is not None else 1):
             reference = min(len(s.reference) for s in self.crowding)
             warnings.append(f"the scan has {len(feats):,} accounts against a benign reference of {reference:,}: the density "
                             f"signals scored it in {timings['blocks']} blocks, so a campaign needs about "
