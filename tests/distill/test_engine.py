@@ -148,3 +148,23 @@ def test_batches_refuse_data_that_is_not_whole_versions(tiny_recipe):
     data = ws.student_encoded["transfer"]
     with pytest.raises(ValueError, match="versions"):
         Batches(data + data.__class__(data.input_ids[:1], data.labels[:1], data.pad_id), 8, 0, views=1)
+
+
+def test_a_semicolon_file_gets_a_hint_that_names_its_delimiter(tmp_path):
+    from stillroom.distill.data import read_records
+
+    data = tmp_path / "export.csv"
+    data.write_text("text;label\nmy card is lost;card_lost\nwhere is my refund;refund\n")
+    with pytest.raises(DataError, match="separated by ';'") as caught:
+        read_records(data)
+    assert "line 1" in caught.value.where and "sep=';'" in caught.value.hint
+
+
+def test_a_hub_id_teacher_is_refused_before_the_data_is_read(tiny_recipe, tmp_path):
+    from stillroom.core.errors import ModelError
+
+    recipe = tiny_recipe(name="hub-id", **{"teacher.path": "sentence-transformers/all-MiniLM-L6-v2",
+                                           "data.path": str(tmp_path / "not-written-yet.csv")})
+    with pytest.raises(ModelError, match="looks like a Hugging Face Hub id") as caught:
+        pipeline.run(recipe)
+    assert "huggingface-cli download" in caught.value.hint

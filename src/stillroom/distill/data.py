@@ -164,6 +164,14 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[tuple[int, di
                         hint="check the quoting on this line") from None
     if reader.fieldnames is None:
         raise DataError("the file has no header row", where=str(path), hint="the first line must name the columns")
+    if len(reader.fieldnames) == 1:
+        other = next((d for d in (";", "\t", "|", ",") if d != delimiter and d in reader.fieldnames[0]), None)
+        if other is not None:
+            name = {"\t": "a tab", ";": "';'", "|": "'|'", ",": "','"}[other]
+            raise DataError(f"the header has one column, {reader.fieldnames[0]!r}, which contains {name}: the file "
+                            f"seems to be separated by {name}, not {delimiter!r}", where=f"{path}, line 1",
+                            hint=("rename it to .tsv" if other == "\t" else
+                                  f"re-save it with ',' as the separator (e.g. pandas: read_csv(sep={other!r}).to_csv)"))
     return rows
 
 

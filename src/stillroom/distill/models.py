@@ -54,16 +54,29 @@ def run_model(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     return Outputs(logits=logits, hidden=hidden)
 
 
+def check_teacher_path(config: TeacherConfig) -> str:
+    """The teacher's folder, checked before any data is read: it exists, and a Hub id gets a clear message."""
+    path = config.path or default_encoder_path()
+    folder = Path(path)
+    if not folder.is_dir():
+        looks_like_hub_id = "/" in str(path) and not str(path).startswith((".", "/", "~")) and str(path).count("/") == 1
+        if looks_like_hub_id:
+            raise ModelError(f"{path!r} looks like a Hugging Face Hub id, but stillroom runs offline and loads "
+                             "local folders only", where="teacher.path",
+                             hint=f"download it once where you have a network, e.g. `huggingface-cli download {path} "
+                                  f"--local-dir models/{str(path).split('/')[-1]}`, then set teacher.path to that folder")
+        raise ModelError("teacher folder not found", where=str(path),
+                         hint="give a local folder with config.json and safetensors weights (teacher.path)")
+    return str(path)
+
+
 def load_teacher(config: TeacherConfig, labels: LabelMap):
     """Load the teacher and its tokenizer. Returns `(model, tokenizer, needs_finetune)`."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = config.path or default_encoder_path()
+    path = check_teacher_path(config)
     folder = Path(path)
-    if not folder.is_dir():
-        raise ModelError("teacher folder not found", where=str(path),
-                         hint="give a local folder with config.json and safetensors weights (teacher.path)")
     if not (folder / "config.json").exists():
         raise ModelError("no config.json in the teacher folder", where=str(path),
                          hint="save the model with `save_pretrained`, or point at the folder that holds config.json")

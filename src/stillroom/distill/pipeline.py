@@ -34,8 +34,8 @@ from stillroom.distill.encoding import Encoded, encode
 from stillroom.distill.evaluate import card_row, evaluator
 from stillroom.distill.export import export_student
 from stillroom.distill.losses import IGNORE, CompositeLoss, build_losses
-from stillroom.distill.models import (build_student, default_encoder_path, load_teacher, run_model, select_layers,
-                                     set_dropout, trim_vocabulary)
+from stillroom.distill.models import (build_student, check_teacher_path, default_encoder_path, load_teacher,
+                                     run_model, select_layers, set_dropout, trim_vocabulary)
 from stillroom.distill.signals import DenseCache, LiveTeacher, SparseTopKCache, TeacherSignal
 from stillroom.distill.teacher_cache import TeacherCache, data_fingerprint, model_fingerprint
 from stillroom.distill.trainer import Batches, LoopConfig, TrainResult, train
@@ -500,6 +500,8 @@ def run(recipe: ClassifierRecipe, *, teacher: nn.Module | None = None, tokenizer
     Returns the result on the main process (None on the others under `accelerate launch`).
     """
     ws = start(recipe)
+    if teacher is None:
+        check_teacher_path(recipe.teacher)  # a wrong teacher path is reported before the data is read
     load_splits(ws)
     prepare_teacher(ws, teacher, tokenizer)
     prepare_student(ws, student, student_tokenizer)
