@@ -7,8 +7,8 @@ all-MiniLM-L6-v2 fine-tuned on 90% of train (10% validation). Every student trai
 number of steps as the distilled student of its regime, and every best checkpoint is chosen on
 validation accuracy; test accuracy is reported, never used to choose. The defaults are sized for a
 shared 2-core CPU within an hour: the teacher fine-tunes 2 epochs, every student trains 1 epoch of the
-transfer set (282 steps at batch 32), and seeds that would overrun `--budget-minutes` are not started
-(the JSON lists them in `seeds_cut_by_budget`).
+transfer set (282 steps at batch 32), and a (regime, seed) that would overrun `--budget-minutes` is not
+started (the JSON lists those in `cut_by_budget`; a later run with the same rows file fills them in).
 
 - (a) full labels: a 2-layer student ([0, 5]) taken from the teacher. Rows: scratch (the same layers of the
   *pre-trained* encoder, fresh head, hard labels), teacher-init (copied from the fine-tuned teacher, hard
@@ -74,7 +74,7 @@ def parse_args():
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-c", type=float, default=1e-3)
     p.add_argument("--budget-minutes", type=float, default=55,
-                   help="start another seed only if it should end, with the final measurements, within this budget")
+                   help="start a regime's next seed only if it should end, with the final measurements, within this")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--timing-steps", type=int, default=40)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the throughput measurement")
@@ -137,6 +137,17 @@ def run_row(rows: Rows, ws, regime: str, row: str, seed: int, train_fn) -> dict:
                      "train_seconds_measured": result.measured_seconds,
                      "train_seconds_reused_from_checkpoint": result.reused_seconds,
                      "init": pipeline.initialisations(ws).get(row, "")})
+
+
+def block_seconds(rows: Rows, regime: str, names: list[str]) -> float | None:
+    """What one seed of a regime costs, from the last seed of it that was trained (training time + 20% for
+    evaluation and setup); None before any."""
+    done = sorted({seed for (g, _, seed) in rows.done if g == regime})
+    for seed in reversed(done):
+        found = [rows.get(regime, name, seed) for name in names]
+        if all(found):
+            return 1.2 * sum(r["train_seconds_measured"] + r["train_seconds_reused_from_checkpoint"] for r in found)
+    return None
 
 
 def speedup(teacher, t_data, student, s_data, threads: int, rounds: int = 15, tolerance: float = 0.10) -> dict:
@@ -288,15 +299,17 @@ def main() -> None:
     extras = {}
     budget = args.budget_minutes * 60
     final_reserve = 6 * 60  # throughput, int8, the CE/KD timing and the JSON
-    seed_seconds, cut = None, []
+    cut = []
     for seed in seeds:
-        elapsed = time.time() - started
-        if seed_seconds is not None and elapsed + seed_seconds + final_reserve > budget:
-            cut = seeds[seeds.index(seed):]
-            LOG.info("budget: %.0f s used, a seed takes %.0f s; seeds %s are not run", elapsed, seed_seconds, cut)
-            break
-        seed_started = time.time()
         for regime in regimes:
+            if not all(rows.get(regime, row, seed) for row in plan[regime]):
+                expected = block_seconds(rows, regime, plan[regime])
+                elapsed = time.time() - started
+                if expected is not None and elapsed + expected + final_reserve > budget:
+                    cut.append([regime, seed])
+                    LOG.info("budget: %.0f s used; regime %s seed %d (about %.0f s) is not run", elapsed, regime,
+                             seed, expected)
+                    continue
             if regime not in workspaces:
                 workspaces[regime] = regime_workspace(ws_a, regime, args)
                 workspaces[regime].regime = regime
@@ -304,9 +317,7 @@ def main() -> None:
             for row in plan[regime]:
                 run_row(rows, ws, regime, row, seed, lambda: trainers[row](ws, seed))
         write(args, seeds, regimes, rows, workspaces, teacher, teacher_test, teacher_bytes, extras, started, final=False)
-        seed_seconds = time.time() - seed_started
-    seeds = [s for s in seeds if s not in cut]
-    extras["seeds_cut_by_budget"] = cut
+    extras["cut_by_budget"] = cut
     # Measurements of this process, after the training (nothing of these is restored from a checkpoint).
     for regime in regimes:
         ws = workspaces[regime]
@@ -338,7 +349,7 @@ def write(args, seeds, regimes, rows: Rows, workspaces, teacher, teacher_test, t
         "teacher_accuracy": teacher_test["accuracy"],
         "regimes": summaries,
         "int8_a": extras.get("int8_a"),
-        "seeds_cut_by_budget": extras.get("seeds_cut_by_budget"),
+        "cut_by_budget": extras.get("cut_by_budget"),
         "kd_cached_vs_ce_time": extras.get("timing", {}).get("ratio"),
         "timing_seconds": extras.get("timing"),
         "rows": list(rows.done.values()),
