@@ -168,3 +168,20 @@ def test_a_hub_id_teacher_is_refused_before_the_data_is_read(tiny_recipe, tmp_pa
     with pytest.raises(ModelError, match="looks like a Hugging Face Hub id") as caught:
         pipeline.run(recipe)
     assert "huggingface-cli download" in caught.value.hint
+
+
+def test_log_txt_is_written_when_the_pipeline_is_called_from_python(tmp_path):
+    """No CLI, no logging set up by the caller: the run's log.txt still records the run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("from stillroom.distill import pipeline\n"
+            "from stillroom.distill.config import ClassifierRecipe\n"
+            f"ws = pipeline.start(ClassifierRecipe(name='py', output_dir={str(tmp_path)!r}))\n"
+            "pipeline.load_splits(ws)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "py" / "log.txt").read_text()
+    assert "data: built-in demo" in log and "1080 train / 120 validation / 360 test" in log
