@@ -2,19 +2,13 @@
 
 from stillroom.distill import pipeline
 
+from tests.distill.helpers import prepared
+
 
 def count_calls(model):
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
     return calls
-
-
-def prepared(recipe):
-    ws = pipeline.start(recipe)
-    pipeline.load_splits(ws)
-    pipeline.prepare_teacher(ws)
-    pipeline.prepare_student(ws)
-    return ws
 
 
 def test_teacher_is_not_called_after_the_cache_is_built(tiny_recipe, tmp_path, monkeypatch):

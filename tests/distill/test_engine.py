@@ -14,14 +14,7 @@ from stillroom.core.errors import DataError
 from stillroom.distill import pipeline
 from stillroom.distill.signals import DenseCache, LiveTeacher, SparseTopKCache
 from stillroom.distill.trainer import Batches, Interrupted, LoopConfig, train
-
-
-def prepared(recipe):
-    ws = pipeline.start(recipe)
-    pipeline.load_splits(ws)
-    pipeline.prepare_teacher(ws)
-    pipeline.prepare_student(ws)
-    return ws
+from tests.distill.helpers import prepared
 
 
 def test_three_teacher_signals_give_the_same_targets_on_the_same_batch(tiny_recipe):
