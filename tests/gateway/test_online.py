@@ -11,7 +11,6 @@ import pytest
 
 from stillroom.guard.config import CampaignSpec, Populations, SimulateConfig
 from stillroom.guard.gateway.app import GatewayConfig, create_gateway_app
-from stillroom.guard.gateway.echo import create_echo_app
 from stillroom.guard.gateway.keys import KeyStore
 from stillroom.guard.gateway.upstream import UpstreamPool
 from stillroom.guard.simulate import simulate
@@ -45,6 +44,29 @@ async def send_all(url: str, log, keys: dict[str, str], concurrency: int = 16) -
     return codes
 
 
+def replay_upstream(log):
+    """An upstream that answers each simulated prompt with its simulated response and token counts."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    answers = {}
+    for prompt, response, p_tokens, c_tokens in zip(log["prompt"], log["response"], log["prompt_tokens"],
+                                                    log["completion_tokens"]):
+        answers.setdefault(prompt, (response, int(p_tokens), int(c_tokens)))
+
+    async def chat(request):
+        body = await request.json()
+        response, p_tokens, c_tokens = answers[body["messages"][-1]["content"]]
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": response},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": p_tokens, "completion_tokens": c_tokens,
+                                       "total_tokens": p_tokens + c_tokens}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
 def test_a_scan_of_the_live_log_blocks_the_campaign_with_evidence(tmp_path):
     log, truth = simulate(SimulateConfig(seed=3, days=0.5, benign=Populations(chat=400, apps=12, evals=4, labelers=6,
                                                                                 researchers=12),
@@ -55,7 +77,7 @@ def test_a_scan_of_the_live_log_blocks_the_campaign_with_evidence(tmp_path):
     keys = {a: store.add(a, org=r["org"], payment=r["payment"], country=r["country"], save=False) for a, r in first.iterrows()}
     admin = {"authorization": f"Bearer {store.add_admin()}"}
     (tmp_path / "policy.yaml").write_text("on_campaign: block\non_account: flag\nscan_interval_s: 100000\n", encoding="utf-8")
-    with BackgroundServer(create_echo_app()) as upstream:
+    with BackgroundServer(replay_upstream(log)) as upstream:
         config = GatewayConfig(upstream=upstream.url + "/v1", log=tmp_path / "log.db", keys=tmp_path / "keys.json",
                                policy=tmp_path / "policy.yaml", self_calibrate=True, replay=True)
         app = create_gateway_app(config)
