@@ -322,7 +322,7 @@ def part_kill9(args, folder: Path) -> dict:
 
 # ---- replay -------------------------------------------------------------------------
 def serve_replay_upstream(answers: Path, port: int) -> None:
-    """An upstream that answers each simulated prompt with the simulated response (so the log holds real lengths)."""
+    """An upstream that answers each simulated prompt with its simulated response and token counts."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
@@ -333,12 +333,12 @@ def serve_replay_upstream(answers: Path, port: int) -> None:
     async def chat(request):
         body = await request.json()
         prompt = body["messages"][-1]["content"]
-        text, tokens = table.get(prompt, ["", 0])
+        text, p_tokens, tokens = table.get(prompt, ["", 0, 0])
         return JSONResponse({"id": "chatcmpl-replay", "object": "chat.completion", "created": 0, "model": "replay",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                           "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": tokens,
-                                       "total_tokens": max(1, len(prompt) // 4) + tokens}})
+                             "usage": {"prompt_tokens": p_tokens, "completion_tokens": tokens,
+                                       "total_tokens": p_tokens + tokens}})
 
     uvicorn.run(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]), host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
@@ -466,8 +466,9 @@ def part_replay(args, folder: Path) -> dict:
             for a, r in firsts.iterrows()}
     admin = store.add_admin()
     answers = {}
-    for prompt, response, tokens in zip(log["prompt"], log["response"], log["completion_tokens"]):
-        answers.setdefault(prompt, [response, int(tokens)])
+    for prompt, response, p_tokens, tokens in zip(log["prompt"], log["response"], log["prompt_tokens"],
+                                                  log["completion_tokens"]):
+        answers.setdefault(prompt, [response, int(p_tokens), int(tokens)])
     (folder / "answers.json").write_text(json.dumps(answers), encoding="utf-8")
     policy = folder / "policy.yaml"
     policy.write_text(f"on_campaign: block\non_account: flag\nscan_interval_s: {args.scan_interval}\n"
