@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from stillroom.guard.capabilities import CAPABILITIES, capability_sql, classify
+from stillroom.guard.capabilities import CAPABILITIES, classify
 from stillroom.guard.features import FeatureEngine
 from stillroom.guard.signals import PER_ACCOUNT
 from stillroom.guard.signals.cross_account import Content, Infrastructure, Lockstep, Similarity
-from stillroom.guard.sketch import PromptSketch
 
 from .conftest import chatty, people, requests
 
@@ -38,10 +39,11 @@ def ordinary_max(scores: pd.DataFrame, column: str) -> float:
     ("translation", "Translate 'good morning' into French."),
     ("chat", "What should I cook tonight?"),
 ])
-def test_capability_map_in_python_and_sql_agree(capability, prompt):
+def test_capability_column_comes_from_the_model(capability, prompt):
     assert classify(prompt) == capability
-    engine = FeatureEngine(requests("a", [prompt], [0]))
-    assert engine.sql(f"SELECT {capability_sql()} AS c FROM interactions")["c"].iloc[0] == capability
+    engine = FeatureEngine(requests("a", [prompt, prompt.upper()], [0, 60]))
+    assert engine.sql("SELECT capability FROM interactions")["capability"].tolist() == [capability] * 2
+    assert engine.accounts().loc["a", f"cap_{capability}"] == 1.0
 
 
 def test_volume(benign_people):
@@ -116,7 +118,8 @@ def test_similarity_finds_a_crowd_that_benign_traffic_does_not_have():
     assert signal.novelty(scan).loc[crowd_scores.index].min() > signal.novelty(scan).loc[people_scores.index].median()
     one_customer = scan.assign(org=np.where(scan.index.str.startswith("crowd"), "org_lab", ""))  # one team's 30 keys
     team_scores = signal.score(one_customer)[0].loc[crowd_scores.index, "similarity"]
-    assert team_scores.max() < 1.5  # its own keys are not independent evidence of a crowd
+    # its own keys are not independent evidence of a crowd: below the crowd-edge floor (3), near benign levels
+    assert team_scores.max() < 3 and team_scores.median() < 2
 
 
 def test_lockstep_pairs_synchronised_accounts_not_merely_busy_ones():
@@ -156,26 +159,30 @@ def test_shared_infrastructure():
     assert scores.loc[feats.index.str.startswith("ring"), "infrastructure"].min() > 2 > scores.loc["person900", "infrastructure"]
 
 
-def _prompts(frame: pd.DataFrame) -> pd.DataFrame:
-    return FeatureEngine(frame).prompts_by_account(50, sample=True)
-
-
-def test_prompt_sketch_is_a_normalised_profile_of_what_an_account_asks():
+def test_content_profile_is_the_distribution_of_what_an_account_asks_in_embedding_space(tmp_path):
     rng = np.random.default_rng(6)
     benign = people(200, rng)
-    sketch = PromptSketch(dims=64)
-    sketch.fit(sketch.profiles(_prompts(benign), pd.Index(benign["account"].unique())))
+    signal = Content(k=10)
+    signal.fit(signal.profiles(FeatureEngine(benign), pd.Index(benign["account"].unique())))
     same_pool = [f"Lay out every step thoroughly. Solve {w} for x." for w in ("2x+1=5", "3x-2=7", "x/4=2", "5x=20")]
-    twins = pd.concat([requests("twin_a", same_pool[:3], [0, 60, 120]), requests("twin_b", same_pool[1:], [0, 60, 120]),
+    reworded = ["Find x when 2x plus 1 equals 5, showing each step.", "What value of x satisfies 3x - 2 = 7? Explain fully.",
+                "Work out x from x/4 = 2 and give all the working."]
+    twins = pd.concat([requests("twin_a", same_pool[:3], [0, 60, 120]), requests("twin_b", reworded, [0, 60, 120]),
                        requests("other", ["What should I cook tonight with rice and eggs?"] * 3, [0, 60, 120])])
     accounts = pd.Index(["twin_a", "twin_b", "other", "silent"])
-    vectors = sketch.transform(_prompts(twins), accounts)
-    assert vectors.shape == (4, 64)
-    assert np.allclose(np.linalg.norm(vectors[:3], axis=1), 1) and not vectors[3].any()  # no prompt: a zero vector
-    assert vectors[0] @ vectors[1] > 0.8 > vectors[0] @ vectors[2]  # the same pool and phrasing, different questions
-    common, rare = sketch.vectorizer.transform(["the", "thoroughly"]).indices
-    assert sketch.idf[common] < sketch.idf[rare]  # words every benign account uses count for little
-    assert np.array_equal(PromptSketch(dims=64).projection.toarray(), sketch.projection.toarray())  # fixed by the seed
+    profiles = signal.profiles(FeatureEngine(twins), accounts)
+    assert profiles.counts.tolist() == [3, 3, 3, 0]  # repeats count: asking one thing thrice is a distribution too
+    assert not profiles.mean[3].any()  # no prompt: zeros
+    vectors = signal.vectors(profiles)
+    assert vectors.shape == profiles.mean.shape
+    distance = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
+    assert distance[0, 1] < distance[0, 2] and distance[0, 1] < distance[1, 2]  # the same questions, other words
+    # calibration files: json state and npz arrays (no pickle), and the loaded signal scores the same
+    np.savez(tmp_path / "content.npz", **signal.arrays())
+    with np.load(tmp_path / "content.npz", allow_pickle=False) as arrays:
+        loaded = Content().load(json.loads(json.dumps(signal.state())), dict(arrays))
+    scan = FeatureEngine(twins)
+    pd.testing.assert_frame_equal(loaded.score(scan, scan.accounts())[0], signal.score(scan, scan.accounts())[0])
 
 
 def test_content_finds_accounts_fed_from_one_pool_though_their_behaviour_differs():

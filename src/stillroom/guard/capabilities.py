@@ -7,9 +7,11 @@ medicine one, which a 128-dimensional embedding blurs; on a validation split of 
 macro-F1 from 0.80 to 0.86). The model is
 trained on labelled prompt pools from the shared data (MMLU subjects, HumanEval, CoNaLa, GSM8K, MT-Bench and
 Vicuna-bench categories, Arena-Hard categories, Banking77 as customer-support chat, Dolly-15k categories) plus
-a small hand-written seed set committed beside this file (`data/capability_seeds.jsonl`) for the capabilities
-the shared data has no prompts of (debugging, agentic work, data/SQL, translation, editing) or too few of
-(roleplay, logic, free-form security questions). The seeds are never part of the evaluation.
+two hand-written seed sets for the capabilities the shared data has no prompts of (debugging, agentic work,
+data/SQL, translation, editing) or too few of (roleplay, logic, free-form security questions): the one committed
+beside this file (`data/capability_seeds.jsonl`) and prompts filled in from the simulator's templates
+(`prompts.TEMPLATES`). The seeds are never part of the evaluation. Half of all training prompts are seen again
+inside a generic wrapper (`WRAPPERS`), so that "### Instruction: ..." or "... step by step" does not decide.
 
 `python -m stillroom.guard.capabilities --train ../shared/data` trains it and writes the weights
 (`models/capability_model.safetensors` and `.json`: softmax weights, bias, n-gram idf, class names; no pickle) that ship in
@@ -196,9 +198,23 @@ _MT_BENCH = {"writing": "writing", "roleplay": "roleplay", "reasoning": "logic",
              "extraction": "extraction", "stem": "science", "humanities": "humanities", "generic": "chat",
              "knowledge": "humanities", "common-sense": "chat", "fermi": "math", "counterfactual": "humanities"}
 _ARENA = {"coding": "coding", "math": "math", "creative_writing": "writing"}
+# Dolly's open_qa and general_qa are left out: their questions span every topic here (medicine, law, history,
+# science), so labelling them chat would teach that any free-form question is chat.
 _DOLLY = {"creative_writing": "writing", "summarization": "extraction", "information_extraction": "extraction",
-          "classification": "extraction", "closed_qa": "extraction", "open_qa": "chat", "general_qa": "chat",
-          "brainstorming": "chat"}
+          "classification": "extraction", "closed_qa": "extraction", "brainstorming": "chat"}
+# Ways people and harvesting scripts wrap a question (written for this model, not taken from the simulator):
+# a share of the training prompts is wrapped in one, so that a wrapper does not decide the capability.
+WRAPPERS = [
+    "{q}\n\nExplain your reasoning step by step.", "Please answer the following question. {q}", "{q} Answer in detail.",
+    "I need help with this: {q}", "Question: {q}\nAnswer:", "{q} Think carefully before you answer.",
+    "You are an expert assistant. {q}", "Can you help me? {q} Thanks!", "{q}\nGive a thorough, well-structured answer.",
+    "Task: {q}\nShow all intermediate steps.", "hi, quick one - {q}", "{q} Please be concise.",
+    "Respond as an expert would. {q} Justify each step.", "Here is my question. {q}", "{q} Walk me through it.",
+    "### Instruction:\n{q}\n\n### Response:", "## Problem\n{q}\n## Notes\nBe complete and precise.",
+    "<task>{q}</task> Provide a comprehensive, high-quality answer.", "{q}\n\nFirst reason about it, then give the final answer.",
+    "As a domain specialist, handle this request: {q}", "Context: I'm studying this topic.\nQuery: {q}",
+]
+AUGMENT_SHARE = 0.5
 
 
 def _held_out(item: str) -> bool:
@@ -265,7 +281,8 @@ def labelled_prompts(data_dir: Path | str) -> list[dict[str, Any]]:
             with path.open(encoding="utf-8", newline="") as fh:
                 for i, row in enumerate(csv.DictReader(fh)):
                     choices = " ".join(f"({'ABCD'[j]}) {row[f'choice{j}']}" for j in range(4))
-                    add(f"mmlu", f"{subject}{i}", _mmlu_capability(subject), f"{row['question']} {choices}")
+                    add("mmlu", f"{subject}{i}", _mmlu_capability(subject), f"{row['question']} {choices}")
+                    add("mmlu_stem", f"{subject}{i}", _mmlu_capability(subject), row["question"])  # as a user would ask it
     path = root / "dolly15k" / "databricks-dolly-15k.jsonl"
     if path.exists():
         for i, line in enumerate(_lines(path)):
@@ -282,19 +299,32 @@ def labelled_prompts(data_dir: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
+TEMPLATE_SEEDS = 40  # prompts per capability generated from the simulator's hand-written templates (`prompts.TEMPLATES`)
+
+
 def seed_prompts() -> list[dict[str, Any]]:
-    """The committed hand-written seed set: training only."""
+    """The committed hand-written seed sets, training only: `data/capability_seeds.jsonl`, and prompts filled in
+    from the simulator's templates (the same sentences the keyword rules were written against), so simulated
+    traffic keeps the capabilities it was generated with."""
+    from stillroom.guard.prompts import TEMPLATES, _fill
+
     rows = []
     for line in SEEDS_PATH.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         rows.append({"prompt": row["prompt"], "capability": row["capability"], "source": "seed", "item": f"seed:{len(rows)}",
                      "held_out": False})
+    rng = np.random.default_rng(0)
+    for capability in CAPABILITIES:
+        templates = TEMPLATES[capability]
+        for i in range(TEMPLATE_SEEDS):
+            rows.append({"prompt": _fill(templates[i % len(templates)], rng), "capability": capability,
+                         "source": "simulator_templates", "item": f"template:{capability}{i}", "held_out": False})
     return rows
 
 
 def training_set(data_dir: Path | str, seed: int = 0) -> list[dict[str, Any]]:
     """The training rows: the shared data's not-held-out items (at most MAX_PER_SOURCE per source and capability,
-    a seeded sample) plus the seeds."""
+    a seeded sample) plus the seeds, and a share (AUGMENT_SHARE) of all of them again inside a WRAPPER."""
     rng = np.random.default_rng(seed)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in labelled_prompts(data_dir):
@@ -306,7 +336,10 @@ def training_set(data_dir: Path | str, seed: int = 0) -> list[dict[str, Any]]:
         if len(group) > MAX_PER_SOURCE:
             group = [group[i] for i in sorted(rng.choice(len(group), MAX_PER_SOURCE, replace=False))]
         rows += group
-    return rows + seed_prompts()
+    rows += seed_prompts()
+    wrapped = [{**row, "prompt": WRAPPERS[int(rng.integers(len(WRAPPERS)))].format(q=row["prompt"]), "source": row["source"] + "+wrapped"}
+               for row in rows if rng.random() < AUGMENT_SHARE]
+    return rows + wrapped
 
 
 def heldout_set(data_dir: Path | str, max_per_class: int | None = 400, seed: int = 0) -> list[dict[str, Any]]:

@@ -203,6 +203,8 @@ class SignalsConfig(Schema):
     neighbours: int = Field(15, ge=3, le=100, description="k of the k-nearest-neighbour similarity signal")
     lockstep_bin_seconds: int = Field(60, ge=1)
     max_prompts_per_account: int = Field(50, ge=5, description="prompts per account the content signal reads (a sample)")
+    encoder: Literal["static", "minilm"] = Field("static", description="the content signal's prompt encoder: static "
+                                                 "(the student distilled from all-MiniLM-L6-v2, fast) or minilm (the teacher)")
 
 
 class CampaignsConfig(Schema):
