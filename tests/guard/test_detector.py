@@ -202,5 +202,7 @@ def test_an_alert_says_what_linked_its_members_against_the_benign_baseline(scann
     assert set(links) >= {"behaviour", "content", "schedule", "lockstep", "infrastructure"}
     strongest = max(links, key=lambda kind: links[kind]["strength"])
     assert strongest in ("behaviour", "content") and links[strongest]["members_linked"] > 5 * links[strongest]["benign_rate"]
+    assert links[strongest]["pairs"] >= links[strongest]["members_linked"] * top["size"] / 2
     for evidence in links.values():
         assert 0 <= evidence["members_linked"] <= 1 and 0 < evidence["benign_rate"] < 1
+        assert (evidence["pairs"] == 0) == (evidence["members_linked"] == 0)

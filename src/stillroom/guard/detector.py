@@ -604,35 +604,44 @@ class Guard:
         campaigns["joined"] = joined
         campaigns.loc[campaigns["flagged"], "size"] += joined[campaigns["flagged"]]
 
-    def _linked(self, name: str, scored: pd.DataFrame, edges: dict[str, pd.DataFrame], members: list[str]) -> set:
-        """The members linked by edges of signal `name` to another member. Density edges count only between
-        accounts that both fired the signal (`signal_threshold`): an ordinary account is somebody's neighbour."""
+    def _link_pairs(self, name: str, scored: pd.DataFrame, edges: dict[str, pd.DataFrame], members: list[str]) -> pd.DataFrame:
+        """The links of signal `name` between two members, as pairs (a, b). Density edges count only between accounts
+        that both fired the signal (`signal_threshold`): an ordinary account is somebody's neighbour. Shared
+        infrastructure links every two members that share a card or an address."""
         inside = set(members)
         frame = edges.get(name)
         if frame is None or frame.empty:
-            return set()
+            return pd.DataFrame({"a": [], "b": []})
         if name == "infrastructure":
-            mine = frame[frame["account"].isin(inside)]
-            shared = mine.groupby(["key", "value"])["account"].transform("nunique") >= 2
-            return set(mine.loc[shared, "account"])
+            mine = frame[frame["account"].isin(inside)][["key", "value", "account"]].drop_duplicates()
+            pairs = mine.merge(mine, on=["key", "value"])
+            pairs = pairs[pairs["account_x"] < pairs["account_y"]]
+            return pairs.rename(columns={"account_x": "a", "account_y": "b"})[["a", "b"]].drop_duplicates()
         pairs = frame[frame["a"].isin(inside) & frame["b"].isin(inside)]
         if name in scored and name != "lockstep":
             fired = scored[name] >= self.signal_threshold(name)
             pairs = pairs[pairs["a"].map(fired).fillna(False).to_numpy(bool) & pairs["b"].map(fired).fillna(False).to_numpy(bool)]
+        return pairs[["a", "b"]]
+
+    def _linked(self, name: str, scored: pd.DataFrame, edges: dict[str, pd.DataFrame], members: list[str]) -> set:
+        """The members linked by links of signal `name` to another member (`_link_pairs`)."""
+        pairs = self._link_pairs(name, scored, edges, members)
         return set(pairs["a"]) | set(pairs["b"])
 
     def _links(self, scored: pd.DataFrame, members: list[str], edges: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
-        """What linked a campaign's members, per kind of link, against the benign baseline: the share of members
-        linked to another member that way, the share of benign calibration accounts linked to another benign one
+        """What linked a campaign's members, per kind of link, against the benign baseline: the member pairs linked
+        that way, the share of members linked to another member that way, the share of benign calibration accounts linked to another benign one
         that way, and the binomial surprisal of the members' count at the benign rate (how strongly)."""
         rates = self.baseline.get("link_rates", {})
         out = {}
         for name, kind in LINK_KINDS.items():
             if name not in edges:
                 continue
-            linked = self._linked(name, scored, edges, members)
+            pairs = self._link_pairs(name, scored, edges, members)
+            linked = set(pairs["a"]) | set(pairs["b"])
             rate = float(min(max(rates.get(kind, 0.0), 1e-4), 0.999))
-            out[kind] = {"members_linked": round(len(linked) / max(len(members), 1), 4), "benign_rate": round(rate, 4),
+            out[kind] = {"pairs": int(len(pairs.drop_duplicates())), "members_linked": round(len(linked) / max(len(members), 1), 4),
+                         "benign_rate": round(rate, 4),
                          "strength": round(float(binomial_surprisal(len(linked), len(members), rate)), 2) if linked else 0.0}
         return out
 
