@@ -177,4 +177,19 @@ def test_log_txt_is_written_when_the_pipeline_is_called_from_python(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "py" / "log.txt").read_text()
-    assert "data: built-in demo" in log and "1080 train / 120 validation / 360 test" in log
+    assert "data: built-in demo" in log and "phrasings training never sees" in log and "1200 train / 120 validation / 360 test" in log
+
+
+def test_demo_validation_uses_the_held_out_phrasings_so_it_can_tell_checkpoints_apart(tmp_path):
+    import csv
+
+    from stillroom.distill.demo_data import demo_paths, demo_validation_path, write_demo_data
+
+    write_demo_data(tmp_path, seed=0)
+    train_path, test_path = demo_paths(tmp_path)
+    read = lambda path: list(csv.DictReader(path.open(encoding="utf-8")))  # noqa: E731
+    train, validation, test = read(train_path), read(demo_validation_path(tmp_path)), read(test_path)
+    assert len(validation) == 120 and len({row["label"] for row in validation}) == 12
+    train_texts = {row["text"] for row in train}
+    assert not train_texts & {row["text"] for row in validation}
+    assert not {row["text"] for row in validation} & {row["text"] for row in test}, "no test text chooses a checkpoint"

@@ -53,7 +53,7 @@ def test_killed_run_resumes_mid_epoch_and_ends_where_an_uninterrupted_run_ends(t
     victim.wait()
     killed_at = checkpoint_step(runs / "interrupted", "distilled")
     assert 0 < killed_at < total, f"the kill should land mid-training (checkpoint at {killed_at} of {total})"
-    assert killed_at % 68 != 0, "mid-epoch: 1080 examples / 16 per batch is 68 steps an epoch"
+    assert killed_at % 75 != 0, "mid-epoch: 1200 examples / 16 per batch is 75 steps an epoch"
 
     resumed = cli(["distill", "--recipe", str(interrupted)], log)
     assert resumed.wait(timeout=900) == 0, log.read_text()[-3000:]

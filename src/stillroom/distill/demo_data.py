@@ -117,15 +117,41 @@ def demo_examples(n_train: int = 1200, n_test: int = 360, seed: int = 0) -> tupl
     return train, test
 
 
+def demo_validation(n: int = 120, seed: int = 0, exclude: set[str] = frozenset()) -> list[dict]:
+    """Validation rows in the held-out phrasings, with their own fills and none of the `exclude` (test) texts:
+    the best checkpoint is chosen on how well a model generalises, as the test measures, not on phrasings it
+    trains on (which reach 1.0 at once)."""
+    rng = random.Random(seed + 7_777)
+    labels = sorted(INTENTS)
+    rows: list[dict] = []
+    seen = set(exclude)
+    for i in range(n * 50):
+        if len(rows) == n:
+            break
+        label = labels[len(rows) % len(labels)]
+        text = _fill(rng.choice(INTENTS[label][-HELD_OUT:]), rng)
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
 def demo_paths(folder: Path) -> tuple[Path, Path]:
     return folder / "demo_train.csv", folder / "demo_test.csv"
 
 
+def demo_validation_path(folder: Path) -> Path:
+    return folder / "demo_validation.csv"
+
+
 def write_demo_data(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write `demo_train.csv` and `demo_test.csv` into `folder` (so a user can look at them)."""
+    """Write `demo_train.csv`, `demo_validation.csv` and `demo_test.csv` into `folder` (so a user can look at them)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = demo_paths(folder)
-    for path, rows in zip(paths, demo_examples(seed=seed)):
+    train, test = demo_examples(seed=seed)
+    validation = demo_validation(seed=seed, exclude={row["text"] for row in test})
+    for path, rows in zip((*paths, demo_validation_path(folder)), (train, test, validation)):
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["text", "label"])
             writer.writeheader()

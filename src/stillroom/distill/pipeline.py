@@ -29,7 +29,7 @@ from stillroom.core.runs import LOG, RunDir, cache_dir, git_commit, open_run, se
 from stillroom.distill.augment import augmented_views, transfer_set
 from stillroom.distill.config import ClassifierRecipe, LossConfig
 from stillroom.distill.data import Records, Splits, read_records, read_texts, split_records
-from stillroom.distill.demo_data import demo_paths, write_demo_data
+from stillroom.distill.demo_data import demo_paths, demo_validation_path, write_demo_data
 from stillroom.distill.encoding import Encoded, encode
 from stillroom.distill.evaluate import card_row, evaluator
 from stillroom.distill.export import export_student
@@ -121,10 +121,10 @@ def load_splits(ws: Workspace) -> Splits:
             write_demo_data(ws.run.path("data"), seed=0)
         ws.accelerator.wait_for_everyone()
         train_path, test_path = demo_paths(ws.run.path("data"))
-        LOG.info("data: built-in demo (%s)", train_path.parent)
+        LOG.info("data: built-in demo (%s); validation and test use phrasings training never sees", train_path.parent)
         read = lambda p: read_records(p, "text", "label")  # noqa: E731
         records, test_records = read(train_path), read(test_path)
-        validation_records = None
+        validation_records = read(demo_validation_path(ws.run.path("data")))
     else:
         read = lambda p: read_records(p, config.text_column, config.label_column, config.drop_empty)  # noqa: E731
         records = read(config.path)
