@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 STUDENT_PATH = HERE / "models" / "prompt_encoder.safetensors"
 DIMS = 128
 MAX_TOKENS = 256  # tokens of a prompt either encoder reads (the teacher's own limit)
+MAX_CHARS = 1500  # characters of a prompt the encoders see (more than MAX_TOKENS tokens of English)
 SIF_A = 1e-3
 PROGRESS_MIN = 20_000  # distinct texts above which encode shows a progress bar
 
@@ -171,7 +172,7 @@ class PromptEncoder:
         return int(self.backend.dims)
 
     def encode(self, texts: Iterable[str], progress: bool | None = None) -> np.ndarray:
-        texts = list(texts)
+        texts = [t[:MAX_CHARS] for t in texts]  # past ~MAX_TOKENS tokens nothing is read anyway
         keys = [_key(t) for t in texts]
         with self._lock:
             todo: dict[bytes, str] = {}

@@ -200,7 +200,7 @@ class FeatureEngine:
     def _add_capability(self) -> None:
         """Classify each distinct normalised prompt once (`classify_many`) and join the result in as `capability`."""
         norms = [row[0] for row in self.run("SELECT DISTINCT norm FROM interactions WHERE norm IS NOT NULL ORDER BY norm")]
-        table = pd.DataFrame({"norm": pd.Series(norms, dtype=object), "capability": pd.Series(classify_many(norms), dtype=object)})
+        table = pd.DataFrame({"norm": pd.Series(norms, dtype=object), "capability": pd.Series(classify_many(norms, normalised=True), dtype=object)})
         self.con.register("prompt_capabilities", table)
         self.run(ADD_CAPABILITY.format(default=DEFAULT))
         self.con.unregister("prompt_capabilities")
