@@ -83,7 +83,7 @@ MAX_EXCLUDED_SHARE = 0.3
 # Fewer calibration accounts than this cannot estimate a 0.001 FPR threshold well (about 5 expected false positives).
 MIN_CALIBRATION_ACCOUNTS = 5_000
 CONTENT_FEATURES = ["elicit_share", "template_share", "high_value_share", "log_completion", "log_prompt_chars", "breadth30"]
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 
 
 @dataclass
@@ -134,8 +134,8 @@ class Guard:
         cross = set(self.signals_cfg.cross_account)
         k = self.signals_cfg.neighbours
         self.similarity = Similarity(k=k, seed=seed) if "similarity" in cross else None
-        self.content = Content(k=k, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account) \
-            if "content" in cross else None
+        self.content = Content(k=k, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account,
+                               encoder=self.signals_cfg.encoder) if "content" in cross else None
         self.schedule = Schedule(k=k, seed=seed) if "schedule" in cross else None
         self.lockstep = Lockstep(bin_seconds=self.signals_cfg.lockstep_bin_seconds) if "lockstep" in cross else None
         self.infrastructure = Infrastructure() if "infrastructure" in cross else None
