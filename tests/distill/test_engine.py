@@ -193,3 +193,28 @@ def test_demo_validation_uses_the_held_out_phrasings_so_it_can_tell_checkpoints_
     train_texts = {row["text"] for row in train}
     assert not train_texts & {row["text"] for row in validation}
     assert not {row["text"] for row in validation} & {row["text"] for row in test}, "no test text chooses a checkpoint"
+
+
+def test_a_refused_resume_leaves_the_older_recipe_and_card_alone(tiny_recipe):
+    from stillroom.core.errors import StillroomError
+
+    first = tiny_recipe(name="kept")
+    root = pipeline.start(first).run.root
+    (root / "checkpoints" / "distilled" / "last").mkdir(parents=True)
+    (root / "card.md").write_text("the older card")
+    before = (root / "recipe.yaml").read_text()
+    with pytest.raises(StillroomError, match="different recipe .differs in: training"):
+        pipeline.start(tiny_recipe(name="kept", **{"training.lr": 0.5}))
+    assert (root / "recipe.yaml").read_text() == before and (root / "card.md").read_text() == "the older card"
+
+
+def test_a_key_given_twice_in_a_recipe_is_an_error(tmp_path):
+    from stillroom.core.errors import RecipeError
+    from stillroom.core.recipe import load_recipe
+    from stillroom.distill.config import ClassifierRecipe
+
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("training:\n  lr: 1.0e-4\n  epochs: 3\n  lr: 3.0e-4\n")
+    with pytest.raises(RecipeError, match="key 'lr' appears twice .first on line 2.") as caught:
+        load_recipe(ClassifierRecipe, recipe)
+    assert "line 4" in caught.value.where
