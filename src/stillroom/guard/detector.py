@@ -253,11 +253,10 @@ class Guard:
             novelty = pd.concat([novelty, twin.similarity.novelty(a) if twin.similarity is not None else scored.loc[a.index, "score"]])
             edges_a = self._restrict(edges_a, set(a.index))
             kept = set(feats.index)
-            edges = {name: pd.concat([frame, edges_a[name]], ignore_index=True) if name in DENSITY_SIGNALS else
-                     self._restrict({name: frame}, kept)[name] for name, frame in edges_b.items()}
-            for name in ("lockstep", "infrastructure"):
-                if name in edges_b:
-                    edges[name] = self._restrict({name: pd.concat([edges_b[name], edges_a[name]]).drop_duplicates()}, kept)[name]
+            # density pairs: each fold's among itself; lockstep and infrastructure come from the whole traffic (the
+            # same frame in both folds' results), kept whole so that no group is cut by the fold split
+            edges = {name: pd.concat([edges[name], edges_a[name]], ignore_index=True) if name in DENSITY_SIGNALS
+                     else self._restrict({name: frame}, kept)[name] for name, frame in edges_b.items()}
             self._twin = twin
         score = scored["score"].to_numpy()
         fpr, share = self.calibration_cfg.target_fpr, self.calibration_cfg.campaign_share
