@@ -34,7 +34,7 @@ def test_reads_csv_tsv_jsonl_and_parquet(tmp_path):
 
 @pytest.mark.parametrize("name,content,message,where", [
     ("missing.csv", "sentence,label\nhi,a\n", "no column named 'text'; the columns are: sentence, label", "missing.csv"),
-    ("empty_text.csv", "text,label\nfine,a\n  ,b\nok,a\n,c\n", "empty text (and 1 more rows)", "line 3"),
+    ("empty_text.csv", "text,label\nfine,a\n  ,b\nok,a\n,c\n", "empty text (and 1 more line like it)", "line 3"),
     ("empty.csv", "", "the file is empty", "empty.csv"),
     ("header_only.csv", "text,label\n", "no data rows", "header_only.csv"),
     ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 2}\n', "not valid JSON", "line 2"),

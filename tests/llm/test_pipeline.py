@@ -63,7 +63,7 @@ def test_tiny_pipeline_end_to_end_and_rerun(tmp_path, tiny_lm_dir, prompts_file)
         assert (folder / name).exists(), name
     card_text = (folder / "card.md").read_text()
     assert "held-out NLL" in card_text
-    assert "2 records of" in card_text and "1 lines that are not valid JSON" in card_text  # skipped, and said so
+    assert "2 records of" in card_text and "not valid JSON (1)" in card_text  # skipped, and said so
 
     # plain transformers loads the exported student and generates
     model = AutoModelForCausalLM.from_pretrained(folder / "model")

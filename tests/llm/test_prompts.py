@@ -40,9 +40,9 @@ def test_bad_records_are_skipped_and_counted_with_line_numbers(tmp_path):
     prompts = load_prompts(path)
     assert len(prompts) == 2
     assert sum(prompts.skipped.values()) == 5
-    assert prompts.skipped["duplicate prompts"] == 1 and prompts.skipped["lines that are not valid JSON"] == 1
+    assert prompts.skipped["duplicate prompt"] == 1 and prompts.skipped["not valid JSON"] == 1
     assert prompts.first_bad_lines[:2] == [2, 3]
-    assert "lines that are not valid JSON" in prompts.describe_skipped()
+    assert "not valid JSON (1)" in prompts.describe_skipped()
 
 
 def test_csv_with_another_column(tmp_path):
@@ -61,9 +61,9 @@ def test_gzipped_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("missing.jsonl", None, "no such prompts file"),
-    ("p.txt", "hello", "cannot read prompts from a .txt file"),
-    ("p.jsonl", json.dumps({"prompt": "  "}), "no usable prompts: 1 empty prompts"),
+    ("missing.jsonl", None, "file not found"),
+    ("p.txt", "hello", "unknown file type '.txt'"),
+    ("p.jsonl", json.dumps({"prompt": "  "}), "no usable prompts: empty prompt \\(1\\)"),
 ])
 def test_unusable_files_are_clear_errors(tmp_path, name, content, message):
     path = tmp_path / name

@@ -1,14 +1,13 @@
 """Labelled text: reading CSV, TSV, JSONL and Parquet, checking it, splitting it.
 
-Every problem with the input becomes a `DataError` that names the file, the
-line or column, and the fix. Rows are never dropped silently: with
-`drop_empty` the skipped rows are counted and logged.
+Reading follows `stillroom.core.io`'s policy, shared with every other reader:
+a problem becomes a `DataError` that names the file, the line and field, and
+the fix. Rows are never dropped silently: with `drop_empty` the rows with an
+empty text or label are skipped, counted and logged.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,10 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from stillroom.core.errors import DataError
+from stillroom.core.io import Table, read_table
 from stillroom.core.runs import LOG
-
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-
 
 @dataclass
 class Records:
@@ -82,154 +79,60 @@ class LabelMap:
 
 def read_records(path: str | Path, text_column: str = "text", label_column: str = "label",
                  drop_empty: bool = False) -> Records:
-    """Read a labelled text file. The format comes from the suffix: .csv, .tsv, .jsonl/.json, .parquet."""
-    path = Path(path)
-    return _to_records(path, read_rows(path), text_column, label_column, drop_empty)
+    """Read a labelled text file (.csv, .tsv, .jsonl/.json, .parquet) under `stillroom.core.io`'s bad-record policy.
 
-
-def read_texts(path: str | Path, text_column: str = "text", drop_empty: bool = False) -> list[str]:
-    """Read the texts of an unlabelled file (same formats and checks as `read_records`; other columns ignored)."""
-    path = Path(path)
-    rows = read_rows(path)
-    if text_column not in rows[0][1]:
-        raise DataError(f"no column named {text_column!r}; the columns are: {', '.join(map(str, rows[0][1]))}",
-                        where=str(path), hint="set data.text_column in the recipe to the right column name")
-    texts, empty = [], []
-    for number, row in rows:
-        text = row.get(text_column)
-        if text is None or not str(text).strip():
-            empty.append(number)
-            continue
-        texts.append(str(text).strip())
-    if empty and not drop_empty:
-        more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
-        raise DataError(f"empty text{more}", where=f"{path}, line {empty[0]}",
-                        hint="fill in or remove these rows, or set data.drop_empty: true to skip them")
-    if empty:
-        LOG.warning("%s: skipped %d rows with empty text (data.drop_empty is on)", path, len(empty))
-    return texts
-
-
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """The rows of a CSV, TSV, JSONL or Parquet file with the number of the line (or row) each came from."""
-    if not path.exists():
-        raise DataError("file not found", where=str(path), hint="check the path (data.path in the recipe, or --data)")
-    if path.is_dir():
-        raise DataError("is a folder, not a data file", where=str(path), hint="point at a .csv, .tsv, .jsonl or .parquet file")
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"unknown file type {path.suffix!r}", where=str(path),
-                        hint=f"use one of {', '.join(sorted(SUFFIXES))}")
-    if path.stat().st_size == 0:
-        raise DataError("the file is empty", where=str(path), hint="give a file with a header and at least one row")
-    if kind == "parquet":
-        rows = _read_parquet(path)
-    else:
-        text = _decode(path)
-        rows = _read_jsonl(path, text) if kind == "jsonl" else _read_delimited(path, text, "\t" if kind == "tsv" else ",")
-    if not rows:
-        raise DataError("the file has no data rows", where=str(path), hint="add rows below the header")
-    return rows
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        bad = raw[exc.start : exc.end].hex(" ")
-        raise DataError(
-            f"bytes {bad} are not valid UTF-8",
-            where=f"{path}, line {line}, column {column}",
-            hint="re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`",
-        ) from None
-
-
-def _read_delimited(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows = []
-    try:
-        for row in reader:
-            width = len(reader.fieldnames or [])
-            if None in row or None in row.values():  # DictReader's markers for too many or too few fields
-                fields = width + len(row[None]) if None in row else sum(v is not None for v in row.values())
-                raise DataError(f"has {fields} fields but the header has {width}", where=f"{path}, line {reader.line_num}",
-                                hint="quote fields that contain the delimiter, and give every column a value")
-            rows.append((reader.line_num, row))
-    except csv.Error as exc:
-        raise DataError(f"malformed row: {exc}", where=f"{path}, line {reader.line_num}",
-                        hint="check the quoting on this line") from None
-    if reader.fieldnames is None:
-        raise DataError("the file has no header row", where=str(path), hint="the first line must name the columns")
-    if len(reader.fieldnames) == 1:
-        other = next((d for d in (";", "\t", "|", ",") if d != delimiter and d in reader.fieldnames[0]), None)
-        if other is not None:
-            name = {"\t": "a tab", ";": "';'", "|": "'|'", ",": "','"}[other]
-            raise DataError(f"the header has one column, {reader.fieldnames[0]!r}, which contains {name}: the file "
-                            f"seems to be separated by {name}, not {delimiter!r}", where=f"{path}, line 1",
-                            hint=("rename it to .tsv" if other == "\t" else
-                                  f"re-save it with ',' as the separator (e.g. pandas: read_csv(sep={other!r}).to_csv)"))
-    return rows
-
-
-def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON: {exc.msg}", where=f"{path}, line {number}, column {exc.colno}",
-                            hint="each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise DataError("each line must be a JSON object", where=f"{path}, line {number}")
-        rows.append((number, row))
-    return rows
-
-
-def _read_parquet(path: Path) -> list[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"cannot read Parquet: {exc}", where=str(path), hint="check that the file is complete Parquet") from None
-    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
-
-
-def _to_records(path: Path, rows: list[tuple[int, dict]], text_column: str, label_column: str,
-                drop_empty: bool) -> Records:
-    columns = list(rows[0][1].keys())
-    line_word = "row" if path.suffix.lower() in (".parquet", ".pq") else "line"
-    for column, key in ((text_column, "text_column"), (label_column, "label_column")):
-        if column not in columns:
-            raise DataError(f"no column named {column!r}; the columns are: {', '.join(map(str, columns))}",
-                            where=str(path), hint=f"set data.{key} in the recipe to the right column name")
-    texts, labels, lines, empty = [], [], [], []
-    for number, row in rows:
-        if column_missing := [c for c in (text_column, label_column) if c not in row]:
-            raise DataError(f"has no {column_missing[0]!r} field", where=f"{path}, {line_word} {number}")
-        text, label = row[text_column], row[label_column]
-        if text is None or not str(text).strip() or label is None or str(label).strip() == "":
-            empty.append((number, "text" if text is None or not str(text).strip() else "label"))
+    A malformed record is an error; a row with an empty text or label is one too,
+    or, with `drop_empty`, skipped and counted.
+    """
+    table = read_table(path, path_hint=PATH_HINT)
+    _require_columns(table, {text_column: "text_column", label_column: "label_column"})
+    texts, labels, lines = [], [], []
+    for number, row in table.rows:
+        text, label = row.get(text_column), row.get(label_column)
+        if (problem := _empty(text, "text") or _empty(label, "label")) is not None:
+            table.reject(number, problem, field=text_column if problem == "empty text" else label_column,
+                         hint=DROP_EMPTY_HINT, skip=drop_empty)
             continue
         texts.append(str(text).strip())
         labels.append(str(label).strip())
         lines.append(number)
-    if empty and not drop_empty:
-        number, what = empty[0]
-        more = f" (and {len(empty) - 1} more rows)" if len(empty) > 1 else ""
-        raise DataError(f"empty {what}{more}", where=f"{path}, {line_word} {number}",
-                        hint="fill in or remove these rows, or set data.drop_empty: true to skip them")
-    if empty:
-        LOG.warning("%s: skipped %d rows with empty text or label (data.drop_empty is on)", path, len(empty))
+    table.check(LOG)
     if not texts:
-        raise DataError("no usable rows: every row has an empty text or label", where=str(path))
-    return Records(texts, labels, lines, str(path), skipped=len(empty))
+        raise DataError(f"no usable rows: {table.describe_skipped()}", where=table.source)
+    return Records(texts, labels, lines, table.source, skipped=sum(table.skipped.values()))
+
+
+def read_texts(path: str | Path, text_column: str = "text", drop_empty: bool = False) -> list[str]:
+    """Read the texts of an unlabelled file (same formats and policy as `read_records`; other columns ignored)."""
+    table = read_table(path, path_hint=PATH_HINT)
+    _require_columns(table, {text_column: "text_column"})
+    texts = []
+    for number, row in table.rows:
+        text = row.get(text_column)
+        if (problem := _empty(text, "text")) is not None:
+            table.reject(number, problem, field=text_column, hint=DROP_EMPTY_HINT, skip=drop_empty)
+            continue
+        texts.append(str(text).strip())
+    table.check(LOG)
+    if not texts:
+        raise DataError(f"no usable rows: {table.describe_skipped()}", where=table.source)
+    return texts
+
+
+PATH_HINT = "check the path (data.path in the recipe, or --data)"
+DROP_EMPTY_HINT = "fill in or remove these rows, or set data.drop_empty: true to skip them"
+
+
+def _empty(value, what: str) -> str | None:
+    """'empty text' / 'empty label' when a value is missing or blank (a missing JSON key counts as empty)."""
+    return f"empty {what}" if value is None or not str(value).strip() else None
+
+
+def _require_columns(table: Table, columns: dict[str, str]) -> None:
+    for column, key in columns.items():
+        if table.rows and column not in table.columns:
+            raise DataError(f"no column named {column!r}; the columns are: {', '.join(map(str, table.columns))}",
+                            where=table.source, hint=f"set data.{key} in the recipe to the right column name")
 
 
 @dataclass
