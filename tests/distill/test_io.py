@@ -87,3 +87,27 @@ def test_an_explicit_delimiter_overrides_the_suffix(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("text;label\nmy card is lost;card_lost\n", encoding="utf-8")
     assert read_table(path, delimiter=";").rows == [(2, {"text": "my card is lost", "label": "card_lost"})]
+
+
+def test_the_long_cell_error_names_its_line_after_multi_line_cells(tmp_path):
+    """csv's line_num counted records' ends and lagged on an error; lines are now counted as the parser takes them."""
+    path = tmp_path / "notes.csv"
+    path.write_text('text,label\n"first\nspans\nthree lines",a\nplain,b\n"two\r\nlines",a\n'  # lines 2-4, 5, 6-7
+                    f'"starts on 8\nthen 9",{LONG}\n'  # the long cell is the label, on line 9
+                    f'{LONG},b\n'  # line 10
+                    'last,a\n', encoding="utf-8", newline="")
+    table = read_table(path, bad_records="skip")
+    assert [line for line, _ in table.rows] == [2, 5, 6, 11]
+    assert [(bad.line, bad.field) for bad in table.rejected] == [(9, "label"), (10, "text")]
+    with pytest.raises(DataError) as info:
+        read_records(path)
+    assert info.value.where == f"{path}, line 9, field 'label'"
+    assert info.value.message == f"a cell longer than {MAX_CELL_CHARS:,} characters: {MAX_CELL_CHARS + 1:,} characters (and 1 more line like it)"
+
+
+def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
+    path = tmp_path / "unclosed.csv"
+    path.write_text('text,label\n"multi\nline",a\n"never closed,b\n' + "more\n" * 5, encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_table(path, max_cell_chars=20).check()
+    assert info.value.where == f"{path}, line 4, field 'text'" and "quoting error" in info.value.hint

@@ -215,14 +215,14 @@ def _read_delimited(text: str, table: Table, delimiter: str, max_cell_chars: int
                 header = table.columns = cells
                 _check_header(table, header, delimiter)
                 continue
+            long = next((i for i, cell in enumerate(cells) if len(cell) > max_cell_chars), None)
+            if long is not None:  # before the field count: an unclosed quote makes both, and the length says why
+                line = start + sum(_newlines(cell) for cell in cells[:long])
+                _too_long(table, line, header[long] if long < len(header) else f"#{long + 1}", len(cells[long]), max_cell_chars)
+                continue
             if len(cells) != len(header):
                 table.reject(start, f"has {len(cells)} fields but the header has {len(header)}",
                              hint="quote fields that contain the delimiter, and give every column a value")
-                continue
-            long = next((i for i, cell in enumerate(cells) if len(cell) > max_cell_chars), None)
-            if long is not None:
-                line = start + sum(_newlines(cell) for cell in cells[:long])
-                _too_long(table, line, header[long], len(cells[long]), max_cell_chars)
                 continue
             table.rows.append((start, dict(zip(header, cells))))
     except csv.Error as exc:
