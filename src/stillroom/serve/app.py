@@ -34,13 +34,14 @@ def _sampling(engine: Engine, req: ChatRequest) -> Sampling:
                     seed=req.seed, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
 
 
-def create_app(engine: Engine, max_body_bytes: int = 1 << 20) -> Starlette:
+def create_app(engine: Engine, max_body_bytes: int = 1 << 20, watermark=None) -> Starlette:
+    """The server's routes; `watermark` (a `stillroom.serve.watermark.ServeWatermark`) watermarks every completion."""
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
             {"id": engine.name, "object": "model", "created": 0, "owned_by": "stillroom"}]})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": engine.name, **engine.stats})
+        return JSONResponse({"status": "ok", "model": engine.name, "watermark": watermark is not None, **engine.stats})
 
     async def chat(request: Request) -> Response:
         try:
@@ -52,22 +53,25 @@ def create_app(engine: Engine, max_body_bytes: int = 1 << 20) -> Starlette:
             sampling = _sampling(engine, req)
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
             prompt_ids = engine.encode_chat(messages)
+            key = watermark.key_for(request.headers) if watermark is not None else None
         except BadRequest as bad:
             return bad.response()
         if len(prompt_ids) + sampling.max_tokens > engine.max_context:
             return error(400, f"the prompt has {len(prompt_ids)} tokens and max_tokens is {sampling.max_tokens}: "
                               f"over this model's context of {engine.max_context}", param="messages",
                          code="context_length_exceeded")
-        gen = Generation(prompt_ids, sampling, req.n, asyncio.get_running_loop())
+        gen = Generation(prompt_ids, sampling, req.n, asyncio.get_running_loop(),
+                         watermark=watermark.processor(key) if key is not None else None)
         engine.submit(gen)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        marked = {"X-Stillroom-Watermark-Key": key.key_id} if key is not None else {}
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_stream(engine, gen, cid, created, usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **marked})
         try:
-            return JSONResponse(await _complete(engine, gen, cid, created))
+            return JSONResponse(await _complete(engine, gen, cid, created), headers=marked)
         except asyncio.CancelledError:
             gen.cancelled = True
             raise

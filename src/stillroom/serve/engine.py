@@ -49,8 +49,10 @@ class Event:
 class Generation:
     """One request: its prompt, how to sample, and the queue its events arrive on."""
 
-    def __init__(self, prompt_ids: list[int], sampling: Sampling, n: int, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt_ids: list[int], sampling: Sampling, n: int, loop: asyncio.AbstractEventLoop,
+                 watermark=None):
         self.prompt_ids = prompt_ids
+        self.watermark = watermark  # a transformers WatermarkLogitsProcessor (stillroom.serve.watermark), or None
         self.sampling = sampling
         self.n = n
         self.loop = loop
@@ -190,6 +192,10 @@ class Engine:
 
     def _step(self, row: _Row, logits: torch.Tensor) -> int:
         s = row.gen.sampling
+        if row.gen.watermark is not None:  # green-list bias before greedy choice or sampling, as in model.generate
+            width = row.gen.watermark.context_width
+            context = (row.gen.prompt_ids + row.tokens)[-width:]
+            logits = row.gen.watermark(torch.tensor([context], dtype=torch.long), logits[None])[0]
         if s.temperature <= 0:
             token = int(torch.argmax(logits))
         else:

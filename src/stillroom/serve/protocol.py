@@ -10,6 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 MAX_BODY_BYTES = 1 << 20
+COHORT_HEADER = "x-stillroom-cohort"
+"""Set by the gateway on what it forwards: the account's watermark cohort (`stillroom serve --watermark-keys`)."""
+KEY_HEADER = "x-stillroom-watermark-key"
+"""Set by `stillroom serve` on its answers: the id of the watermark key applied (e.g. e0/c3), never the key."""
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_denied",
                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",

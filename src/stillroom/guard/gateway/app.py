@@ -34,7 +34,7 @@ from stillroom.guard.gateway.keys import KeyStore, bearer
 from stillroom.guard.gateway.policy import SEVERITY, STATE_OF, GatewayPolicy, TokenBucket, load_policy
 from stillroom.guard.gateway.scoring import AccountCounters, ScanProcess
 from stillroom.guard.gateway.upstream import Reply, UpstreamError, UpstreamPool
-from stillroom.serve.protocol import BadRequest, error, read_json
+from stillroom.serve.protocol import COHORT_HEADER, KEY_HEADER, BadRequest, error, read_json
 
 DONE_MARKER = b"data: [DONE]"
 REPLAY_HEADERS = {"network": "x-stillroom-network", "org": "x-stillroom-org", "payment": "x-stillroom-payment",
@@ -55,6 +55,7 @@ class GatewayConfig:
     trust_forwarded_for: bool = False
     scan_threads: int = 1
     upstream_timeout_s: float = 600.0
+    cohorts: int = 8  # watermark cohorts accounts fall into (c0..c7) unless their key sets one
 
 
 def _float(value: Any) -> float | None:
@@ -240,12 +241,13 @@ class Gateway:
                "response": "", "prompt_tokens": 0, "completion_tokens": 0, "ip": self._client_ip(request),
                "network": "", "user_agent": request.headers.get("user-agent", ""), "org": who.org,
                "payment": who.payment, "country": who.country, "status": None, "stream": 0, "state": "open",
-               "latency_ms": None, "done_ts": None}
+               "latency_ms": None, "done_ts": None, "cohort": self.keys.cohort_of(who, self.config.cohorts),
+               "watermark_key": ""}
         if self.config.replay:
             for name, header in REPLAY_HEADERS.items():
                 if header in request.headers:
                     row[name] = request.headers[header]
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", COHORT_HEADER: row["cohort"]}  # never the client's own
         if self.config.upstream_key:
             headers["authorization"] = f"Bearer {self.config.upstream_key}"
         if body.get("stream") is True:
@@ -258,7 +260,8 @@ class Gateway:
             self.count("upstream_error")
             return error(502, f"the upstream model server did not answer: {exc}", code="upstream_unavailable")
         upstream_s = time.perf_counter() - upstream_started
-        row.update(status=reply.status, state="done", done_ts=time.time())
+        row.update(status=reply.status, state="done", done_ts=time.time(),
+                   watermark_key=reply.head.headers.get(KEY_HEADER, ""))
         if reply.status == 200:
             with contextlib.suppress(ValueError, AttributeError, IndexError, KeyError, TypeError):
                 data = json.loads(content)
@@ -300,6 +303,7 @@ class Gateway:
         except UpstreamError as exc:
             self.count("upstream_error")
             return error(502, f"the upstream model server did not answer: {exc}", code="upstream_unavailable")
+        row["watermark_key"] = reply.head.headers.get(KEY_HEADER, "")
         if reply.status != 200:
             row.update(status=reply.status, state="done", done_ts=time.time(), stream=1,
                        latency_ms=(time.perf_counter() - started) * 1000)

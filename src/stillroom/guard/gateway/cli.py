@@ -83,11 +83,12 @@ def gateway(
 def keys_add(account: str = typer.Argument(..., help="Account the key belongs to."), keys: Path = KEYS,
              org: str = typer.Option("", help="Organisation, logged with every interaction."),
              payment: str = typer.Option("", help="Payment fingerprint, logged with every interaction."),
-             country: str = typer.Option("", help="Country, logged with every interaction.")) -> None:
+             country: str = typer.Option("", help="Country, logged with every interaction."),
+             cohort: str = typer.Option("", help="Watermark cohort of the account (default: c0..c7 by a keyed hash of its name).")) -> None:
     """Make an API key for ACCOUNT and print it (the only time it is shown)."""
     from stillroom.guard.gateway.keys import KeyStore
 
-    typer.echo(KeyStore(keys).add(account, org=org, payment=payment, country=country))
+    typer.echo(KeyStore(keys).add(account, org=org, payment=payment, country=country, cohort=cohort))
 
 
 @keys_app.command("admin")

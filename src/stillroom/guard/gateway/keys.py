@@ -29,6 +29,7 @@ class Account:
     org: str = ""
     payment: str = ""
     country: str = ""
+    cohort: str = ""  # watermark cohort set for this account; "" means the keyed-hash default (KeyStore.cohort_of)
 
 
 class KeyStore:
@@ -58,7 +59,8 @@ class KeyStore:
                 if not isinstance(entry, dict) or "digest" not in entry or "account" not in entry:
                     raise DataError(f"key entry {i} needs 'digest' and 'account'", where=str(self.path))
             self._data["admin"] = admin
-        self._by_digest = {k["digest"]: Account(k["account"], k.get("org", ""), k.get("payment", ""), k.get("country", ""))
+        self._by_digest = {k["digest"]: Account(k["account"], k.get("org", ""), k.get("payment", ""), k.get("country", ""),
+                                                k.get("cohort", ""))
                            for k in self._data["keys"] if not k.get("revoked")}
         self._admin = {a["digest"] for a in self._data["admin"] if not a.get("revoked")}
 
@@ -77,14 +79,16 @@ class KeyStore:
         return hmac.new(bytes.fromhex(self._data["salt"]), key.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def add(self, account: str, *, org: str = "", payment: str = "", country: str = "", key: str | None = None,
-            save: bool = True) -> str:
+            save: bool = True, cohort: str = "") -> str:
         """Make a key for `account` and return it (the only time it is shown)."""
         if not account or len(account) > 200:
             raise DataError("an account name must be 1 to 200 characters")
+        if "/" in cohort or len(cohort) > 64:
+            raise DataError(f"cohort {cohort!r} must be at most 64 characters without '/'", where="--cohort")
         key = key or KEY_PREFIX + secrets.token_urlsafe(24)
         self._data["keys"].append({"digest": self.digest(key), "account": account, "prefix": key[:10], "org": org,
-                                   "payment": payment, "country": country, "created": time.time()})
-        self._by_digest[self.digest(key)] = Account(account, org, payment, country)
+                                   "payment": payment, "country": country, "cohort": cohort, "created": time.time()})
+        self._by_digest[self.digest(key)] = Account(account, org, payment, country, cohort)
         if save:
             self.save()
         return key
@@ -109,6 +113,14 @@ class KeyStore:
 
     def lookup(self, key: str) -> Account | None:
         return self._by_digest.get(self.digest(key))
+
+    def cohort_of(self, who: Account, cohorts: int) -> str:
+        """The account's watermark cohort: the one set for it, else c0..c{cohorts-1} by a keyed hash of its name
+        (the file's secret salt), so an account cannot pick or predict its cohort."""
+        if who.cohort:
+            return who.cohort
+        mac = hmac.new(bytes.fromhex(self._data["salt"]), f"cohort/{who.account}".encode("utf-8"), hashlib.sha256)
+        return f"c{int.from_bytes(mac.digest()[:8], 'big') % max(1, cohorts)}"
 
     def is_admin(self, key: str) -> bool:
         return self.digest(key) in self._admin  # digests, not keys, are compared

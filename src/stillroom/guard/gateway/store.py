@@ -36,7 +36,10 @@ from stillroom.core.errors import DataError
 SCHEMA_COLUMNS = ["ts", "account", "model", "prompt", "temperature", "max_tokens", "logprobs", "top_logprobs", "n",
                   "response", "prompt_tokens", "completion_tokens", "ip", "network", "user_agent", "org", "payment",
                   "country"]
-EXTRA_COLUMNS = ["request_id", "status", "stream", "state", "latency_ms", "done_ts"]
+EXTRA_COLUMNS = ["request_id", "status", "stream", "state", "latency_ms", "done_ts", "cohort", "watermark_key"]
+"""`cohort`: the account's watermark cohort; `watermark_key`: the id (never the key) of the watermark the upstream
+applied, from its X-Stillroom-Watermark-Key header ('' when it watermarks nothing)."""
+ADDED_COLUMNS = {"cohort": "TEXT", "watermark_key": "TEXT"}  # added to logs made before them, on open
 
 DDL = """
 CREATE TABLE IF NOT EXISTS interactions (
@@ -45,7 +48,7 @@ CREATE TABLE IF NOT EXISTS interactions (
     ts REAL NOT NULL, account TEXT NOT NULL, model TEXT, prompt TEXT, temperature REAL, max_tokens INTEGER,
     logprobs INTEGER, top_logprobs INTEGER, n INTEGER, response TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
     ip TEXT, network TEXT, user_agent TEXT, org TEXT, payment TEXT, country TEXT,
-    status INTEGER, stream INTEGER, state TEXT NOT NULL, latency_ms REAL, done_ts REAL
+    status INTEGER, stream INTEGER, state TEXT NOT NULL, latency_ms REAL, done_ts REAL, cohort TEXT, watermark_key TEXT
 );
 CREATE INDEX IF NOT EXISTS interactions_ts ON interactions(ts);
 CREATE TABLE IF NOT EXISTS actions (
@@ -106,6 +109,10 @@ class LogStore:
         self.stats = StoreStats()
         self._conn = connect(self.path)
         self._conn.executescript(DDL)
+        present = {r["name"] for r in self._conn.execute("PRAGMA table_info(interactions)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE interactions ADD COLUMN {column} {kind}")
         cur = self._conn.execute("UPDATE interactions SET state='interrupted' WHERE state='open'")
         self.stats.interrupted_on_open = cur.rowcount
         self._queue: queue.Queue[_Write | None] = queue.Queue()
@@ -272,8 +279,10 @@ def read_frame(path: Path | str, since: float | None = None, until: float | None
     frame["logprobs"] = frame["logprobs"].fillna(0).astype(bool)
     for column in ("max_tokens", "top_logprobs", "n", "prompt_tokens", "completion_tokens"):
         frame[column] = frame[column].fillna(0).astype("int64")
-    for column in ("model", "prompt", "response", "ip", "network", "user_agent", "org", "payment", "country"):
-        frame[column] = frame[column].fillna("").astype(str)
+    for column in ("model", "prompt", "response", "ip", "network", "user_agent", "org", "payment", "country",
+                   "cohort", "watermark_key"):
+        if column in frame:
+            frame[column] = frame[column].fillna("").astype(str)
     return frame
 
 
