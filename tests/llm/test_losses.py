@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from stillroom.core.errors import RecipeError
-from stillroom.distill.llm.generate import SparseTargets, topk_targets
-from stillroom.distill.llm.losses import LOSSES, DenseTarget
+from stillroom.distill.llm.generate import topk_targets
+from stillroom.distill.llm.losses import LOSSES
+from stillroom.distill.types import DenseTarget, SparseTargets
 
 P = [0.7, 0.2, 0.1]  # teacher
 Q = [0.2, 0.5, 0.3]  # student

@@ -3,6 +3,9 @@
 - `Outputs`: what a loss sees of a model (logits, plus pooled hidden states by layer index).
 - `Encoded`: token ids of a list of texts, unpadded, with their label ids; `batch(index)` pads a chosen set.
 - `TokenBatch`: a language-model batch, prompts and completions right-padded, with the completion positions.
+- `Item`: one cached teacher generation (prompt and completion ids), where its sparse targets are stored.
+- `DenseTarget`, `SparseTargets` (`Target` is either): the teacher's next-token distribution for an LM loss,
+  as full logits or as top-k log-probs plus the tail mass.
 - `IGNORE`: the label id of an example that has none (unlabelled data, augmented views for the teacher to label).
 """
 
@@ -72,3 +75,38 @@ class TokenBatch:
     @property
     def tokens(self) -> int:
         return int(self.labels.numel())
+
+
+@dataclass
+class Item:
+    """One finished generation. `topk_shard`/`topk_row` locate its sparse targets (one row per completion token)."""
+
+    uid: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    stopped: bool  # ended with an end-of-sequence token, not the length limit
+    topk_shard: str | None = None
+    topk_row: int = 0
+
+
+@dataclass
+class DenseTarget:
+    """The teacher's raw next-token logits [N, V] at the N completion positions."""
+
+    logits: torch.Tensor
+
+
+@dataclass
+class SparseTargets:
+    """Teacher top-k log-probs [n, k], their ids [n, k], and log tail mass [n], for n completion tokens."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
+    log_tail: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.logprobs.shape[0]
+
+
+Target = DenseTarget | SparseTargets

@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 
 from stillroom.core.measure import count_parameters, cpu_threads, serialized_bytes, throughput
-from stillroom.distill.llm.generate import GenerationCache, Item, left_pad
+from stillroom.distill.llm.generate import GenerationCache, left_pad
+from stillroom.distill.types import Item
 from stillroom.distill.llm.train import logits_at, make_batch
 
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from stillroom.core.checkpoint import weights_fingerprint
 from stillroom.core.errors import DataError
 from stillroom.core.runs import LOG
+from stillroom.distill.types import Item, SparseTargets
 from stillroom.distill.llm.prompts import Prompt, encode_prompt
 
 LOG_TAIL_FLOOR = -50.0  # a tail below e^-50 is stored as e^-50, not -inf
@@ -50,31 +51,6 @@ class GenerationSettings:
 
     def key(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Item:
-    """One finished generation. `topk_shard`/`topk_row` locate its sparse targets (one row per completion token)."""
-
-    uid: str
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    text: str
-    stopped: bool  # ended with an end-of-sequence token, not the length limit
-    topk_shard: str | None = None
-    topk_row: int = 0
-
-
-@dataclass
-class SparseTargets:
-    """Teacher top-k log-probs [n, k], their ids [n, k], and log tail mass [n], for n completion tokens."""
-
-    logprobs: torch.Tensor
-    ids: torch.Tensor
-    log_tail: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.logprobs.shape[0]
 
 
 @dataclass

@@ -31,13 +31,14 @@ from stillroom.core.runs import LOG, RunDir, git_commit, open_run, seed_everythi
 from stillroom.distill.export import LM_USAGE, export_language_model, write_model_card
 from stillroom.distill.llm.config import LLMRecipe, StudentConfig
 from stillroom.distill.llm.evaluate import generation_speed, heldout_metrics, size_metrics
-from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, Item, generate,
-                                            sparse_bytes_per_token, teacher_fingerprint)
+from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, generate, sparse_bytes_per_token,
+                                            teacher_fingerprint)
 from stillroom.distill.llm.prompts import Prompt, encode_prompt, load_prompts, split_prompts
 from stillroom.distill.llm.student import (add_lora, check_vocabularies, choose_layers, merged, prune_layers,
                                            smaller_config)
 from stillroom.distill.llm.teacher import LoadedLM, load_causal_lm
 from stillroom.distill.llm.train import TrainConfig, train_student
+from stillroom.distill.types import Item
 
 COLUMNS_BEFORE_SPEED = [Column("name", "model"), Column("nll", "held-out NLL", "{:.3f}"),
                         Column("agreement", "top-1 agreement", "{:.1%}")]

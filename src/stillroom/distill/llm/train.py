@@ -26,9 +26,9 @@ from typing import Sequence
 
 import torch
 
-from stillroom.distill.llm.generate import GenerationCache, Item, SparseTargets, left_pad
-from stillroom.distill.types import TokenBatch
-from stillroom.distill.llm.losses import LOSSES, DenseTarget
+from stillroom.distill.llm.generate import GenerationCache, left_pad
+from stillroom.distill.llm.losses import LOSSES
+from stillroom.distill.types import DenseTarget, Item, SparseTargets, TokenBatch
 from stillroom.distill.signals import TeacherSignal
 from stillroom.distill.trainer import LoopConfig, train
 

@@ -20,22 +20,14 @@ V - k tokens outside the top-k; at T = 1 nothing is assumed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from stillroom.core.registry import Registry
-from stillroom.distill.llm.generate import SparseTargets, log1mexp
+from stillroom.distill.llm.generate import log1mexp
+from stillroom.distill.types import DenseTarget, SparseTargets, Target  # noqa: F401  (re-exported)
 
 LOSSES: Registry[type["TokenLoss"]] = Registry("loss")
-
-
-@dataclass
-class DenseTarget:
-    logits: torch.Tensor  # [N, V], the teacher's raw next-token logits
-
-
-Target = DenseTarget | SparseTargets
 
 
 def aligned_logprobs(student_logits: torch.Tensor, target: Target, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
