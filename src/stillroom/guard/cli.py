@@ -178,10 +178,43 @@ def demo(
     run_demo(resolve(recipe, {"simulate.seed": seed, "name": "guard-demo"}, set_))
 
 
+@app.command()
+def risk(
+    log: Path = typer.Option(..., "--log", help="The gateway log (.db) or its export (.parquet/.jsonl/.csv)."),
+    accounts: str = typer.Option(..., help="The flagged campaign's accounts, comma-separated."),
+    out: Path = typer.Option(Path("risk"), "--out", "-o", help="Folder for risk.json, risk.png and the students' checkpoints."),
+    shares: str = typer.Option("0.125,0.25,0.5,1", help="Shares of the campaign's interactions to distil students from."),
+    layers: int = typer.Option(6, min=1, help="Teacher layers each student keeps."),
+    epochs: int = typer.Option(2, min=1, help="SFT epochs over the interactions."),
+    teacher: Optional[str] = typer.Option(None, help="The served model (HF folder or .gguf). Default: the SmolLM2 teacher."),
+    eval_prompts: Optional[str] = typer.Option(None, help="Held-out prompts file (default: the built-in set's last 32)."),
+) -> None:
+    """Extraction risk: distil students from growing shares of what a flagged campaign harvested, and plot how close
+    each comes to the teacher (agreement, NLL) and what another 1,000 interactions would add.
+
+    Example: stillroom guard risk --log gateway/log.db --accounts acct-17,acct-18 --out risk/
+    """
+    from stillroom.guard.risk import RiskConfig, run_risk
+
+    names = [a.strip() for a in accounts.split(",") if a.strip()]
+    try:
+        share_list = [float(s) for s in shares.split(",") if s.strip()]
+    except ValueError:
+        raise RecipeError(f"--shares {shares!r} must be comma-separated numbers in (0, 1]", where="--shares") from None
+    result = run_risk(log, names, out, RiskConfig(shares=share_list, layers=layers, epochs=epochs), teacher, eval_prompts)
+    for point in result["curve"]:
+        typer.echo(f"{point['interactions']:>7,} interactions: agreement {point['agreement']:.3f}, NLL {point['nll']:.3f}")
+    if result["marginal_gain"]:
+        typer.echo(f"another 1,000 interactions: agreement {result['marginal_gain']['agreement_per_1000']:+.3f}")
+    typer.echo(f"teacher's own agreement {result['teacher']['agreement']:.3f}; curve in {out / 'risk.png'}")
+
+
 def _mount_gateway() -> None:
     from stillroom.guard.gateway.cli import app as gateway_app
+    from stillroom.guard.provenance.cli import app as provenance_app
 
     app.add_typer(gateway_app, name="gateway")
+    app.add_typer(provenance_app, name="provenance")
 
 
 _mount_gateway()
