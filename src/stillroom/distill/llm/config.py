@@ -75,7 +75,9 @@ class TrainingConfig(Schema):
 class VariantConfig(Schema):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     loss: str = Field(..., description="sft | forward_kl | reverse_kl | jsd")
-    targets: Literal["live", "cache"] = Field("cache", description="Teacher distributions from the live teacher, or the sparse top-k cache")
+    targets: Literal["live", "cache", "dense"] = Field(
+        "cache", description="Teacher distributions from the live teacher, the sparse top-k cache, or the dense cache "
+                             "(full logits of every cached token, built once: 2·V bytes a token)")
     on_policy: float = Field(0.0, ge=0, le=1, description="λ: share of batches the student generates and the live teacher scores")
 
     @field_validator("loss")

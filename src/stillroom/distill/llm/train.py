@@ -28,46 +28,20 @@ import torch
 
 from stillroom.distill.llm.generate import GenerationCache, left_pad
 from stillroom.distill.llm.losses import LOSSES
-from stillroom.distill.types import DenseTarget, Item, SparseTargets, TokenBatch
+from stillroom.distill.llm.signals import (DenseTokenCache, LiveTokenTeacher, SparseTokenCache, logits_at,  # noqa: F401
+                                           make_batch)
 from stillroom.distill.signals import TeacherSignal
+from stillroom.distill.types import Item, TokenBatch
 from stillroom.distill.trainer import LoopConfig, train
 
 
 Batch = TokenBatch  # the LM batch type lives with the other data types, in stillroom.distill.types
 
 
-def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> Batch:
-    """Right-pad prompt+completion pairs; mark the positions that predict completion tokens."""
-    width = max(len(p) + len(c) for p, c in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    targets_at = torch.zeros_like(input_ids, dtype=torch.bool)
-    labels = []
-    for row, (prompt, completion) in enumerate(pairs):
-        sequence = list(prompt) + list(completion)
-        input_ids[row, :len(sequence)] = torch.tensor(sequence)
-        mask[row, :len(sequence)] = 1
-        targets_at[row, len(prompt) - 1:len(sequence) - 1] = True
-        labels.extend(completion)
-    return Batch(input_ids, mask, targets_at, torch.tensor(labels, dtype=torch.long))
-
-
-def logits_at(model, batch: Batch) -> torch.Tensor:
-    """Logits [N, V] at the completion positions only: the head runs on N rows, not B·L."""
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[batch.targets_at])
-
-
-def sparse_targets(cache: GenerationCache, items: Sequence[Item]) -> SparseTargets:
-    parts = [cache.sparse(item) for item in items]
-    return SparseTargets(torch.cat([p.logprobs for p in parts]), torch.cat([p.ids for p in parts]),
-                         torch.cat([p.log_tail for p in parts]))
-
-
 @dataclass
 class TrainConfig:
     loss: str = "sft"
-    targets: str = "live"  # live | cache
+    targets: str = "live"  # live | cache (sparse top-k) | dense (dense cache)
     on_policy: float = 0.0
     temperature: float = 1.0
     beta: float = 0.5
@@ -137,20 +111,6 @@ class TokenBatches:
         return {"tokens": batch.tokens, "on_policy": int(batch.on_policy)}
 
 
-class TokenTeacher(TeacherSignal):
-    """The teacher's next-token targets for a batch: live logits, or the sparse top-k cache of its own
-    generations. An on-policy batch (the student's text) is always scored live."""
-
-    def __init__(self, teacher, cache: GenerationCache | None, live: bool):
-        self.teacher, self.cache, self.live = teacher, cache, live
-
-    def __call__(self, batch: Batch):
-        if self.live or batch.on_policy:
-            with torch.no_grad():
-                return DenseTarget(logits_at(self.teacher, batch))
-        return sparse_targets(self.cache, batch.items)
-
-
 class TokenStep(torch.nn.Module):
     """The student and a token loss as one step module: loss at the completion positions only."""
 
@@ -180,12 +140,29 @@ def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: Gen
                       warmup_ratio=config.warmup_ratio, scheduler="cosine", grad_clip=config.grad_clip,
                       checkpoint_every=config.checkpoint_every)
     source = TokenBatches(items, student, tokenizer, config, steps_per_epoch * config.epochs)
+    signal = teacher_signal(config.targets, teacher, cache, items, tokenizer.pad_token_id, accelerator, progress)
     with tempfile.TemporaryDirectory() as scratch:
         result = train(student, loss_fn, source, loop, None, Path(checkpoints) if checkpoints else Path(scratch),
-                       accelerator, teacher=TokenTeacher(teacher, cache, config.targets == "live"), seed=config.seed,
+                       accelerator, teacher=signal, seed=config.seed,
                        fingerprint=config.digest(items), desc=desc, step=TokenStep(student, loss_fn), progress=progress)
     return TrainResult(result.steps, int(result.totals.get("tokens", 0)), int(result.totals.get("on_policy", 0)),
                        result.train_seconds, result.losses, result.resumed_from, result.measured_seconds)
+
+
+def teacher_signal(targets: str, teacher, cache: GenerationCache | None, items: Sequence[Item], pad_id: int,
+                   accelerator=None, progress: bool = True) -> TeacherSignal:
+    """The teacher's targets for `targets`: live, the sparse top-k cache, or the dense cache (built here once)."""
+    live = LiveTokenTeacher(teacher) if teacher is not None else None
+    if targets == "live":
+        return live
+    if targets == "cache":
+        return SparseTokenCache(cache, live)
+    if targets == "dense":
+        if accelerator is None:
+            return DenseTokenCache.build(teacher, cache, items, pad_id, live=live, progress=progress)
+        with accelerator.main_process_first():  # the main process scores; the others find the files
+            return DenseTokenCache.build(teacher, cache, items, pad_id, live=live, progress=progress)
+    raise ValueError(f"unknown targets {targets!r}: live, cache or dense")
 
 
 def student_samples(student, tokenizer, prompts: Sequence[Sequence[int]], config: TrainConfig, seed: int) -> list[list[int]]:

@@ -41,7 +41,9 @@ def aligned_logprobs(student_logits: torch.Tensor, target: Target, temperature: 
     vocab = student_logits.shape[-1]
     k = target.ids.shape[-1]
     teacher_top, teacher_tail = target.logprobs, target.log_tail
-    if temperature != 1.0:
+    if temperature != 1.0 and k == vocab:  # nothing outside the top-k: the tail is the stored floor, left as it is
+        teacher = torch.log_softmax(torch.cat([teacher_top / temperature, teacher_tail.unsqueeze(-1)], dim=-1), dim=-1)
+    elif temperature != 1.0:
         per_tail_token = teacher_tail - math.log(vocab - k)
         softened = torch.cat([teacher_top / temperature, (per_tail_token / temperature + math.log(vocab - k)).unsqueeze(-1)], dim=-1)
         teacher = torch.log_softmax(softened, dim=-1)
