@@ -16,6 +16,25 @@ import typer
 
 from stillroom.core.errors import StillroomError
 
+
+
+def _plain_flags() -> None:
+    """typer 0.29 prints a `<bool>` type beside every flag (--help, --version, --redact), as if it took a
+    value; a flag takes none, so its help shows no type (options that take a value keep theirs)."""
+    from typer.core import TyperOption
+
+    display_type_rich = TyperOption.display_type_rich
+    if getattr(display_type_rich, "plain_flags", False):
+        return
+
+    def plain(self, ctx):
+        return None if self.is_flag and self.metavar is None else display_type_rich(self, ctx)
+
+    plain.plain_flags = True
+    TyperOption.display_type_rich = plain
+
+
+_plain_flags()
 app = typer.Typer(
     help="stillroom: distil a teacher into a smaller student, and guard a model API against distillation.",
     no_args_is_help=True,
