@@ -158,6 +158,7 @@ def test_a_scan_with_nothing_flagged_writes_an_empty_report(calibrated, scanned,
 
 
 def test_a_shared_system_prompt_is_campaign_evidence(calibrated, scanned):
+    from stillroom.guard.features import FeatureEngine
     from stillroom.guard.schema import from_frame
 
     _, truth, log = scanned
@@ -167,9 +168,10 @@ def test_a_shared_system_prompt_is_campaign_evidence(calibrated, scanned):
                                      for a in log["account"]])
     data = from_frame(with_system)  # the system prompt is validated and kept like any field
     assert data.fields["table"]["system"] == {"column": "system", "how": "alias", "filled": round(float((with_system["system"] != "").mean()), 4)}
-    result = calibrated.scan(data.frame)
-    stored = result.engine.sql(f"SELECT count(*) AS n FROM interactions WHERE system = '{harness}'")
+    engine = FeatureEngine(data.frame)
+    stored = engine.sql(f"SELECT count(*) AS n FROM interactions WHERE system = '{harness}'")
     assert int(stored["n"].iloc[0]) == int(log["account"].isin(attack).sum())  # in the interaction table
+    result = calibrated.scan(engine)
     c = build_alerts(result, calibrated, top=1, examples=1)["campaigns"][0]
     assert c["system_prompts"][0]["system"] == harness  # the harness all attack members share outranks the rest
     assert c["system_prompts"][0]["accounts"] == len(set(c["members"]) & attack) > 0

@@ -241,11 +241,27 @@ class EvaluateConfig(Schema):
         return value
 
 
+class SparkConfig(Schema):
+    master: str = Field("local[2]", description="spark.master: local[N] on this machine, or a cluster URL (spark://host:7077, yarn, k8s://...)")
+    conf: dict[str, str] = Field({}, description="further Spark settings, e.g. spark.executor.memory, spark.hadoop.fs.s3a.*")
+
+
+class EngineConfig(Schema):
+    """Where the feature queries run (guard/engine/): embedded DuckDB, or Spark."""
+
+    name: Literal["duckdb", "spark"] = "duckdb"
+    threads: Optional[int] = Field(2, ge=1, description="DuckDB threads")
+    memory_limit: Optional[str] = Field(None, description="DuckDB memory_limit, e.g. 6GB: what does not fit spills to temp_directory")
+    temp_directory: Optional[str] = Field(None, description="DuckDB spill folder (default: DuckDB's own)")
+    spark: SparkConfig = SparkConfig()
+
+
 class GuardRecipe(BaseRecipe):
     kind: Literal["guard"] = "guard"
     name: str = "guard"
     output_dir: str = "runs"
     seed: int = 0
+    engine: EngineConfig = EngineConfig()
     logs: LogsConfig = LogsConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     signals: SignalsConfig = SignalsConfig()

@@ -44,7 +44,8 @@ from scipy.sparse.csgraph import connected_components
 
 from stillroom.core.errors import DataError, StillroomError
 from stillroom.guard.config import CalibrationConfig, CampaignsConfig, SignalsConfig
-from stillroom.guard.features import FeatureEngine, customer_key
+from stillroom.guard.engine import Engine, load_traffic
+from stillroom.guard.features import customer_key
 from stillroom.guard.signals import CROSS_ACCOUNT, PER_ACCOUNT
 from stillroom.guard.signals.base import Reference
 from stillroom.guard.signals.cross_account import Content, DensityExcess, Infrastructure, Lockstep, Similarity, binomial_surprisal
@@ -88,12 +89,13 @@ CALIBRATION_VERSION = 4
 
 @dataclass
 class ScanResult:
-    """Everything a scan found: scored accounts, campaigns, the edges behind them, and the thresholds."""
+    """Everything a scan found: scored accounts, campaigns, the edges behind them, the thresholds, and the
+    evidence the reports show (`Engine.evidence`: plain data, no connection)."""
 
     accounts: pd.DataFrame
     campaigns: pd.DataFrame
     edges: dict[str, pd.DataFrame]
-    engine: FeatureEngine
+    evidence: dict[str, Any]
     thresholds: dict[str, float]
     signal_names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
@@ -172,7 +174,7 @@ class Guard:
         itself flags was tried and dropped: a benign crowd flagged in one round (researchers beside a campaign)
         left the reference and was certain to be flagged in the next.
         """
-        engine = FeatureEngine(benign)
+        engine = load_traffic(benign)
         feats = engine.accounts()
         inputs = self._inputs(engine, feats)
         self.warnings = []
@@ -194,7 +196,7 @@ class Guard:
         self.fitted = True
         return self
 
-    def _inputs(self, engine: FeatureEngine, feats: pd.DataFrame) -> dict[str, Any]:
+    def _inputs(self, engine: Engine, feats: pd.DataFrame) -> dict[str, Any]:
         """What the cross-account signals read from the engine, computed once per traffic: prompt profiles,
         schedule vectors, lockstep pairs, infrastructure memberships."""
         return {"content": self.content.profiles(engine, feats.index) if self.content is not None else None,
@@ -202,7 +204,7 @@ class Guard:
                 "lockstep": self.lockstep.pairs(engine) if self.lockstep is not None else None,
                 "infrastructure": self.infrastructure.memberships(engine) if self.infrastructure is not None else None}
 
-    def _reference_free_suspects(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any]) -> pd.Index:
+    def _reference_free_suspects(self, engine: Engine, feats: pd.DataFrame, inputs: dict[str, Any]) -> pd.Index:
         """Accounts that are each other's neighbours in several spaces at once (`calibration.co_neighbour_suspects`),
         found with every space's neighbours taken among the calibration accounts themselves."""
         from stillroom.guard.calibration import co_neighbour_suspects, wide_k
@@ -222,7 +224,7 @@ class Guard:
         suspects, _ = co_neighbour_suspects(edges, feats.index, self.signals_cfg.neighbours, self.campaigns_cfg.min_accounts)
         return suspects
 
-    def _calibrate(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any], cross_fit: bool = False) -> None:
+    def _calibrate(self, engine: Engine, feats: pd.DataFrame, inputs: dict[str, Any], cross_fit: bool = False) -> None:
         """Thresholds read off fold B scored against fold A, out of sample; then the per-account and link
         distributions and novelty's reference are refit on both folds, which scans compare against: a k-th
         neighbour distance can only shrink as benign reference is added, so the single-account rate calibrated
@@ -310,7 +312,7 @@ class Guard:
         if self.infrastructure is not None:
             self.infrastructure.fit(Infrastructure.group_size(inputs["infrastructure"], benign.index))
 
-    def _density(self, signal: DensityExcess, engine: FeatureEngine, feats: pd.DataFrame,
+    def _density(self, signal: DensityExcess, engine: Engine, feats: pd.DataFrame,
                  inputs: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if signal.name == "similarity":
             return signal.score(feats)
@@ -333,7 +335,7 @@ class Guard:
             return None
         return fold_of(feats)
 
-    def _cross(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any],
+    def _cross(self, engine: Engine, feats: pd.DataFrame, inputs: dict[str, Any],
                timings: dict[str, float] | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
         """Every cross-account signal's scores and edges for the accounts of `feats`, each signal's seconds into
         `timings`. Density signals score a scan larger than their reference in blocks (`_blocks`)."""
@@ -644,20 +646,21 @@ class Guard:
                          "strength": round(float(binomial_surprisal(len(linked), len(members), rate)), 2) if linked else 0.0}
         return out
 
-    def scan(self, frame: pd.DataFrame) -> ScanResult:
-        """Score every account of `frame`, group campaigns, and flag against the calibrated thresholds."""
+    def scan(self, traffic: "pd.DataFrame | Engine", examples: int = 5) -> ScanResult:
+        """Score every account of `traffic` (a frame, or an engine holding it), group campaigns, flag against the
+        calibrated thresholds, and gather the evidence the reports show (`examples` prompts per campaign)."""
         if not self.fitted:
             raise StillroomError("the detector is not calibrated", hint="calibrate on benign traffic first (`stillroom guard calibrate`)")
         start = time.perf_counter()
-        engine = FeatureEngine(frame)
+        engine = load_traffic(traffic)
         feats = engine.accounts()
         inputs = self._inputs(engine, feats)
-        result = self._scan(engine, feats, inputs, {"features_s": time.perf_counter() - start})
+        result = self._scan(engine, feats, inputs, {"features_s": time.perf_counter() - start}, examples=examples)
         result.timings["total_s"] = time.perf_counter() - start
         return result
 
-    def _scan(self, engine: FeatureEngine, feats: pd.DataFrame, inputs: dict[str, Any],
-              timings: dict[str, float] | None = None) -> ScanResult:
+    def _scan(self, engine: Engine, feats: pd.DataFrame, inputs: dict[str, Any],
+              timings: dict[str, float] | None = None, examples: int = 5) -> ScanResult:
         timings = timings or {}
         warnings = list(self.warnings)
         cross, edges = self._cross(engine, feats, inputs, timings=timings)
@@ -680,7 +683,11 @@ class Guard:
         scored["flagged_alone"] = scored["novelty"] > self.thresholds["account"]
         scored["flagged"] = scored["flagged_alone"] | (scored["campaign"] != "")
         timings["campaigns_s"] = time.perf_counter() - tick
-        return ScanResult(scored.sort_values("score", ascending=False), campaigns, edges, engine, dict(self.thresholds),
+        tick = time.perf_counter()
+        members = {cid: list(scored.index[scored["campaign"] == cid]) for cid in campaigns.loc[campaigns["flagged"], "id"]}
+        evidence = engine.evidence(members, list(scored.index[scored["flagged"]]), examples)
+        timings["evidence_s"] = time.perf_counter() - tick
+        return ScanResult(scored.sort_values("score", ascending=False), campaigns, edges, evidence, dict(self.thresholds),
                           self.signal_names, timings, warnings)
 
     # ---- persistence -----------------------------------------------------------

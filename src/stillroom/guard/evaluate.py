@@ -33,6 +33,7 @@ from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import open_run
 from stillroom.guard.config import NEVER_SEEN, CampaignSpec, GuardRecipe, Populations, SimulateConfig, style_status
 from stillroom.guard.detector import Guard, ScanResult
+from stillroom.guard.engine import load_traffic
 from stillroom.guard.prada import Prada
 from stillroom.guard.rules import best_rule, rule_features, rule_row
 from stillroom.guard.simulate import simulate
@@ -191,17 +192,18 @@ def _scenario(recipe: GuardRecipe, i: int, style: str, guards: dict[str, Guard],
                 LOG.warning("%s: %s calibration failed: %s", style, key, error)
                 continue
             tick = time.perf_counter()
-            result = guard.scan(frame)
+            engine = load_traffic(frame)
+            result = guard.scan(engine)
             seconds = time.perf_counter() - tick
             prada_flags = None
             if key == "clean":
-                prada_flags = prada.predict(result.engine.prompts_by_account(prada.max_queries))["prada_flagged"]
+                prada_flags = prada.predict(engine.prompts_by_account(prada.max_queries))["prada_flagged"]
                 record["scan_seconds"], record["scanned_accounts"] = seconds, int(len(result.accounts))
             s = score_scenario(result, truth, prada_flags)
             record["scores"][key] = _scores_only(s)
             if mode == "clean" and ev.simple_rules:
                 fpr = _ratio(s["fp"], s["benign"])
-                rule = best_rule(rule_features(result.engine), is_attack, fpr)
+                rule = best_rule(rule_features(engine), is_attack, fpr)
                 record["rules"][key] = rule_row(rule, _ratio(s["tp"], s["attack"]), fpr)
     return record
 
@@ -391,9 +393,7 @@ def capability_f1(recipe: GuardRecipe) -> dict[str, Any]:
 
 
 def guard_engine_prompts(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
-    from stillroom.guard.features import FeatureEngine
-
-    return FeatureEngine(frame).prompts_by_account(limit)
+    return load_traffic(frame).prompts_by_account(limit)
 
 
 def _json(value: Any) -> Any:

@@ -18,8 +18,9 @@ import pandas as pd
 from stillroom.core.errors import StillroomError
 from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import RunDir, git_commit, open_run
-from stillroom.guard.config import GuardRecipe, SimulateConfig
+from stillroom.guard.config import EngineConfig, GuardRecipe, SimulateConfig
 from stillroom.guard.detector import Guard, ScanResult
+from stillroom.guard.engine import make_engine
 # the evaluation lives in evaluate.py; run_evaluate and score_scenario stay importable from here
 from stillroom.guard.evaluate import _ratio, _scaled, evaluation_markdown, run_evaluate, score_scenario  # noqa: F401
 from stillroom.guard.report import build_alerts, write_reports
@@ -175,15 +176,16 @@ def new_guard(recipe: GuardRecipe) -> Guard:
     return Guard(recipe.signals, recipe.campaigns, recipe.calibration, seed=recipe.seed)
 
 
-def _fit(guard: Guard, frame: pd.DataFrame, robust: bool, stages: Stages | None = None) -> Guard:
-    """`guard.fit(frame)`, robustly (traffic that may hold attacks) when asked, showing progress."""
+def _fit(guard: Guard, frame: pd.DataFrame, robust: bool, stages: Stages | None = None, engine: EngineConfig | None = None) -> Guard:
+    """`guard.fit(frame)` on the engine `engine` names, robustly (traffic that may hold attacks) when asked, showing progress."""
     if robust and "robust" not in inspect.signature(guard.fit).parameters:
         raise StillroomError("this detector cannot calibrate on traffic that may hold attacks (no robust fit)",
                              hint="calibrate on benign-only traffic: --calibration FOLDER, --benign LOGS or --calibration-mode clean")
     stages = stages or Stages("calibrate", enabled=False)
     stages.stage("calibration features")
+    traffic = make_engine(engine).load(frame) if engine is not None else frame
     with stages.watch(guard, after="thresholds"):
-        return guard.fit(frame, robust=True) if robust else guard.fit(frame)
+        return guard.fit(traffic, robust=True) if robust else guard.fit(traffic)
 
 
 def calibration_mode(recipe: GuardRecipe) -> str:
@@ -206,7 +208,7 @@ def run_calibrate(recipe: GuardRecipe, paths: list[str], out: Path, progress: bo
         data = read_logs(recipe, paths, stages)
         start = time.perf_counter()
         robust = recipe.calibration.mode in ("history", "self")
-        guard = _fit(new_guard(recipe), data.frame, robust, stages)
+        guard = _fit(new_guard(recipe), data.frame, robust, stages, recipe.engine)
         stages.stage("saving")
         out.mkdir(parents=True, exist_ok=True)
         with RunDir(out).staged(stale=["calibration.json", "reference.npz"], robust=robust, commit=git_commit()) as staging:
@@ -229,7 +231,7 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
         if cal.path:
             return Guard.load(cal.path)
         if cal.benign_logs:
-            return _fit(new_guard(recipe), read_logs(recipe, cal.benign_logs, stages).frame, False, stages)
+            return _fit(new_guard(recipe), read_logs(recipe, cal.benign_logs, stages).frame, False, stages, recipe.engine)
         raise StillroomError("no calibration: calibration mode clean needs thresholds set on benign traffic",
                              hint="pass --calibration FOLDER (from `stillroom guard calibrate`) or --benign BENIGN_LOGS, "
                                   "or use --calibration-mode self")
@@ -238,7 +240,7 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
         if not logs:
             raise StillroomError("calibration mode history needs past traffic to calibrate on",
                                  hint="pass --history LOGS (past traffic; it may hold attacks)")
-        return _fit(new_guard(recipe), read_logs(recipe, logs, stages).frame, True, stages)
+        return _fit(new_guard(recipe), read_logs(recipe, logs, stages).frame, True, stages, recipe.engine)
     ignored = [name for name, value in (("calibration.path", cal.path), ("calibration.benign_logs", cal.benign_logs),
                                         ("calibration.history_logs", cal.history_logs)) if value]
     if ignored:
@@ -246,7 +248,7 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
     if scanned is None:
         raise StillroomError("calibration mode self needs the scanned traffic")
     LOG.info("calibrating on the scanned traffic itself (robustly: it may hold attacks)")
-    return _fit(new_guard(recipe), scanned, True, stages)
+    return _fit(new_guard(recipe), scanned, True, stages, recipe.engine)
 
 
 OUTPUTS = ["recipe.yaml", "quarantine.jsonl", "alerts.json", "report.md", "report.html"]
@@ -265,13 +267,14 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
     try:
         if data is None:
             data = read_logs(recipe, paths or recipe.logs.paths, stages)
+        rep = recipe.report
         mode = "given" if guard is not None else calibration_mode(recipe)
         guard = guard or load_or_calibrate(recipe, data.frame, stages)
         stages.stage("features")
+        engine = make_engine(recipe.engine).load(data.frame)
         with stages.watch(guard):
-            result = guard.scan(data.frame)
+            result = guard.scan(engine, examples=rep.examples)
         stages.stage("report")
-        rep = recipe.report
         alerts = build_alerts(result, guard, top=rep.top, examples=rep.examples, redact=rep.redact, quarantine=data.reasons,
                               warnings=[*data.warnings, *(getattr(guard, "warnings", None) or [])])
         alerts["summary"]["calibration_mode"] = mode

@@ -1,6 +1,7 @@
 """Alerts a trust-and-safety analyst can act on: JSON, markdown, and a self-contained HTML report.
 
-`build_alerts` turns a `ScanResult` into plain data: ranked campaigns and accounts, each
+`build_alerts` turns a `ScanResult` (scores, campaigns, and the evidence the scan gathered from its engine:
+no database connection) into plain data: ranked campaigns and accounts, each
 with its evidence (which signals fired and by how much against the benign baseline, example
 prompts, a timeline, shared infrastructure, targeted capabilities). The writers only format
 that data. `redact=True` replaces every prompt by its length and capability.
@@ -94,69 +95,11 @@ def _capabilities(members: pd.DataFrame) -> dict[str, float]:
     return {c: round(v, 4) for c, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
-def _infrastructure(result: ScanResult, members: list[str]) -> dict[str, Any]:
-    engine = result.engine
-    engine.con.register("_sel", pd.DataFrame({"account": members}))
-    try:
-        def top(column: str, k: int = 5) -> list[dict[str, Any]]:
-            frame = engine.sql(f"""SELECT {column} AS value, count(DISTINCT account) AS accounts, count(*) AS requests
-                                   FROM interactions JOIN _sel USING (account) WHERE {column} <> ''
-                                   GROUP BY 1 ORDER BY 2 DESC, 3 DESC LIMIT {k}""")
-            return frame.to_dict("records")
-
-        distinct = engine.sql("""SELECT count(DISTINCT ip) AS ips, count(DISTINCT network) AS networks,
-                                 count(DISTINCT payment) AS payments, count(DISTINCT user_agent) AS user_agents,
-                                 count(DISTINCT country) AS countries FROM interactions JOIN _sel USING (account)""")
-        out = {"distinct": {k: int(v) for k, v in distinct.iloc[0].items()}}
-        for column in ("payment", "ip", "network", "user_agent", "country"):
-            out[column] = [r for r in top(column) if r["accounts"] > 1] if column in ("payment", "ip") else top(column, 3)
-        return out
-    finally:
-        engine.con.unregister("_sel")
-
-
-def _timeline(result: ScanResult, members: list[str]) -> list[list[Any]]:
-    hourly = result.engine.hourly(members)
-    return [[str(h), int(n)] for h, n in zip(hourly["hour"], hourly["requests"])]
-
-
-def _columns(result: ScanResult) -> set[str]:
-    return set(result.engine.sql("SELECT * FROM interactions LIMIT 0").columns)
-
-
-def _system_prompts(result: ScanResult, members: list[str], redact: bool, k: int = 3) -> list[dict[str, Any]]:
+def _system_prompts(rows: list[dict[str, Any]], redact: bool) -> list[dict[str, Any]]:
     """The system prompts most of a campaign's members send (an operator's one harness shows up here)."""
-    engine = result.engine
-    engine.con.register("_sel", pd.DataFrame({"account": members}))
-    try:
-        frame = engine.sql(f"""SELECT system AS text, count(DISTINCT account) AS accounts, count(*) AS requests
-                               FROM interactions JOIN _sel USING (account) WHERE system <> ''
-                               GROUP BY 1 ORDER BY 2 DESC, 3 DESC LIMIT {int(k)}""")
-    finally:
-        engine.con.unregister("_sel")
-    return [{"accounts": int(r.accounts), "requests": int(r.requests),
-             "system": f"[redacted: {len(r.text)} characters]" if redact else _prompt(r.text, "", False, 300)}
-            for r in frame.itertuples()]
-
-
-def _account_examples(result: ScanResult, accounts: list[str], k: int) -> dict[str, list[tuple[str, str]]]:
-    """Up to k (prompt, capability) examples per account, reasoning-eliciting ones first, in one query."""
-    if not accounts or k <= 0:
-        return {}
-    engine = result.engine
-    engine.con.register("_sel", pd.DataFrame({"account": accounts}))
-    try:
-        frame = engine.sql(f"""
-            SELECT account, capability, prompt FROM (
-              SELECT i.account, capability, prompt,
-                     row_number() OVER (PARTITION BY i.account ORDER BY elicit DESC, hash(prompt || '0')) AS r
-              FROM interactions i JOIN _sel USING (account)) WHERE r <= {int(k)} ORDER BY account, r""")
-    finally:
-        engine.con.unregister("_sel")
-    out: dict[str, list[tuple[str, str]]] = {}
-    for row in frame.itertuples():
-        out.setdefault(row.account, []).append((row.prompt, row.capability))
-    return out
+    return [{"accounts": int(r["accounts"]), "requests": int(r["requests"]),
+             "system": f"[redacted: {len(r['text'])} characters]" if redact else _prompt(r["text"], "", False, 300)}
+            for r in rows]
 
 
 def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: int = 5, redact: bool = False,
@@ -168,15 +111,16 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
     then the scan's own (`ScanResult.warnings`, when the detector gives them).
     """
     acc = result.accounts
+    gathered = result.evidence
     flagged_campaigns = result.campaigns[result.campaigns["flagged"]]
-    has_system = "system" in _columns(result)
+    has_system = "system" in gathered["columns"]
     campaigns = []
     for row in flagged_campaigns.itertuples():
         ids = list(acc.index[acc["campaign"] == row.id])
         members = acc.loc[ids]
         lock = result.edges.get("lockstep")
         lock_pairs = lock[lock["a"].isin(ids) & lock["b"].isin(ids)] if lock is not None else pd.DataFrame()
-        ex = result.engine.examples(ids, examples)
+        found = gathered["campaigns"][row.id]
         campaigns.append({
             "id": row.id, "z": round(float(row.z), 2), "accounts": len(ids), "requests": int(members["requests"].sum()),
             "mean_score": round(float(members["score"].mean()), 2),
@@ -186,17 +130,16 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
             "links": _links(getattr(row, "links", None)),
             "features": _feature_evidence(members, guard),
             "capabilities": _capabilities(members),
-            "infrastructure": _infrastructure(result, ids),
-            "system_prompts": _system_prompts(result, ids, redact) if has_system else [],
+            "infrastructure": found["infrastructure"],
+            "system_prompts": _system_prompts(found["system_prompts"], redact) if has_system else [],
             "lockstep": {"pairs": int(len(lock_pairs)),
                          "median_lift": round(float(lock_pairs["lift"].median()), 1) if len(lock_pairs) else None},
-            "timeline": _timeline(result, ids),
-            "examples": [{"account": e.account, "ts": str(e.ts), "capability": e.capability,
-                          "prompt": _prompt(e.prompt, e.capability, redact)} for e in ex.itertuples()],
+            "timeline": found["timeline"],
+            "examples": [dict(e, prompt=_prompt(e["prompt"], e["capability"], redact)) for e in found["examples"][:examples]],
             "members": ids,
         })
     flagged = acc[acc["flagged"]]
-    account_examples = _account_examples(result, list(flagged.index), min(2, examples))
+    account_examples = {a: ex[:min(2, examples)] for a, ex in gathered["account_examples"].items()}
     accounts = []
     for account, row in flagged.iterrows():
         evidence = []
@@ -210,10 +153,9 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
             "evidence": evidence,
             "examples": [_prompt(p, c, redact) for p, c in account_examples.get(account, [])],
         })
-    overall = result.engine.hourly()
     return {
         "summary": {
-            "interactions": result.engine.size(), "accounts": int(len(acc)), "flagged_accounts": int(acc["flagged"].sum()),
+            "interactions": int(gathered["interactions"]), "accounts": int(len(acc)), "flagged_accounts": int(acc["flagged"].sum()),
             "flagged_alone": int(acc["flagged_alone"].sum()), "campaigns_found": int(len(result.campaigns)),
             "campaigns_flagged": int(len(flagged_campaigns)), "quarantined": quarantine or {},
             "thresholds": {k: round(v, 4) for k, v in result.thresholds.items()},
@@ -221,7 +163,7 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
         },
         "warnings": list(dict.fromkeys([*(warnings or []), *(getattr(result, "warnings", None) or [])])),
         "baseline_capabilities": _capabilities(acc[~acc["flagged"]]) if (~acc["flagged"]).any() else {},
-        "timeline": [[str(h), int(n)] for h, n in zip(overall["hour"], overall["requests"])],
+        "timeline": gathered["timeline"],
         "campaigns": campaigns,
         "accounts": accounts,
     }

@@ -2,7 +2,7 @@
 
 What a user without the detector would try first: "flag accounts with at least 2 addresses", "flag
 accounts that ask for top-20 log-probabilities", "flag cards shared by many accounts". For every
-single per-account feature (the columns of `FeatureEngine.accounts()`, plus a few counts over the
+single per-account feature (the columns of `Engine.accounts()`, plus a few counts over the
 whole table: how many accounts share the account's card or address, the largest `top_logprobs` and
 `max_tokens` it asked for, its countries) the rule `feature > t` (or `feature < t`) is set so that at
 most the allowed share of the scenario's benign accounts is flagged, and its recall on the attack
@@ -20,46 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stillroom.guard.features import FeatureEngine
+from stillroom.guard.engine import Engine
 
-# Per-account counts the feature table does not hold: sharing across accounts, and the extreme parameters asked for.
-EXTRA_FEATURES = """
-WITH card_size AS (
-  SELECT payment, count(DISTINCT account) AS n FROM interactions WHERE payment <> '' GROUP BY payment
-),
-ip_size AS (
-  SELECT ip, count(DISTINCT account) AS n FROM interactions WHERE ip <> '' GROUP BY ip
-),
-per_account AS (
-  SELECT account,
-    max(top_logprobs) AS max_top_logprobs,
-    max(max_tokens) AS max_max_tokens,
-    sum((logprobs AND max_tokens >= 4000)::INT) / (count(*) + 2.0) AS logprobs_long_share,
-    count(DISTINCT country) FILTER (WHERE country <> '') AS countries,
-    count(DISTINCT payment) FILTER (WHERE payment <> '') AS payments,
-    count(DISTINCT org) FILTER (WHERE org <> '') AS orgs,
-    max(CASE WHEN org = '' THEN 1 ELSE 0 END) AS no_org
-  FROM interactions GROUP BY account
-),
-card AS (
-  SELECT i.account, max(c.n) AS card_accounts FROM (SELECT DISTINCT account, payment FROM interactions) i
-  JOIN card_size c USING (payment) GROUP BY i.account
-),
-addr AS (
-  SELECT i.account, max(s.n) AS ip_accounts FROM (SELECT DISTINCT account, ip FROM interactions) i
-  JOIN ip_size s USING (ip) GROUP BY i.account
-)
-SELECT p.*, coalesce(c.card_accounts, 0) AS card_accounts,
-  CASE WHEN p.no_org = 1 THEN coalesce(c.card_accounts, 0) ELSE 0 END AS card_accounts_no_org,
-  coalesce(a.ip_accounts, 0) AS ip_accounts
-FROM per_account p LEFT JOIN card c USING (account) LEFT JOIN addr a USING (account)
-"""
-
-
-def rule_features(engine: FeatureEngine) -> pd.DataFrame:
+def rule_features(engine: Engine) -> pd.DataFrame:
     """Every numeric per-account feature a one-line rule could threshold, indexed by account."""
     feats = engine.accounts()
-    extra = engine.sql(EXTRA_FEATURES).set_index("account").drop(columns=["no_org"])
+    extra = engine.rule_features().set_index("account").drop(columns=["no_org"])
     table = feats.join(extra[[c for c in extra.columns if c not in feats.columns]], how="left")
     numeric = table.select_dtypes(include=[np.number, bool]).astype(float)
     return numeric.fillna(0.0)
