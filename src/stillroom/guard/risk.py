@@ -37,6 +37,7 @@ class RiskConfig:
     max_new_tokens: int = 64
     seed: int = 0
     checkpoint_every: int = 25
+    threads: int = 2
 
     def __post_init__(self):
         if not self.shares or any(not 0 < s <= 1 for s in self.shares):
@@ -164,14 +165,14 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
         if model is None:
             model = distil(teacher, items[:count], out / "checkpoints" / key, config, desc=f"student on {count}",
                            progress=progress)
-        metrics = heldout_metrics(model, reference, cache, pad, batch_size=8, threads=1)
+        metrics = heldout_metrics(model, reference, cache, pad, batch_size=8, threads=config.threads)
         point = {"key": key, "interactions": count, "agreement": metrics["agreement"], "nll": metrics["nll"],
                  "train_tokens": sum(len(i.completion_ids) for i in items[:count])}
         with points_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(point) + "\n")
         points.append(point)
         LOG.info("risk: %d interactions -> agreement %.3f, NLL %.3f", count, point["agreement"], point["nll"])
-    teacher_self = heldout_metrics(teacher.model, reference, cache, pad, batch_size=8, threads=1)
+    teacher_self = heldout_metrics(teacher.model, reference, cache, pad, batch_size=8, threads=config.threads)
     curve = [{k: p[k] for k in ("interactions", "agreement", "nll", "train_tokens")} for p in points]
     slope = None
     if len(curve) >= 2:

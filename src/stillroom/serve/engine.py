@@ -192,18 +192,21 @@ class Engine:
 
     def _step(self, row: _Row, logits: torch.Tensor) -> int:
         s = row.gen.sampling
-        if row.gen.watermark is not None:  # green-list bias before greedy choice or sampling, as in model.generate
-            width = row.gen.watermark.context_width
-            context = (row.gen.prompt_ids + row.tokens)[-width:]
-            logits = row.gen.watermark(torch.tensor([context], dtype=torch.long), logits[None])[0]
+        bonus = self._green_bonus(row, logits) if row.gen.watermark is not None else None
+        if bonus is not None:
+            logits = logits + bonus  # what is served, and what logprobs report: never the unwatermarked distribution
         if s.temperature <= 0:
             token = int(torch.argmax(logits))
         else:
-            probs = torch.softmax(logits / s.temperature, dim=-1)
+            # as model.generate orders it: temperature, top-p, then the green-list bias (δ is not divided by T)
+            plain = logits - bonus if bonus is not None else logits
+            probs = torch.softmax(plain / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_p, order = torch.sort(probs, descending=True)
                 keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            if bonus is not None:
+                probs = torch.softmax(torch.log(probs) + bonus, dim=-1)
             token = int(torch.multinomial(probs, 1, generator=row.generator))
         self.stats["tokens"] += 1
         logprobs = self._logprobs(logits, token, s.top_logprobs) if s.logprobs else []
@@ -228,6 +231,14 @@ class Engine:
             row.sent += delta
             row.gen.emit(Event("delta", index=row.index, text=delta, logprobs=logprobs))
         return token
+
+    @staticmethod
+    def _green_bonus(row: _Row, logits: torch.Tensor) -> torch.Tensor:
+        """δ on the tokens green after the row's context, 0 elsewhere: transformers' WatermarkLogitsProcessor itself
+        (selfhash picks its green candidates from the scores, so it sees the real logits)."""
+        width = row.gen.watermark.context_width
+        context = torch.tensor([(row.gen.prompt_ids + row.tokens)[-width:]], dtype=torch.long)
+        return row.gen.watermark(context, logits[None])[0] - logits
 
     def _finish(self, row: _Row, reason: str, text: str | None = None, logprobs: list[dict] | None = None) -> None:
         row.finished = True

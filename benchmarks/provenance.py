@@ -1,0 +1,441 @@
+"""Provenance, the whole loop: watermark what SmolLM2 serves, let one cohort harvest it, distil students, prove it.
+
+    .venv/bin/python benchmarks/provenance.py            # about 40 minutes on 2 shared CPU cores
+    .venv/bin/python benchmarks/provenance.py --quick    # a smoke run of a few minutes (numbers not meaningful)
+
+1. `stillroom serve` hosts the SmolLM2-135M-Instruct teacher with the keyed watermark (transformers'
+   WatermarkLogitsProcessor, γ = 0.25, δ = --bias, lefthash) behind the gateway. Simulated accounts of one
+   cohort (c3) harvest answers to Dolly-15k instructions (../shared/data; the built-in prompts without it);
+   a few benign accounts of other cohorts use it too. The gateway logs each interaction with its cohort and
+   key id. The same teacher answers the same prompts without a watermark (the controls' data).
+2. Students (6 evenly spaced teacher layers, SFT with the project's LLM distillation code: what an attacker
+   with the open base weights does) are distilled from the campaign's harvest, and from mixes in which only a
+   share ρ = 100%, 25%, 5% of the answers are watermarked (the rest: the unwatermarked answers to the same
+   prompts). Control: a student from the unwatermarked answers only (ρ = 0).
+3. Each student is tested against every key of the key file (24 cohorts), Holm-corrected:
+   open weights (teacher-forced reading of its top-1 predictions on fixed held-out text, deduplicated
+   (context, prediction) pairs), and black box (its sampled answers to held-out prompts through
+   `stillroom serve`, text test). The unwatermarked teacher is a second clean model for the open-weights mode.
+4. Quality cost of the watermark on the teacher: on held-out human answers (Dolly), the NLL of the watermarked
+   next-token distribution over the unwatermarked one, and how often the watermark changes the top-1 token.
+5. Risk curve (`stillroom guard risk`'s code): students from the first 25%, 50%, 100% of the campaign's
+   interactions, agreement and NLL against the teacher's greedy answers to held-out prompts.
+
+Every stage is cached under --work-dir (outside the repository) and a rerun resumes where it stopped.
+Writes benchmarks/results/provenance.json and its line in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SHARED_DATA, write_result  # noqa: E402
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from stillroom.core.runs import LOG, setup_console_logging  # noqa: E402
+
+CAMPAIGN_COHORT = "c3"
+RHOS = (1.0, 0.25, 0.05)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--harvest", type=int, default=160, help="prompts the campaign harvests")
+    p.add_argument("--accounts", type=int, default=6, help="campaign accounts (one cohort)")
+    p.add_argument("--benign", type=int, default=12, help="requests of benign accounts in other cohorts")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per served answer")
+    p.add_argument("--temperature", type=float, default=0.7, help="the harvest's sampling temperature")
+    p.add_argument("--bias", type=float, default=2.0, help="watermark δ")
+    p.add_argument("--gamma", type=float, default=0.25, help="watermark γ")
+    p.add_argument("--cohorts", type=int, default=24, help="cohorts in the key file: the keys every test corrects for")
+    p.add_argument("--probe", type=int, default=48, help="held-out texts read in the open-weights test")
+    p.add_argument("--blackbox", type=int, default=64, help="held-out prompts the suspect answers in the black-box test")
+    p.add_argument("--eval", type=int, default=32, help="held-out prompts for agreement/NLL (risk curve)")
+    p.add_argument("--quality", type=int, default=48, help="held-out human answers for the watermark's quality cost")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "stillroom" / "bench-provenance")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the loop runs")
+    args = p.parse_args()
+    if args.quick:
+        args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
+        args.probe, args.blackbox, args.eval, args.quality, args.epochs = 8, 8, 8, 8, 1
+    return args
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def dolly_rows(limit: int, seed: int = 0) -> list[dict]:
+    path = SHARED_DATA / "dolly15k" / "databricks-dolly-15k.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("context") or not (10 <= len(record["instruction"]) <= 300) or len(record["response"]) < 80:
+            continue
+        rows.append({"prompt": record["instruction"].strip(), "response": record["response"].strip()})
+    random.Random(seed).shuffle(rows)
+    return rows[:limit]
+
+
+def split(args) -> dict[str, list[dict]]:
+    sizes = {"harvest": args.harvest, "benign": args.benign, "blackbox": args.blackbox, "eval": args.eval,
+             "probe": args.probe, "quality": args.quality}
+    rows = dolly_rows(sum(sizes.values()))
+    source = "dolly15k"
+    if len(rows) < sum(sizes.values()):
+        from stillroom.distill.llm.prompts import builtin_prompts
+
+        rows = [{"prompt": p.messages[-1]["content"], "response": ""} for p in builtin_prompts().prompts]
+        source = "built-in prompts (no shared data)"
+        rows = (rows * (1 + sum(sizes.values()) // len(rows)))[:sum(sizes.values())]
+    out, at = {}, 0
+    for name, size in sizes.items():
+        out[name] = rows[at:at + size]
+        at += size
+    out["source"] = source  # type: ignore[assignment]
+    return out
+
+
+# ---- stage helpers ----------------------------------------------------------------------------------
+def cached(path: Path, make):
+    """Run `make()` once: its JSON result is kept at `path` and read back on every later run."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    value = make()
+    value = {**value, "seconds": round(time.perf_counter() - started, 1)} if isinstance(value, dict) else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return value
+
+
+def ask_all(url: str, jobs: list[dict], concurrency: int = 16) -> list[dict]:
+    """POST chat completions, `concurrency` at a time (the server batches them); returns the JSON answers."""
+    with httpx.Client(timeout=900) as client:
+        def one(job):
+            reply = client.post(url + "/v1/chat/completions", json=job["body"], headers=job.get("headers", {}))
+            reply.raise_for_status()
+            return reply.json()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(one, jobs))
+
+
+def harvest(args, work: Path, data, teacher, ring) -> dict:
+    """Stage 1: the watermarked teacher behind the gateway, harvested by the campaign; and the clean answers."""
+    from stillroom.guard.gateway.app import GatewayConfig, create_gateway_app
+    from stillroom.guard.gateway.keys import KeyStore
+    from stillroom.guard.gateway.store import read_frame
+    from stillroom.serve.app import create_app
+    from stillroom.serve.engine import Engine
+    from stillroom.serve.server import BackgroundServer
+    from stillroom.serve.watermark import ServeWatermark
+
+    log = work / "gateway" / "log.db"
+    keys_path = work / "gateway" / "keys.json"
+    accounts_path = work / "gateway" / "accounts.json"
+    if not accounts_path.exists():
+        store = KeyStore(keys_path)
+        accounts = {f"harvester-{i}": store.add(f"harvester-{i}", cohort=CAMPAIGN_COHORT, org="shellco", save=False)
+                    for i in range(args.accounts)}
+        benign = {f"user-{i}": store.add(f"user-{i}", cohort=f"c{i}", save=False) for i in range(3)}  # not c3
+        store.save()
+        accounts_path.write_text(json.dumps({"campaign": accounts, "benign": benign}), encoding="utf-8")
+    accounts = json.loads(accounts_path.read_text(encoding="utf-8"))
+    clean_path = work / "clean.jsonl"
+    clean = {}
+    if clean_path.exists():
+        for line in clean_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                clean[record["prompt"]] = record["response"]
+    served = set()
+    if log.exists():
+        frame = read_frame(log, extra=True)
+        served = set(zip(frame["account"], frame["prompt"]))
+
+    engine = Engine(teacher.model, teacher.tokenizer, "smollm2", max_batch=16, max_tokens_limit=1024,
+                    default_max_tokens=args.max_tokens)
+    watermark = ServeWatermark(ring.path, vocab_size=int(teacher.model.config.vocab_size))
+    try:
+        with BackgroundServer(create_app(engine, watermark=watermark)) as marked, \
+                BackgroundServer(create_app(engine)) as plain:
+            config = GatewayConfig(upstream=marked.url + "/v1", log=log, keys=keys_path, cohorts=ring.cohorts)
+            with BackgroundServer(create_gateway_app(config)) as gateway:
+                names = sorted(accounts["campaign"])
+                jobs = []
+                for i, row in enumerate(data["harvest"]):
+                    account = names[i % len(names)]
+                    if (account, row["prompt"]) in served:
+                        continue
+                    jobs.append({"body": {"messages": [{"role": "user", "content": row["prompt"]}],
+                                          "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": i},
+                                 "headers": {"authorization": f"Bearer {accounts['campaign'][account]}"}})
+                for i, row in enumerate(data["benign"]):
+                    account = sorted(accounts["benign"])[i % len(accounts["benign"])]
+                    if (account, row["prompt"]) in served:
+                        continue
+                    jobs.append({"body": {"messages": [{"role": "user", "content": row["prompt"]}],
+                                          "max_tokens": args.max_tokens, "temperature": 0.7, "seed": 10_000 + i},
+                                 "headers": {"authorization": f"Bearer {accounts['benign'][account]}"}})
+                started = time.perf_counter()
+                for at in range(0, len(jobs), 32):  # each chunk is committed in the log before the next starts
+                    ask_all(gateway.url, jobs[at:at + 32])
+                    LOG.info("harvest: %d/%d answers (%.0f s)", min(at + 32, len(jobs)), len(jobs),
+                             time.perf_counter() - started)
+            todo = [(i, row) for i, row in enumerate(data["harvest"]) if row["prompt"] not in clean]
+            for at in range(0, len(todo), 32):
+                chunk = todo[at:at + 32]
+                answers = ask_all(plain.url, [{"body": {"messages": [{"role": "user", "content": row["prompt"]}],
+                                                        "max_tokens": args.max_tokens, "temperature": args.temperature,
+                                                        "seed": i}} for i, row in chunk])
+                with clean_path.open("a", encoding="utf-8") as handle:
+                    for (i, row), answer in zip(chunk, answers):
+                        handle.write(json.dumps({"prompt": row["prompt"],
+                                                 "response": answer["choices"][0]["message"]["content"]}) + "\n")
+                        clean[row["prompt"]] = answer["choices"][0]["message"]["content"]
+                LOG.info("clean answers: %d/%d", min(at + 32, len(todo)), len(todo))
+    finally:
+        engine.close()
+    return {"log": str(log), "accounts": {group: sorted(names) for group, names in accounts.items()}}  # no keys
+
+
+def quality_cost(teacher, key, rows, chat_template: bool = True, biases=(0.5, 1.0, 2.0, 4.0)) -> dict:
+    """NLL ratio and top-1 change of the watermarked teacher against the plain one, on held-out human answers."""
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+    from stillroom.distill.llm.train import logits_at, make_batch
+    from stillroom.guard.provenance.detect import GreenList
+
+    tok = teacher.tokenizer
+    pairs = []
+    for row in rows:
+        if not row["response"]:
+            continue
+        prompt = encode_prompt(tok, Prompt.from_text(row["prompt"]), chat_template)
+        pairs.append((prompt, tok(row["response"], add_special_tokens=False)["input_ids"][:96]))
+    greens = GreenList(key, int(teacher.model.config.vocab_size))
+    sums = {b: {"nll": 0.0, "same_top1": 0} for b in biases}
+    base_nll, count = 0.0, 0
+    with torch.inference_mode():
+        for at in range(0, len(pairs), 8):
+            chunk = pairs[at:at + 8]
+            batch = make_batch(chunk, tok.pad_token_id)
+            logits = logits_at(teacher.model, batch).float()
+            previous = torch.cat([torch.tensor((list(p) + list(c))[len(p) - 1:len(p) + len(c) - 1]) for p, c in chunk])
+            mask = torch.stack([greens._mask_after(int(t)) for t in previous]).float()
+            base = torch.log_softmax(logits, -1)
+            base_nll += float(-base.gather(1, batch.labels[:, None]).sum())
+            top = logits.argmax(-1)
+            for b in biases:
+                marked = torch.log_softmax(logits + b * mask, -1)
+                sums[b]["nll"] += float(-marked.gather(1, batch.labels[:, None]).sum())
+                sums[b]["same_top1"] += int((marked.argmax(-1) == top).sum())
+            count += batch.tokens
+    sweep = {str(b): {"nll_ratio": sums[b]["nll"] / base_nll, "agreement_drop": 1 - sums[b]["same_top1"] / count}
+             for b in biases}
+    return {"tokens": count, "texts": len(pairs), "teacher_nll": base_nll / count, "by_bias": sweep}
+
+
+def mixed_items(campaign, clean: dict, rho: float, tokenizer, max_tokens: int, seed: int = 0):
+    """The campaign's prompts, each answered by its watermarked answer for a share ρ of them, else the clean one."""
+    from stillroom.guard.risk import items_from_interactions
+
+    frame = campaign.copy()
+    chosen = set(random.Random(seed).sample(range(len(frame)), round(rho * len(frame))))
+    frame["response"] = [r if i in chosen else clean[p] for i, (p, r) in enumerate(zip(frame["prompt"], frame["response"]))]
+    return items_from_interactions(frame, tokenizer, max_new_tokens=max_tokens), len(chosen)
+
+
+def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts, args, work: Path) -> dict:
+    """Both radioactivity tests of one student (cached)."""
+    from stillroom.guard.provenance.radioactivity import black_box, generate_via_api, read_model
+    from stillroom.serve.app import create_app
+    from stillroom.serve.engine import Engine
+    from stillroom.serve.server import BackgroundServer
+
+    def run():
+        opened = read_model(model, probe, detector, tokenizer.pad_token_id, batch_size=8, progress=True)
+        engine = Engine(model, tokenizer, name, max_batch=16, default_max_tokens=args.max_tokens)
+        try:
+            with BackgroundServer(create_app(engine)) as server:
+                texts = generate_via_api(server.url + "/v1", blackbox_prompts, max_tokens=args.max_tokens,
+                                         temperature=1.0, progress=True)
+        finally:
+            engine.close()
+        closed = black_box(texts, tokenizer, detector)
+        return {"open-weights": opened.to_dict(), "black-box": closed.to_dict(), "answers": texts[:3]}
+
+    return cached(work / "tests" / f"{name}.json", run)
+
+
+def main() -> None:
+    args = parse_args()
+    setup_console_logging()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+    from stillroom.distill.llm.teacher import load_causal_lm
+    from stillroom.guard.provenance.alert import campaign_provenance
+    from stillroom.guard.provenance.detect import Detector
+    from stillroom.guard.provenance.keys import Keyring, WatermarkSettings
+    from stillroom.guard.provenance.radioactivity import read_model
+    from stillroom.guard.risk import RiskConfig, distil, measure_risk, read_interactions, reference_set
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "threads")}
+    work = args.work_dir / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    work.mkdir(parents=True, exist_ok=True)
+    LOG.info("work dir %s", work)
+    data = split(args)
+    ring_path = work / "watermark-keys.json"
+    ring = Keyring(ring_path) if ring_path.exists() else Keyring.create(
+        ring_path, WatermarkSettings(greenlist_ratio=args.gamma, bias=args.bias), cohorts=args.cohorts)
+    key = ring.key(CAMPAIGN_COHORT)
+    teacher = load_causal_lm(None)
+    tok = teacher.tokenizer
+    vocab = int(teacher.model.config.vocab_size)
+    detector = Detector(ring.all_keys(), vocab, alpha=0.01)
+    timings = {}
+
+    clock = time.perf_counter()
+    stage = cached(work / "harvest.json", lambda: harvest(args, work, data, teacher, ring))
+    timings["harvest_s"] = time.perf_counter() - clock
+    campaign = read_interactions(Path(stage["log"]), sorted(stage["accounts"]["campaign"]))
+    clean = {}
+    for line in (work / "clean.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        clean[record["prompt"]] = record["response"]
+    missing = [p for p in campaign["prompt"] if p not in clean]
+    if missing:
+        raise SystemExit(f"{len(missing)} campaign prompts have no clean answer; delete {work / 'harvest.json'} and rerun")
+
+    clock = time.perf_counter()
+    risk_config = RiskConfig(shares=[0.25, 0.5, 1.0], layers=args.layers, epochs=args.epochs, lr=args.lr,
+                             eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads)
+    eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
+    reference, _ = reference_set(teacher, work / "risk" / "reference", eval_prompts, risk_config)
+    probe = [list(item.prompt_ids) + list(item.completion_ids) for item in reference]
+    probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) + tok(r["response"], add_special_tokens=False)["input_ids"][:96]
+              for r in data["probe"] if r["response"]]
+    probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) for r in data["probe"] if not r["response"]]
+    blackbox_prompts = [r["prompt"] for r in data["blackbox"]]
+    timings["reference_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    quality = cached(work / "quality.json", lambda: quality_cost(teacher, key, data["quality"] or data["probe"]))
+    timings["quality_s"] = time.perf_counter() - clock
+    teacher_open = cached(work / "tests" / "teacher-open.json",
+                          lambda: read_model(teacher.model, probe, detector, tok.pad_token_id, progress=True).to_dict())
+
+    students: dict[str, dict] = {}
+    models = {}
+    for rho in (*RHOS, 0.0):
+        name = f"rho-{rho:.2f}"
+        clock = time.perf_counter()
+        items, marked = mixed_items(campaign, clean, rho, tok, args.max_tokens)
+        done = (work / "tests" / f"{name}.json").is_file()
+        model = None
+        if not done or rho == 1.0:
+            model = distil(teacher, items, work / "students" / name, risk_config, desc=name)
+        result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work)
+        students[name] = {"rho": rho, "watermarked_answers": marked, "answers": len(items), **result}
+        if rho == 1.0:
+            models[len(items)] = model
+        timings[f"{name}_s"] = time.perf_counter() - clock
+        LOG.info("%s: open-weights log10 p %.1f (key %s), black-box log10 p %.1f (key %s)", name,
+                 result["open-weights"]["scores"][0]["log10_p"], result["open-weights"]["key_id"],
+                 result["black-box"]["scores"][0]["log10_p"], result["black-box"]["key_id"])
+
+    clock = time.perf_counter()
+    risk = measure_risk(campaign, teacher, work / "risk", risk_config, eval_prompts, trained=models)
+    timings["risk_s"] = time.perf_counter() - clock
+
+    def true_key(test: dict) -> dict:
+        score = next(s for s in test["scores"] if s["key_id"] == key.key_id)
+        return {"p": score["p_value"], "log10_p": score["log10_p"], "p_holm": score["p_adjusted"],
+                "log10_p_holm": score["log10_p_adjusted"], "green_fraction": score["green_fraction"],
+                "scored_pairs": score["scored"], "attributed": test["cohorts"]}
+
+    p_student = {mode: {str(rho): true_key(students[f"rho-{rho:.2f}"][mode]) for rho in RHOS}
+                 for mode in ("open-weights", "black-box")}
+    controls = [("rho-0.00", "open-weights", students["rho-0.00"]["open-weights"]),
+                ("rho-0.00", "black-box", students["rho-0.00"]["black-box"]),
+                ("teacher", "open-weights", teacher_open)]
+    control_p = [{"model": m, "mode": mode, "key_id": s["key_id"], "p": s["p_value"]}
+                 for m, mode, test in controls for s in test["scores"]]
+    from scipy.stats import kstest
+
+    values = [c["p"] for c in control_p]
+    control_fpr = sum(v < 0.05 for v in values) / len(values)
+    ks = kstest(values, "uniform")
+    harvest_alert = campaign_provenance(campaign, ring, tok, vocab)
+    harvest_alert["suspects"] = {"student-rho-1.00": {m: students["rho-1.00"][m] for m in ("open-weights", "black-box")}}
+    bias = str(float(args.bias))
+    cost = quality["by_bias"].get(bias) or quality["by_bias"][min(quality["by_bias"], key=lambda b: abs(float(b) - args.bias))]
+    targets = {
+        "open_weights_rho_1.00_p_below_1e-5": p_student["open-weights"]["1.0"]["log10_p"] < -5,
+        "open_weights_rho_0.25_p_below_1e-5": p_student["open-weights"]["0.25"]["log10_p"] < -5,
+        "black_box_rho_1.00_p_below_1e-3": p_student["black-box"]["1.0"]["log10_p"] < -3,
+        "control_fpr_at_most_0.05": control_fpr <= 0.05,
+        "nll_ratio_at_most_1.05": cost["nll_ratio"] <= 1.05,
+        "agreement_drop_at_most_0.02": cost["agreement_drop"] <= 0.02,
+    }
+    payload = {
+        "settings": settings, "data": data["source"], "watermark": {"gamma": args.gamma, "bias": args.bias,
+                                                                   "seeding_scheme": "lefthash", "keys": len(ring.all_keys()),
+                                                                   "campaign_key": key.key_id},
+        "p_watermarked_student": p_student,
+        "control_p_values": control_p, "control_fpr": control_fpr,
+        "control_ks": {"statistic": float(ks.statistic), "p": float(ks.pvalue), "n": len(values)},
+        "quality_cost": {"nll_ratio": cost["nll_ratio"], "agreement_drop": cost["agreement_drop"],
+                         "by_bias": quality["by_bias"], "teacher_nll": quality["teacher_nll"], "tokens": quality["tokens"]},
+        "risk_curve": [{"interactions": p["interactions"], "agreement": p["agreement"], "nll": p["nll"]} for p in risk["curve"]],
+        "risk": {k: risk[k] for k in ("marginal_gain", "teacher", "reference", "student")},
+        "alert_provenance": {k: v for k, v in harvest_alert.items() if k != "suspects"} | {
+            "suspects": {n: {m: {k: t[k] for k in ("key_id", "cohorts", "p_value", "log10_p", "p_adjusted")}
+                             for m, t in tests.items()} for n, tests in harvest_alert["suspects"].items()}},
+        "students": {n: {k: v for k, v in s.items() if k not in ("open-weights", "black-box")} |
+                     {m: {k: s[m][k] for k in ("key_id", "cohorts", "log10_p", "notes")} for m in ("open-weights", "black-box")}
+                     for n, s in students.items()},
+        "targets": targets,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - started, 1)},
+    }
+    ow, bb = p_student["open-weights"], p_student["black-box"]
+    line = (f"open-weights log10 p at rho 1/0.25/0.05: {ow['1.0']['log10_p']:.1f}/{ow['0.25']['log10_p']:.1f}/"
+            f"{ow['0.05']['log10_p']:.1f} (target < -5 at 1 and 0.25); black-box {bb['1.0']['log10_p']:.1f}/"
+            f"{bb['0.25']['log10_p']:.1f}/{bb['0.05']['log10_p']:.1f} (target < -3 at 1); control FPR {control_fpr:.3f} "
+            f"of {len(values)} (KS {ks.statistic:.3f}); watermark delta {args.bias}: NLL ratio {cost['nll_ratio']:.3f}, "
+            f"top-1 change {cost['agreement_drop']:.3f} (targets 1.05, 0.02); risk agreement "
+            + "/".join(f"{p['agreement']:.3f}@{p['interactions']}" for p in risk["curve"]))
+    if args.quick:
+        print(json.dumps(payload, indent=1)[:4000])
+        print("quick run: nothing written")
+        return
+    path = write_result("provenance", payload, line)
+    print(line)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
