@@ -53,6 +53,9 @@ from stillroom.core.runs import LOG, setup_console_logging  # noqa: E402
 
 CAMPAIGN_COHORT = "c3"
 RHOS = (1.0, 0.25, 0.05)
+HARVEST_SETTINGS = ["harvest", "accounts", "benign", "max_tokens", "temperature", "bias", "gamma", "cohorts", "quick"]
+TRAIN_SETTINGS = ["layers", "epochs", "lr"]
+TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens"]
 
 
 def parse_args():
@@ -65,10 +68,12 @@ def parse_args():
     p.add_argument("--bias", type=float, default=2.0, help="watermark δ")
     p.add_argument("--gamma", type=float, default=0.25, help="watermark γ")
     p.add_argument("--cohorts", type=int, default=24, help="cohorts in the key file: the keys every test corrects for")
-    p.add_argument("--probe", type=int, default=48, help="held-out texts read in the open-weights test")
+    p.add_argument("--probe", type=int, default=24, help="held-out human texts read in the open-weights test "
+                   "(besides the teacher's answers to the --eval prompts)")
+    p.add_argument("--probe-tokens", type=int, default=96, help="answer tokens of each probe text")
     p.add_argument("--blackbox", type=int, default=64, help="held-out prompts the suspect answers in the black-box test")
     p.add_argument("--eval", type=int, default=32, help="held-out prompts for agreement/NLL (risk curve)")
-    p.add_argument("--quality", type=int, default=48, help="held-out human answers for the watermark's quality cost")
+    p.add_argument("--quality", type=int, default=32, help="held-out human answers for the watermark's quality cost")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -268,7 +273,7 @@ def mixed_items(campaign, clean: dict, rho: float, tokenizer, max_tokens: int, s
     return items_from_interactions(frame, tokenizer, max_new_tokens=max_tokens), len(chosen)
 
 
-def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts, args, work: Path) -> dict:
+def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts, args, folder: Path) -> dict:
     """Both radioactivity tests of one student (cached)."""
     from stillroom.guard.provenance.radioactivity import black_box, generate_via_api, read_model
     from stillroom.serve.app import create_app
@@ -287,7 +292,7 @@ def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts,
         closed = black_box(texts, tokenizer, detector)
         return {"open-weights": opened.to_dict(), "black-box": closed.to_dict(), "answers": texts[:3]}
 
-    return cached(work / "tests" / f"{name}.json", run)
+    return cached(folder / f"{name}.json", run)
 
 
 def main() -> None:
@@ -304,9 +309,16 @@ def main() -> None:
     from stillroom.guard.risk import RiskConfig, distil, measure_risk, read_interactions, reference_set
 
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "threads")}
-    work = args.work_dir / hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+    def digest(names) -> str:
+        return hashlib.sha1(json.dumps({n: settings[n] for n in names}, sort_keys=True).encode()).hexdigest()[:10]
+
+    # the harvest is keyed by what shapes it; students and tests by theirs, so changing one never redoes the other
+    work = args.work_dir / digest(HARVEST_SETTINGS)
+    train_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS)
+    test_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + TEST_SETTINGS)
     work.mkdir(parents=True, exist_ok=True)
-    LOG.info("work dir %s", work)
+    LOG.info("work dir %s (students %s, tests %s)", work, train_key, test_key)
     data = split(args)
     ring_path = work / "watermark-keys.json"
     ring = Keyring(ring_path) if ring_path.exists() else Keyring.create(
@@ -334,18 +346,19 @@ def main() -> None:
     risk_config = RiskConfig(shares=[0.25, 0.5, 1.0], layers=args.layers, epochs=args.epochs, lr=args.lr,
                              eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads)
     eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
-    reference, _ = reference_set(teacher, work / "risk" / "reference", eval_prompts, risk_config)
+    risk_dir = work / f"risk-{train_key}"
+    reference, _ = reference_set(teacher, work / "reference", eval_prompts, risk_config)
     probe = [list(item.prompt_ids) + list(item.completion_ids) for item in reference]
-    probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) + tok(r["response"], add_special_tokens=False)["input_ids"][:96]
+    probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) + tok(r["response"], add_special_tokens=False)["input_ids"][:args.probe_tokens]
               for r in data["probe"] if r["response"]]
     probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) for r in data["probe"] if not r["response"]]
     blackbox_prompts = [r["prompt"] for r in data["blackbox"]]
     timings["reference_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    quality = cached(work / "quality.json", lambda: quality_cost(teacher, key, data["quality"] or data["probe"]))
+    quality = cached(work / f"quality-{args.quality}.json", lambda: quality_cost(teacher, key, data["quality"] or data["probe"]))
     timings["quality_s"] = time.perf_counter() - clock
-    teacher_open = cached(work / "tests" / "teacher-open.json",
+    teacher_open = cached(work / "tests" / test_key / "teacher-open.json",
                           lambda: read_model(teacher.model, probe, detector, tok.pad_token_id, progress=True).to_dict())
 
     students: dict[str, dict] = {}
@@ -354,11 +367,11 @@ def main() -> None:
         name = f"rho-{rho:.2f}"
         clock = time.perf_counter()
         items, marked = mixed_items(campaign, clean, rho, tok, args.max_tokens)
-        done = (work / "tests" / f"{name}.json").is_file()
+        done = (work / "tests" / test_key / f"{name}.json").is_file()
         model = None
         if not done or rho == 1.0:
-            model = distil(teacher, items, work / "students" / name, risk_config, desc=name)
-        result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work)
+            model = distil(teacher, items, work / "students" / train_key / name, risk_config, desc=name)
+        result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work / "tests" / test_key)
         students[name] = {"rho": rho, "watermarked_answers": marked, "answers": len(items), **result}
         if rho == 1.0:
             models[len(items)] = model
@@ -368,7 +381,7 @@ def main() -> None:
                  result["black-box"]["scores"][0]["log10_p"], result["black-box"]["key_id"])
 
     clock = time.perf_counter()
-    risk = measure_risk(campaign, teacher, work / "risk", risk_config, eval_prompts, trained=models)
+    risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models)
     timings["risk_s"] = time.perf_counter() - clock
 
     def true_key(test: dict) -> dict:
