@@ -85,7 +85,7 @@ class DensityExcess:
         rng = np.random.default_rng(self.seed)
         both = np.vstack([self.reference, scan]).astype(np.float32)
         both = both + rng.normal(0, 1e-4, both.shape).astype(np.float32)  # break ties between identical vectors at random
-        dist, idx = knn(both, both[n_ref:], min(k + extra, n_scan + n_ref))  # `ann`: exact when small, HNSW when large
+        dist, idx = knn(both, both[n_ref:], min(k + extra, n_scan + n_ref))  # `ann`: exact when small, IVF when large
         from_scan = idx >= n_ref
         related = from_scan & (customer[np.where(from_scan, idx - n_ref, 0)] == customer[:, None])  # self included
         taken = ~related & (np.cumsum(~related, axis=1) <= k)
