@@ -460,6 +460,33 @@ def _engine_class():
             self._exec(f"CREATE OR REPLACE TEMP VIEW {table} AS {select}")
             self._kinds[table] = "VIEW"
 
+        def load(self, source) -> "DatasetEngine":
+            """`Engine.load` with the per-prompt work (lower case, the reasoning marker, the normalised text, its
+            capability) done once per distinct prompt text and joined back, instead of once per request: a provider's
+            log repeats its prompts (templates, benchmarks, retries), and the regular expressions were half of the
+            load time at 1M interactions. The table is the same as `Engine.load` builds."""
+            from stillroom.guard.capabilities import DEFAULT, classify_many
+            from stillroom.guard.engine import queries as Q
+
+            self._read("raw_interactions", [source] if isinstance(source, str) else list(source))
+            enrich = self.render(Q.ENRICH, elicit=Q.ELICITATION.replace("'", "''"))
+            per_prompt = enrich.replace("epoch(ts) AS t,", "").replace("SELECT *,", "SELECT prompt,").replace(
+                "FROM raw_interactions", "FROM (SELECT DISTINCT prompt FROM raw_interactions)")
+            if per_prompt.count("prompt,") < 1 or "epoch" in per_prompt:
+                raise RuntimeError("queries.ENRICH changed shape; DatasetEngine.load must follow it")
+            self._create("prompt_texts", per_prompt)
+            norms = self._frame("SELECT DISTINCT norm FROM prompt_texts WHERE norm IS NOT NULL ORDER BY norm")["norm"].tolist()
+            self._put("prompt_capabilities", pd.DataFrame({"norm": pd.Series(norms, dtype=object),
+                                                           "capability": pd.Series(classify_many(norms, normalised=True), dtype=object)}))
+            self._create("interactions", f"""
+                SELECT r.*, epoch(r.ts) AS t, p.elicit, p.norm, coalesce(c.capability, '{DEFAULT}') AS capability
+                FROM raw_interactions r JOIN prompt_texts p ON r.prompt = p.prompt
+                LEFT JOIN prompt_capabilities c ON p.norm = c.norm""")
+            for table in ("prompt_capabilities", "prompt_texts", "raw_interactions"):
+                self._drop(table)
+            self.loaded = True
+            return self
+
         def close(self) -> None:
             try:
                 super().close()
