@@ -74,6 +74,7 @@ def parse_args():
     p.add_argument("--blackbox", type=int, default=64, help="held-out prompts the suspect answers in the black-box test")
     p.add_argument("--eval", type=int, default=32, help="held-out prompts for agreement/NLL (risk curve)")
     p.add_argument("--quality", type=int, default=32, help="held-out human answers for the watermark's quality cost")
+    p.add_argument("--tasks", type=int, default=64, help="MMLU questions for the watermark's cost on a task")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -83,7 +84,7 @@ def parse_args():
     args = p.parse_args()
     if args.quick:
         args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
-        args.probe, args.blackbox, args.eval, args.quality, args.epochs = 8, 8, 8, 8, 1
+        args.probe, args.blackbox, args.eval, args.quality, args.epochs, args.tasks = 8, 8, 8, 8, 1, 4
     return args
 
 
@@ -263,6 +264,47 @@ def quality_cost(teacher, key, rows, chat_template: bool = True, biases=(0.5, 1.
     return {"tokens": count, "texts": len(pairs), "teacher_nll": base_nll / count, "by_bias": sweep}
 
 
+def mmlu_rows(limit: int, seed: int = 0) -> list[dict]:
+    import csv
+
+    folder = SHARED_DATA / "prompts" / "mmlu"
+    rows = []
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        with path.open(encoding="utf-8") as handle:
+            for record in csv.DictReader(handle):
+                rows.append(record)
+    random.Random(seed).shuffle(rows)
+    return rows[:limit]
+
+
+def task_cost(teacher, key, rows) -> dict:
+    """A small task set: MMLU questions answered by the letter the teacher scores highest, with and without the
+    watermark's bias on the answer token (what a user of the watermarked API gets from a one-token answer)."""
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+    from stillroom.guard.provenance.detect import GreenList
+
+    tok = teacher.tokenizer
+    letters = [tok("ABCD"[i], add_special_tokens=False)["input_ids"][0] for i in range(4)]
+    greens = GreenList(key, int(teacher.model.config.vocab_size))
+    right = {"plain": 0, "watermarked": 0}
+    changed = 0
+    with torch.inference_mode():
+        for row in rows:
+            question = (row["question"] + "\n" + "\n".join(f"{'ABCD'[i]}. {row[f'choice{i}']}" for i in range(4))
+                        + "\nAnswer with the letter of the correct choice.")
+            ids = encode_prompt(tok, Prompt.from_text(question))
+            logits = teacher.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            plain = logits[letters]
+            marked = plain + key.settings.bias * greens._mask_after(ids[-1])[letters].float()
+            answer = int(row["answer"])
+            right["plain"] += int(plain.argmax()) == answer
+            right["watermarked"] += int(marked.argmax()) == answer
+            changed += int(plain.argmax()) != int(marked.argmax())
+    n = max(1, len(rows))
+    return {"task": "mmlu (letter with the highest logit)", "questions": len(rows), "accuracy_plain": right["plain"] / n,
+            "accuracy_watermarked": right["watermarked"] / n, "answers_changed": changed / n}
+
+
 def mixed_items(campaign, clean: dict, rho: float, tokenizer, max_tokens: int, seed: int = 0):
     """The campaign's prompts, each answered by its watermarked answer for a share ρ of them, else the clean one."""
     from stillroom.guard.risk import items_from_interactions
@@ -358,6 +400,7 @@ def main() -> None:
     clock = time.perf_counter()
     quality = cached(work / f"quality-{args.quality}.json", lambda: quality_cost(teacher, key, data["quality"] or data["probe"]))
     timings["quality_s"] = time.perf_counter() - clock
+    tasks = cached(work / f"tasks-{args.tasks}.json", lambda: task_cost(teacher, key, mmlu_rows(args.tasks)))
     teacher_open = cached(work / "tests" / test_key / "teacher-open.json",
                           lambda: read_model(teacher.model, probe, detector, tok.pad_token_id, progress=True).to_dict())
 
@@ -422,7 +465,11 @@ def main() -> None:
         "control_p_values": control_p, "control_fpr": control_fpr,
         "control_ks": {"statistic": float(ks.statistic), "p": float(ks.pvalue), "n": len(values)},
         "quality_cost": {"nll_ratio": cost["nll_ratio"], "agreement_drop": cost["agreement_drop"],
-                         "by_bias": quality["by_bias"], "teacher_nll": quality["teacher_nll"], "tokens": quality["tokens"]},
+                         "by_bias": quality["by_bias"], "teacher_nll": quality["teacher_nll"], "tokens": quality["tokens"],
+                         "task_set": tasks,
+                         "measured_on": "held-out Dolly human answers, teacher-forced: NLL of the watermarked next-token "
+                                        "distribution over the plain one; agreement_drop = share of positions where the "
+                                        "watermark changes the top-1 token"},
         "risk_curve": [{"interactions": p["interactions"], "agreement": p["agreement"], "nll": p["nll"]} for p in risk["curve"]],
         "risk": {k: risk[k] for k in ("marginal_gain", "teacher", "reference", "student")},
         "alert_provenance": {k: v for k, v in harvest_alert.items() if k != "suspects"} | {
