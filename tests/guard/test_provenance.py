@@ -173,3 +173,31 @@ def test_a_model_trained_on_watermarked_text_is_radioactive(ring):
     probe = [torch.randint(0, vocab, (40,), generator=gen).tolist() for _ in range(30)]
     result = read_model(model, probe, Detector(ring.all_keys(), vocab), tokenizer.pad_token_id).to_dict()
     assert result["leaked"] and result["cohorts"] == ["c5"] and result["log10_p"] < -5
+
+
+def test_the_alert_field_names_the_cohort_and_every_tests_p_value(ring):
+    import pandas as pd
+
+    from stillroom.guard.provenance.alert import campaign_provenance
+    from tests.llm.llm_fixtures import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    vocab = len(tokenizer)
+    key = ring.key("c2")
+    processor = watermark_processor(key, vocab)
+    gen = torch.Generator().manual_seed(4)
+    texts = []
+    for _ in range(20):
+        seq = [int(torch.randint(3, vocab, (1,), generator=gen))]
+        for _ in range(30):
+            probs = torch.softmax(processor(torch.tensor([seq]), torch.zeros(1, vocab))[0], -1)
+            probs[:3] = 0  # no special tokens, so the text decodes and re-tokenizes
+            seq.append(int(torch.multinomial(probs, 1, generator=gen)))
+        texts.append(tokenizer.decode(seq))
+    frame = pd.DataFrame({"account": ["x"] * 20, "response": texts, "cohort": ["c2"] * 20,
+                          "watermark_key": ["e0/c2"] * 20})
+    out = campaign_provenance(frame, ring, tokenizer, vocab)
+    assert out["cohorts"] == ["c2"] and out["key_ids"] == ["e0/c2"]
+    assert out["harvest"]["key_id"] == "e0/c2" and out["harvest"]["log10_p"] < -10
+    assert "e0/c2" in out["summary"] and json.dumps(out)  # plain JSON for the alert
+    assert str(key.hashing_key) not in json.dumps(out)
