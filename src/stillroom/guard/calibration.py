@@ -1,4 +1,10 @@
-"""Calibration without a clean period: find the accounts to leave out of the benign reference.
+"""Calibration: the thresholds, read off benign traffic scored out of sample; and, without a clean period,
+the accounts to leave out of the benign reference.
+
+`calibrate(guard, ...)` (what `Guard.fit` runs) splits the calibration accounts into two folds by customer
+(`fold_of`), fits every signal's reference on fold A, scores fold B as a scan would, and reads the thresholds
+off fold B's scores for the target false-positive rate (`campaign_threshold` for the campaign z-scores); then
+the per-account and link references are refit on both folds. The rest of this module is robust calibration:
 
 A provider has no certified-clean history: the traffic it calibrates on (yesterday's, or today's own)
 may hold a campaign. Left in, a campaign poisons the reference twice. Its accounts sit in the benign
@@ -29,11 +35,17 @@ and dropped: a benign crowd flagged once leaves the reference and is then certai
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from stillroom.core.errors import DataError
+from stillroom.guard.campaigns import DENSITY_SIGNALS, KINDS, LINK_KINDS
+from stillroom.guard.features import customer_key
 from stillroom.guard.signals.cross_account import binomial_surprisal
 
 SUSPECT_SURPRISAL = 3.0  # rarer than ~1 account in 1,000 at the robust rate
@@ -138,3 +150,146 @@ def _tight_group(tight: pd.DataFrame) -> bool:
     if "content" not in median or len(median) == 1:
         return bool((median < TIGHT).all())
     return bool(median["content"] < TIGHT and (median.drop("content") < TIGHT).any())
+
+
+# ---- thresholds (what `Guard.fit` runs) ------------------------------------------------------------------
+def fold_of(feats: pd.DataFrame) -> np.ndarray:
+    """0 or 1 per account, from a hash of its organisation, else its payment fingerprint, else its id.
+
+    Related accounts (an organisation's keys, a team's evaluation jobs) land in the same fold: split
+    across folds, they would make fold B look more familiar to fold A than fresh traffic ever is.
+    """
+    return np.array([zlib.crc32(str(k).encode()) & 1 for k in customer_key(feats)])
+
+
+
+
+def reference_free_suspects(guard: Any, engine: Any, feats: pd.DataFrame, inputs: dict[str, Any]) -> pd.Index:
+    """Accounts that are each other's neighbours in several spaces at once (`calibration.co_neighbour_suspects`),
+    found with every space's neighbours taken among the calibration accounts themselves."""
+    guard._fit_references(feats, inputs)
+    wide = wide_k(len(feats))
+    edges = {}
+    for signal in guard.crowding:
+        saved = signal.reference, signal.k
+        signal.reference, signal.k = saved[0][:0], wide
+        try:
+            edges[signal.name] = guard._density(signal, engine, feats, inputs)[1]
+        finally:
+            signal.reference, signal.k = saved
+    if len(edges) < 2:
+        return pd.Index([])
+    suspects, _ = co_neighbour_suspects(edges, feats.index, guard.signals_cfg.neighbours, guard.campaigns_cfg.min_accounts)
+    return suspects
+
+
+
+def calibrate(guard: Any, engine: Any, feats: pd.DataFrame, inputs: dict[str, Any], cross_fit: bool = False) -> None:
+    """Thresholds read off fold B scored against fold A, out of sample; then the per-account and link
+    distributions and novelty's reference are refit on both folds, which scans compare against: a k-th
+    neighbour distance can only shrink as benign reference is added, so the single-account rate calibrated
+    on fold B holds or falls, and rare legitimate kinds (evaluation jobs) have twice the relatives to be
+    recognised by.
+
+    `cross_fit` (robust calibration, which a self-calibrated scan follows) also scores fold A against fold B
+    (`guard._twin`, a detector fitted on fold B), so every calibration account has an out-of-sample score and
+    the thresholds are read off the whole traffic, at the size the scan will see it: linked groups whole,
+    not cut by the fold split, and as many benign groups as the scan will hold.
+    """
+    fold = fold_of(feats)
+    a, b = feats[fold == 0], feats[fold == 1]
+    if min(len(a), len(b)) < 50:
+        raise DataError(f"calibration needs traffic from at least 100 accounts; got {len(feats)}",
+                        hint="calibrate on a longer period of traffic")
+    guard._fit_references(a, inputs)
+    cross_b, edges_b = guard._cross(engine, b, inputs)
+    scored = guard._combine(b, cross_b)
+    novelty = guard.similarity.novelty(b) if guard.similarity is not None else scored["score"]
+    edges = restrict(edges_b, set(b.index))
+    guard._twin = None
+    if cross_fit:
+        twin = type(guard)(guard.signals_cfg, guard.campaigns_cfg, guard.calibration_cfg, seed=guard.seed)
+        twin._fit_references(b, inputs)
+        cross_a, edges_a = twin._cross(engine, a, inputs)
+        scored = pd.concat([scored, twin._combine(a, cross_a)])
+        novelty = pd.concat([novelty, twin.similarity.novelty(a) if twin.similarity is not None else scored.loc[a.index, "score"]])
+        edges_a = restrict(edges_a, set(a.index))
+        kept = set(feats.index)
+        # density pairs: each fold's among itself; lockstep and infrastructure come from the whole traffic (the
+        # same frame in both folds' results), kept whole so that no group is cut by the fold split
+        edges = {name: pd.concat([edges[name], edges_a[name]], ignore_index=True) if name in DENSITY_SIGNALS
+                 else restrict({name: frame}, kept)[name] for name, frame in edges_b.items()}
+        guard._twin = twin
+    score = scored["score"].to_numpy()
+    fpr, share = guard.calibration_cfg.target_fpr, guard.calibration_cfg.campaign_share
+    guard.thresholds = {
+        "account": float(np.quantile(novelty, 1 - fpr * (1 - share), method="higher")),
+        **{f"{s.name}_edge": float(max(guard.signals_cfg.min_edge, np.quantile(scored[s.name], 0.99))) for s in guard.crowding},
+        **{f"{s.name}_dense": float(np.quantile(scored[s.name], 0.99)) for s in guard.crowding},
+        **{f"fired_{name}": float(np.quantile(scored[name], 0.99)) for name in guard.signal_names},
+        "link_score": float(np.quantile(score, guard.campaigns_cfg.link_score_quantile)),
+        "benign_mean": float(score.mean()),
+        "benign_std": float(max(score.std(), 1e-6)),
+    }
+    builder = guard.campaign_builder()
+    campaigns = builder.build(scored, edges)
+    scale = 1.0 if cross_fit else len(feats) / len(b)
+    for kind in KINDS:
+        eligible = campaigns[(campaigns["kind"] == kind) & campaigns["dense"]]
+        if kind == "linked" and not cross_fit:
+            # an address or card shared across customers is cut in two by the fold split, and a group of twice the
+            # size has sqrt(2) the z: fold B's linked groups are scored at the size the whole traffic gives them
+            eligible = eligible.assign(z=eligible["z"] * np.sqrt(scale))
+        guard.thresholds[f"campaign_z_{kind}"] = campaign_threshold(eligible, len(scored), fpr * share / len(KINDS), scale=scale,
+                                                                min_z=guard.campaigns_cfg.min_z,
+                                                                tail_min_groups=guard.campaigns_cfg.tail_min_groups)
+    guard.baseline = {"accounts": int(len(feats)), "fold_a": int(len(a)), "fold_b": int(len(b)),
+                     "interactions": engine.size(), "target_fpr": fpr, "campaign_share": share, "cross_fit": cross_fit,
+                     "link_rates": {LINK_KINDS[name]: len(builder.linked(name, scored, edges, list(scored.index))) / len(scored)
+                                    for name in edges}}
+    for kind in KINDS:
+        mine = campaigns[campaigns["kind"] == kind]
+        guard.baseline[f"benign_{kind}_campaigns"] = int(len(mine))
+        guard.baseline[f"max_benign_{kind}_z"] = float(mine["z"].max()) if len(mine) else None
+    guard._fit_references(feats, inputs, density=False)
+
+
+
+def campaign_threshold(campaigns: pd.DataFrame, n_accounts: int, budget_share: float, scale: float = 1.0,
+                       min_z: float = 3.0, tail_min_groups: int = 5) -> float:
+    """The lowest z at which the benign campaigns of `campaigns` (fold B's, of one kind) would flag no more than
+    `budget_share` of `n_accounts`, and never below `min_z`.
+
+    With `scale` > 1 the threshold must also hold for a scan `scale` times as large, which holds more benign
+    groups than fold B, and so a higher largest one: the exceedances of the groups' z over their median are
+    fitted with an exponential tail (given at least `tail_min_groups` groups), and the threshold is where that
+    tail expects `budget_share` of the accounts of such a scan to be flagged.
+    """
+    budget = budget_share * n_accounts
+    spent = 0.0
+    threshold = min_z
+    for row in campaigns.sort_values("z", ascending=False).itertuples():
+        if spent + row.size > budget:
+            threshold = float(max(min_z, row.z))
+            break
+        spent += row.size
+    if scale > 1 and len(campaigns) >= tail_min_groups:
+        z = campaigns["z"].to_numpy(float)
+        u = float(np.median(z))
+        above = z > u
+        if above.sum() >= 2:
+            beta = max(float((z[above] - u).mean()), 0.1)
+            expected = scale * above.sum() * float(campaigns.loc[above, "size"].mean())
+            threshold = max(threshold, u + beta * float(np.log(max(expected / max(budget, 1e-9), 1.0))))
+    return float(threshold)
+
+
+
+def restrict(edges: dict[str, pd.DataFrame], keep: set) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name, frame in edges.items():
+        if name == "infrastructure":
+            out[name] = frame[frame["account"].isin(keep)]
+        else:
+            out[name] = frame[frame["a"].isin(keep) & frame["b"].isin(keep)]
+    return out

@@ -195,6 +195,11 @@ class CalibrationConfig(Schema):
     history_logs: list[str] = Field([], description="past traffic that may hold attacks, for mode history")
     target_fpr: float = Field(0.001, gt=0, lt=0.5)
     campaign_share: float = Field(0.8, gt=0, lt=1, description="share of the FPR budget spent on campaign alerts")
+    min_accounts: int = Field(5_000, ge=0, description="fewer calibration accounts than this get a warning: a 0.001 FPR "
+                                                       "threshold is then estimated from too few false positives")
+    max_excluded_share: float = Field(0.3, gt=0, le=1, description="robust calibration leaving out more of the accounts warns")
+    self_scan_share: float = Field(0.9, gt=0, le=1, description="a scan whose accounts are this share of a robust "
+                                                                "calibration's is its self-scan (each fold against the other)")
 
 
 class SignalsConfig(Schema):
@@ -205,10 +210,24 @@ class SignalsConfig(Schema):
     max_prompts_per_account: int = Field(50, ge=5, description="prompts per account the content signal reads (a sample)")
     encoder: Literal["static", "minilm"] = Field("static", description="the content signal's prompt encoder: static "
                                                  "(the student distilled from all-MiniLM-L6-v2, fast) or minilm (the teacher)")
+    signal_cap: float = Field(6.0, gt=0, description="an account's score sums its signals' surprisals, each capped here")
+    min_edge: float = Field(3.0, ge=0, description="a density signal's edge threshold is at least this surprisal")
+    block_ratio: float = Field(1.5, gt=1, description="a scan over this many times a density reference is scored in blocks")
 
 
 class CampaignsConfig(Schema):
+    """How campaigns are built and flagged (guard/campaigns.py): tuning read on the development styles."""
+
     min_accounts: int = Field(3, ge=2)
+    min_z: float = Field(3.0, description="no campaign z threshold is lower")
+    tail_min_groups: int = Field(5, ge=2, description="benign groups of a kind needed to extrapolate their z tail")
+    link_score_quantile: float = Field(0.9, gt=0, lt=1, description="lockstep and infrastructure links count only between "
+                                                                     "accounts above this quantile of benign scores")
+    join_surprisal: float = Field(7.0, ge=0, description="an account joins a flagged campaign whose members are its "
+                                                         "neighbours this far beyond chance (-log10 p, summed over spaces)")
+    join_each: float = Field(1.0, ge=0, description="... and at least this far in each space")
+    merge_capability_hellinger: float = Field(0.15, ge=0, description="crowds closer than this in capability mix ...")
+    merge_content_distance: float = Field(1.0, ge=0, description="... and in prompt style are one campaign")
 
 
 class ReportConfig(Schema):
