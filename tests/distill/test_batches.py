@@ -6,7 +6,8 @@ import torch
 
 from stillroom.distill.encoding import Encoded
 from stillroom.distill.evaluate import evaluator
-from stillroom.distill.trainer import _improves, epoch_batches, process_share
+from stillroom.distill.batches import epoch_batches, process_share
+from stillroom.distill.trainer import _improves
 
 
 def test_epoch_batches_cover_every_example_once_and_are_reproducible():

@@ -5,6 +5,11 @@ A checkpoint is a folder: `model.safetensors` (weights), `optimizer.pt` and
 `rng.json` and `state.json` (step, epoch, position in the epoch, best metric).
 It is written to a temporary folder and renamed into place, so a kill during
 the write leaves the previous checkpoint intact.
+
+Around them, the bookkeeping a resumable loop needs: `resume` (load `last`,
+refusing one written with other settings), `save_progress` (`last`, and `best`
+when the validation metric improved) and `StopRequest` (Ctrl-C becomes a
+request to checkpoint and stop after the step in flight).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from stillroom.core.errors import StillroomError
 
 LAST = "last"
 BEST = "best"
@@ -105,3 +114,54 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, py_state, py_gauss = state["python"]
     random.setstate((version, tuple(py_state), py_gauss))
+
+
+def resume(checkpoints: Path, state: dict[str, Any], module: nn.Module, optimizer=None, scheduler=None) -> bool:
+    """Continue from `checkpoints/last` when there is one: weights, optimizer, scheduler, RNG and `state`.
+
+    A checkpoint written with another `state["fingerprint"]` (recipe, data, model) is an error, never a
+    silent restart. History restored from it is marked `reused`: it was not measured by this process.
+    """
+    last = find_checkpoint(checkpoints, LAST)
+    if last is None:
+        return False
+    if read_state(last).get("fingerprint") != state.get("fingerprint"):
+        raise StillroomError(f"{checkpoints} holds a checkpoint of a different run (other recipe, data or model)",
+                             hint="choose another run name (--name) or delete that folder to start over")
+    state.update(load_checkpoint(last, module, optimizer, scheduler))
+    for record in state.get("history", []):
+        record["reused"] = True
+    return True
+
+
+def save_progress(checkpoints: Path, module: nn.Module, state: dict[str, Any], optimizer=None, scheduler=None,
+                  improved: bool = False) -> None:
+    """Write `last` (with optimizer and scheduler until the run is done; then only weights are needed), and
+    `best` first when the validation metric improved."""
+    if improved:
+        save_checkpoint(Path(checkpoints) / BEST, module, state)
+    done = state.get("done", False)
+    save_checkpoint(Path(checkpoints) / LAST, module, state, *(() if done else (optimizer, scheduler)))
+
+
+class StopRequest:
+    """The first SIGINT (Ctrl-C) asks the loop to checkpoint and stop after the step in flight; a second
+    interrupts at once. Off the main thread, where signals cannot be caught, it never asks."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

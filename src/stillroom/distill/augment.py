@@ -37,7 +37,7 @@ def _variant(words: list[str], rng: random.Random, vocabulary: list[str], weight
 def augmented_views(texts: list[str], mask_token: str, mask_prob: float = 0.1, replace_prob: float = 0.1,
                     ngram_prob: float = 0.25, seed: int = 0) -> list[str]:
     """One augmented version of every text, in order (a version may equal its text): a fresh view per epoch
-    is one of these lists, drawn per example (see `trainer.Batches`)."""
+    is one of these lists, drawn per example (see `batches.Batches`)."""
     rng = random.Random(seed)
     counts = Counter(word for text in texts for word in text.split())
     vocabulary, weights = list(counts), list(counts.values())

@@ -38,7 +38,8 @@ from stillroom.distill.models import (build_student, check_teacher_path, default
                                      run_model, select_layers, set_dropout, trim_vocabulary)
 from stillroom.distill.signals import DenseCache, LiveTeacher, SparseTopKCache, TeacherSignal
 from stillroom.distill.teacher_cache import TeacherCache, data_fingerprint, model_fingerprint
-from stillroom.distill.trainer import Batches, LoopConfig, TrainResult, train
+from stillroom.distill.batches import Batches
+from stillroom.distill.trainer import LoopConfig, TrainResult, train
 
 
 @dataclass
