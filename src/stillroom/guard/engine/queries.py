@@ -192,13 +192,13 @@ WHERE r <= {limit} ORDER BY account, r
 # ... or a sample chosen by a hash of the normalised text (lower case, digits to 0), for the content signal.
 SAMPLED_PROMPTS = """
 SELECT account, norm AS prompt FROM (
-  SELECT account, norm, t, row_number() OVER (PARTITION BY account ORDER BY hash(norm), t) AS r FROM interactions)
+  SELECT account, norm, t, row_number() OVER (PARTITION BY account ORDER BY md5(norm), t) AS r FROM interactions)
 WHERE r <= {limit} ORDER BY account, r
 """
 # ... and that sample counted: each account's distinct sampled texts with their count (the embedding is per text).
 SAMPLED_PROMPT_COUNTS = """
 SELECT account, norm AS prompt, count(*) AS c FROM (
-  SELECT account, norm, row_number() OVER (PARTITION BY account ORDER BY hash(norm), t) AS r FROM interactions)
+  SELECT account, norm, row_number() OVER (PARTITION BY account ORDER BY md5(norm), t) AS r FROM interactions)
 WHERE r <= {limit} GROUP BY account, norm ORDER BY account, norm
 """
 
