@@ -163,3 +163,39 @@ def test_file_problems_are_errors_with_a_hint(tmp_path):
 
     with pytest.raises(DataError, match="no column 'ts' or 'account'"):
         register_dataset(duckdb.connect(), tmp_path / "other.parquet")
+
+
+def test_convert_then_scan_a_dataset_from_the_command_line_finds_what_the_log_scan_finds(calibrated, tmp_path, capsys):
+    """`stillroom guard convert` then `scan DATASET` (the engine reads it out of core, with progress stages) gives the
+    alerts of scanning the original JSONL through pandas, and carries the converter's quarantine into the report."""
+    from stillroom.cli import main
+    from stillroom.guard.config import CampaignSpec, Populations, SimulateConfig
+    from stillroom.guard.pipeline import write_traffic
+    from stillroom.guard.simulate import simulate
+
+    log, truth = simulate(SimulateConfig(seed=12, benign=Populations(chat=400, apps=12, evals=2, labelers=4, researchers=12),
+                                         campaigns=[CampaignSpec(name="c", style="blatant", accounts=30)]))
+    path = write_traffic(log, truth, tmp_path / "day", "jsonl")["traffic"]
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"ts": "soon", "account": "x"}\n')
+    calibration = calibrated.save(tmp_path / "cal")
+    runs = {}
+    for name, argv in (("convert", ["guard", "convert", str(path), "--out", str(tmp_path / "ds")]),
+                       ("dataset", ["guard", "scan", str(tmp_path / "ds"), "--calibration", str(calibration), "--name", "ds",
+                                    "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"engine.temp_directory={tmp_path / 'spill'}"]),
+                       ("log", ["guard", "scan", str(path), "--calibration", str(calibration), "--name", "log",
+                                "--set", f"output_dir={tmp_path / 'runs'}"])):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        runs[name] = capsys.readouterr()
+    assert f"wrote {len(log):,} interactions" in runs["convert"].out and "1 unparseable time" in runs["convert"].out
+    assert "scan: reading the dataset" in runs["dataset"].err
+    got, want = (json.loads((tmp_path / "runs" / n / "alerts.json").read_text()) for n in ("ds", "log"))
+    assert got["summary"]["quarantined"] == want["summary"]["quarantined"] == {"unparseable time": 1}
+    assert (tmp_path / "runs" / "ds" / "quarantine.jsonl").read_text().count("unparseable time") == 1
+    assert got["summary"]["accounts"] == want["summary"]["accounts"] == truth.shape[0]
+    assert got["summary"]["campaigns_flagged"] == want["summary"]["campaigns_flagged"] >= 1
+    assert got["summary"]["flagged_accounts"] == want["summary"]["flagged_accounts"]
+    assert not list((tmp_path / "spill").iterdir())

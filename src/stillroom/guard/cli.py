@@ -109,6 +109,37 @@ def fields(
 
 
 @app.command()
+def convert(
+    logs: list[str] = typer.Argument(..., help="Log files or folders of them (JSONL, CSV/TSV, Parquet, OpenAI-style), read as `scan` reads them."),
+    out: Path = typer.Option(..., "--out", "-o", help="The dataset folder to write (day=YYYY-MM-DD/part-*.parquet, manifest.json, quarantine.jsonl)."),
+    recipe: Optional[str] = RECIPE,
+    set_: list[str] = SET,
+) -> None:
+    """Stream logs into a Parquet dataset partitioned by day, quarantining bad records as `scan` would; later scans of
+    the folder read it with the engine directly (out of core), not through pandas.
+
+    Examples:
+
+      stillroom guard convert logs/2026-06/*.jsonl --out datasets/june
+
+      stillroom guard scan datasets/june --calibration calibration/ --name june
+    """
+    from tqdm.auto import tqdm
+
+    from stillroom.guard.ingest import convert as convert_logs
+
+    logs_cfg = resolve(recipe, {}, set_).logs
+    with tqdm(unit="row", unit_scale=True, desc="converting") as bar:
+        manifest = convert_logs(logs, out, fmt=logs_cfg.format, mapping=logs_cfg.mapping, max_field_chars=logs_cfg.max_field_chars,
+                                time_unit=logs_cfg.time_unit, on_progress=bar.update)
+    bad = sum(manifest["reasons"].values())
+    why = ", ".join(f"{n:,} {r}" for r, n in sorted(manifest["reasons"].items(), key=lambda kv: -kv[1]))
+    for warning in manifest["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {manifest['rows']:,} interactions to {out}" + (f"; quarantined {bad:,} ({why}) in {out / 'quarantine.jsonl'}" if bad else ""))
+
+
+@app.command()
 def scan(
     logs: list[str] = typer.Argument(..., help="Log files or folders of them to scan (JSONL, CSV, Parquet, OpenAI-style)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", "-c", help="Calibration folder from `stillroom guard calibrate`."),
@@ -134,6 +165,8 @@ def scan(
       stillroom guard scan logs/today/ --calibration-mode self --redact
 
       stillroom guard scan today.jsonl --history last-week.jsonl --set logs.mapping.account=api_key_id
+
+      stillroom guard scan datasets/june --calibration calibration/ --set engine.memory_limit=6GB   (a `convert`ed dataset: out of core)
     """
     from stillroom.guard.pipeline import print_top_campaign, run_scan
 

@@ -92,6 +92,18 @@ def parquet_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def is_dataset(paths: str | Path | Iterable[str | Path]) -> bool:
+    """True for a Parquet dataset folder the engine reads itself: `convert`'s output (manifest.json), or a folder
+    holding only Parquet, some of it in sub-folders (day=.../part-*.parquet)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths or not all(Path(p).is_dir() for p in paths):
+        return False
+    for path in map(Path, paths):
+        if not (path / "manifest.json").is_file() and not any(p.is_dir() for p in path.iterdir()):
+            return False
+    return is_parquet_input(paths)
+
+
 def is_parquet_input(paths: str | Path | Iterable[str | Path]) -> bool:
     """True when every path is a Parquet file or a folder holding only Parquet (a dataset the engine reads itself)."""
     try:
@@ -449,6 +461,9 @@ def _engine_class():
                 self._exec(statement)
             self.max_field_chars, self.time_unit, self.strip_metadata = max_field_chars, time_unit, strip_metadata
             self.dataset: Dataset | None = None
+            import atexit
+
+            atexit.register(self.close)  # the database file and spill folder never outlive the process
 
         def _read(self, table: str, paths) -> None:
             self.dataset = register_dataset(self._con, paths, max_field_chars=self.max_field_chars, time_unit=self.time_unit,
@@ -488,6 +503,8 @@ def _engine_class():
             return self
 
         def close(self) -> None:
+            if not self.folder.exists():
+                return
             try:
                 super().close()
             finally:

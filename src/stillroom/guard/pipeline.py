@@ -20,7 +20,7 @@ from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import RunDir, git_commit, open_run
 from stillroom.guard.config import EngineConfig, GuardRecipe, SimulateConfig
 from stillroom.guard.detector import Guard, ScanResult
-from stillroom.guard.engine import make_engine
+from stillroom.guard.engine import load_traffic, make_engine
 # the evaluation lives in evaluate.py; run_evaluate and score_scenario stay importable from here
 from stillroom.guard.evaluate import _ratio, _scaled, evaluation_markdown, run_evaluate, score_scenario  # noqa: F401
 from stillroom.guard.report import build_alerts, write_reports
@@ -150,9 +150,21 @@ def _signals(guard: Guard) -> list[Any]:
 
 # ---- calibrate / scan ----------------------------------------------------------------
 def read_logs(recipe: GuardRecipe, paths: list[str], stages: Stages | None = None) -> IngestResult:
+    """Read logs: a partitioned Parquet dataset (`guard.ingest.is_dataset`: `stillroom guard convert`'s output, a
+    folder of day=... folders) goes straight into the engine, out of core, and `.frame` is that loaded engine;
+    anything else is read into a pandas frame (`schema.ingest`)."""
+    from stillroom.guard.ingest import EngineSettings, is_dataset, open_dataset
+
     logs = recipe.logs
-    result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
-                    on_file=stages.stage if stages is not None else None)
+    if is_dataset(paths) and not logs.mapping and logs.format in ("auto", "parquet"):
+        if stages is not None:
+            stages.stage("reading the dataset")
+        engine = open_dataset(paths, EngineSettings.from_recipe(recipe), max_field_chars=logs.max_field_chars, time_unit=logs.time_unit)
+        result = engine.dataset
+        result.frame = engine
+    else:
+            result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
+                        on_file=stages.stage if stages is not None else None)
     for notice in result.notices:
         LOG.info("%s", notice)
     for warning in result.warnings:
@@ -183,7 +195,7 @@ def _fit(guard: Guard, frame: pd.DataFrame, robust: bool, stages: Stages | None 
                              hint="calibrate on benign-only traffic: --calibration FOLDER, --benign LOGS or --calibration-mode clean")
     stages = stages or Stages("calibrate", enabled=False)
     stages.stage("calibration features")
-    traffic = make_engine(engine).load(frame) if engine is not None else frame
+    traffic = load_traffic(frame, engine) if engine is not None else frame  # a dataset read by `read_logs` is an engine already
     with stages.watch(guard, after="thresholds"):
         return guard.fit(traffic, robust=True) if robust else guard.fit(traffic)
 
@@ -271,7 +283,7 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
         mode = "given" if guard is not None else calibration_mode(recipe)
         guard = guard or load_or_calibrate(recipe, data.frame, stages)
         stages.stage("features")
-        engine = make_engine(recipe.engine).load(data.frame)
+        engine = load_traffic(data.frame, recipe.engine)  # a frame, or the engine a dataset was read into
         with stages.watch(guard):
             result = guard.scan(engine, examples=rep.examples)
         stages.stage("report")
@@ -285,6 +297,8 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
             written = write_reports(alerts, staging, rep.formats, result)
     finally:
         stages.close()
+        if data is not None and not isinstance(data.frame, pd.DataFrame):
+            data.frame.close()  # a dataset read straight into the engine (`read_logs`): its database and spill folder go
     written = {kind: run.root / path.name for kind, path in written.items()}
     s = alerts["summary"]
     LOG.info("scanned %s accounts in %.1f s: %d campaign(s), %d account(s) flagged -> %s", f"{s['accounts']:,}",

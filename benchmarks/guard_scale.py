@@ -1,0 +1,343 @@
+"""guard at provider scale on one machine: simulate, scan, time and measure, 1M to 30M interactions.
+
+    .venv/bin/python benchmarks/guard_scale.py                      # 1M, 3M, 10M, 30M (what fits the budget)
+    .venv/bin/python benchmarks/guard_scale.py --sizes 1M,3M --work /tmp/guard-scale
+    .venv/bin/python benchmarks/guard_scale.py --engine spark --sizes 1M,3M
+
+Per size: the traffic is simulated once (`guard.simulate_stream`: a day-partitioned Parquet dataset, ~1M benign
+accounts at 30M, campaigns ~10% of the interactions, one of the reported shape) under `--work` (outside the repo),
+and reused when present. The detector is calibrated once, on benign-only traffic of `--calibration-size`
+simulated from the same base population with another seed (the same users on other days), with and without
+client metadata. Each scan runs in its own process on the embedded engine (`guard.ingest.open_dataset`: DuckDB
+reads and validates the Parquet itself, `--threads` 2, `--memory-limit`, spilling to `--work`/spill), and this
+process polls the whole process tree's RSS (psutil) for the peak. A row: interactions, accounts, wall_s (the
+scan process, start to exit), peak_rss_mb, interactions_per_s, with recall and FPR against the labels. The
+largest size is also scanned with the client metadata stripped (ip, network, user agent, org, payment, country
+blanked, calibrated the same way). At the smallest size the normal in-memory scan (pandas frame, `Guard.scan`)
+runs too and its alerts are compared with the dataset scan's (`smallest_size_check`).
+
+Rows are kept in `--work`/rows.json as they finish: a rerun (after a kill) never pays for a finished row again.
+Writes benchmarks/results/guard_scale.json and this benchmark's BENCHMARKS.md line after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_result  # noqa: E402
+
+SIZES = {"300k": 300_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000, "30M": 30_000_000}
+TARGET_WALL_S, TARGET_RSS_MB, TARGET_RATIO, TARGET_RECALL, TARGET_FPR = 600, 8192, 40, 0.95, 0.001
+
+
+def size_of(text: str) -> int:
+    return SIZES[text] if text in SIZES else int(float(text.rstrip("Mm")) * 1e6) if text[-1] in "Mm" else int(text)
+
+
+def label(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k"
+
+
+# ---- child processes -------------------------------------------------------------------------------------
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def measured(argv: list[str], log: Path) -> dict[str, Any]:
+    """Run `argv` as a child process; its wall time and the peak RSS of its whole process tree (polled)."""
+    import psutil
+
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_child_env())
+        peak = 0
+        parent = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.25)
+    wall = time.perf_counter() - start
+    load = os.getloadavg()[1]  # the machine is shared: the 5-minute load average when the child finished
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(argv[:4])} failed with exit code {proc.returncode}; its log ends:\n{tail}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1), "load_avg_5min": round(load, 2)}
+
+
+def child(args: argparse.Namespace) -> None:
+    """The work each measured process does: simulate, calibrate or scan."""
+    from stillroom.guard.ingest import EngineSettings, open_dataset
+    from stillroom.guard.simulate_stream import ScaleSpec, write_dataset
+
+    settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, temp_directory=str(Path(args.work) / "spill"))
+    if args.child == "simulate":
+        spec = ScaleSpec.for_size(args.interactions, seed=args.seed, attacks=not args.benign_only)
+        print(json.dumps(write_dataset(spec, Path(args.data), progress=False)))
+        return
+    from stillroom.guard.detector import Guard
+
+    if args.child == "calibrate":
+        from stillroom.guard.config import SignalsConfig
+
+        engine = open_dataset(Path(args.data) / "traffic", settings, strip_metadata=args.strip)
+        try:
+            guard = Guard(SignalsConfig(max_prompts_per_account=args.max_prompts), seed=0).fit(engine)
+        finally:
+            engine.close()
+        guard.save(args.out)
+        return
+    import pandas as pd
+
+    guard = Guard.load(args.calibration)
+    tick = time.perf_counter()
+    if args.child == "scan":
+        engine = _engine(args, settings)
+        try:
+            result = guard.scan(engine)
+            accounts = engine.dataset.rows if getattr(engine, "dataset", None) is not None else None
+        finally:
+            engine.close()
+    else:  # "memory": the normal scan, a pandas frame in memory
+        from stillroom.guard.ingest import parquet_files
+        from stillroom.guard.schema import from_frame
+
+        frame = pd.concat([pd.read_parquet(p) for p in parquet_files(Path(args.data) / "traffic")], ignore_index=True)
+        frame = from_frame(frame).frame
+        result = guard.scan(frame)
+        accounts = len(frame)
+    scored = result.accounts
+    out = scored[["flagged", "campaign", "score"]].copy()
+    out.index.name = "account"
+    out.reset_index().to_parquet(args.out, index=False)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({
+        "timings": {k: round(float(v), 2) for k, v in result.timings.items()}, "rows": accounts,
+        "campaigns": [sorted(scored.index[scored["campaign"] == c]) for c in sorted(set(scored["campaign"]) - {""})],
+        "seconds": round(time.perf_counter() - tick, 1)}))
+
+
+def _engine(args: argparse.Namespace, settings):
+    from stillroom.guard.ingest import open_dataset
+
+    if args.engine == "duckdb":
+        return open_dataset(Path(args.data) / "traffic", settings, strip_metadata=args.strip)
+    from stillroom.guard.config import EngineConfig
+    from stillroom.guard.engine import make_engine
+    from stillroom.guard.ingest import parquet_files
+
+    if args.strip:
+        raise SystemExit("--engine spark scans with metadata only")
+    return make_engine(EngineConfig(name="spark")).load([str(p) for p in parquet_files(Path(args.data) / "traffic")])
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.rows_path = self.work / "rows.json"
+        self.state: dict[str, Any] = json.loads(self.rows_path.read_text()) if self.rows_path.is_file() else {}
+        self.lock = threading.Lock()
+
+    def save(self) -> None:
+        tmp = self.rows_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        tmp.replace(self.rows_path)
+
+    def python(self, *argv: str) -> list[str]:
+        a = self.args
+        return [sys.executable, str(Path(__file__).resolve()), "--child", *argv, "--work", str(self.work),
+                "--threads", str(a.threads), "--memory-limit", a.memory_limit, "--engine", a.engine]
+
+    def once(self, key: str, argv: list[str], log: str) -> dict[str, Any]:
+        """Run a measured child unless `key` finished before (then its stored record)."""
+        if key in self.state:
+            return self.state[key]
+        print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
+        record = measured(argv, self.work / log)
+        self.state[key] = record
+        self.save()
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {record}", flush=True)
+        return record
+
+    def dataset(self, n: int, seed: int = 0, benign_only: bool = False) -> Path:
+        name = f"{'benign' if benign_only else 'traffic'}-{label(n)}-seed{seed}"
+        path = self.work / "data" / name
+        if not (path / "COMPLETE").is_file():
+            self.state.pop(f"simulate {name}", None)
+        extra = ["--benign-only"] if benign_only else []
+        self.once(f"simulate {name}", self.python("simulate", "--data", str(path), "--interactions", str(n), "--seed", str(seed), *extra),
+                  f"simulate-{name}.log")
+        return path
+
+    def calibration(self, strip: bool, max_prompts: int = 50, size: int | None = None) -> Path:
+        size = size or size_of(self.args.calibration_size)
+        data = self.dataset(size, seed=1, benign_only=True)
+        name = f"calibration-{label(size)}-prompts{max_prompts}" + ("-stripped" if strip else "")
+        out = self.work / name
+        if not (out / "calibration.json").is_file():
+            self.state.pop(name, None)
+        self.once(name, self.python("calibrate", "--data", str(data), "--out", str(out), "--max-prompts", str(max_prompts),
+                                    *(["--strip"] if strip else [])), f"{name}.log")
+        return out
+
+    def scan(self, n: int, strip: bool = False, mode: str = "scan", max_prompts: int = 50, calibration_size: int | None = None) -> dict[str, Any]:
+        data = self.dataset(n)
+        cal = self.calibration(strip, max_prompts, calibration_size)
+        name = f"{mode} {self.args.engine} {label(n)}" + (" stripped" if strip else "") + (f" prompts{max_prompts}" if max_prompts != 50 else "")
+        out = self.work / (name.replace(" ", "-") + ".parquet")
+        if not out.is_file():
+            self.state.pop(name, None)
+        record = self.once(name, self.python(mode, "--data", str(data), "--calibration", str(cal), "--out", str(out),
+                                             *(["--strip"] if strip else [])), name.replace(" ", "-") + ".log")
+        if "recall" not in record:
+            record.update(self.quality(data, out))
+            self.save()
+        return record
+
+    @staticmethod
+    def quality(data: Path, alerts: Path) -> dict[str, Any]:
+        import pandas as pd
+
+        truth = pd.read_parquet(data / "truth.parquet").set_index("account")
+        found = pd.read_parquet(alerts).set_index("account")
+        info = json.loads(alerts.with_suffix(".json").read_text())
+        y = truth.loc[found.index, "is_attack"].to_numpy(bool)
+        flagged = found["flagged"].to_numpy(bool)
+        per = truth.loc[found.index[y]].assign(f=flagged[y]).groupby("campaign")["f"].mean().round(4).to_dict()
+        interactions = int(truth["interactions"].sum())
+        return {"interactions": interactions, "accounts": int(len(found)), "attack_accounts": int(y.sum()),
+                "recall": round(float(flagged[y].mean()), 4), "fpr": round(float(flagged[~y].mean()), 6),
+                "false_positives": int(flagged[~y].sum()), "recall_by_campaign": per, "timings": info["timings"]}
+
+    def row(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"interactions": record["interactions"], "accounts": record["accounts"], "wall_s": record["wall_s"],
+                "peak_rss_mb": record["peak_rss_mb"], "interactions_per_s": round(record["interactions"] / record["wall_s"], 1),
+                "recall": record["recall"], "fpr": record["fpr"], "attack_accounts": record["attack_accounts"],
+                "recall_by_campaign": record["recall_by_campaign"], "timings": record["timings"],
+                "load_avg_5min": record.get("load_avg_5min")}
+
+    def check_smallest(self, n: int) -> dict[str, Any]:
+        """The dataset scan's alerts against the normal in-memory scan's, at the smallest size."""
+        import numpy as np
+        import pandas as pd
+
+        dataset = self.scan(n)
+        memory = self.scan(n, mode="memory")
+        a = pd.read_parquet(self.work / f"scan-{self.args.engine}-{label(n)}.parquet").set_index("account")
+        b = pd.read_parquet(self.work / f"memory-{self.args.engine}-{label(n)}.parquet").set_index("account").loc[a.index]
+        ca = json.loads((self.work / f"scan-{self.args.engine}-{label(n)}.json").read_text())["campaigns"]
+        cb = json.loads((self.work / f"memory-{self.args.engine}-{label(n)}.json").read_text())["campaigns"]
+        differ = a.index[a["flagged"].to_numpy() != b["flagged"].to_numpy()]
+        return {"interactions": dataset["interactions"], "flagged_equal": bool(len(differ) == 0), "flagged_differ": int(len(differ)),
+                "flagged": int(a["flagged"].sum()), "campaigns_equal": sorted(map(tuple, ca)) == sorted(map(tuple, cb)),
+                "campaigns": len(ca), "max_score_diff": round(float(np.abs(a["score"] - b["score"]).max()), 6),
+                "memory_scan": {"wall_s": memory["wall_s"], "peak_rss_mb": memory["peak_rss_mb"]},
+                "dataset_scan": {"wall_s": dataset["wall_s"], "peak_rss_mb": dataset["peak_rss_mb"]}}
+
+    def sample_check(self, n: int) -> dict[str, Any]:
+        """Detection with the content signal's per-account prompt sample (50) against a full pass (every prompt)."""
+        out = {}
+        for prompts in (50, 100_000):
+            r = self.scan(n, max_prompts=prompts, calibration_size=n)
+            out["sampled_50" if prompts == 50 else "full"] = {k: r[k] for k in ("recall", "fpr", "wall_s", "peak_rss_mb")}
+        return {"interactions": n, **out, "recall_lost": round(out["full"]["recall"] - out["sampled_50"]["recall"], 4)}
+
+    def result(self, sizes: list[int], extra: dict[str, Any]) -> None:
+        a = self.args
+        done = [(n, self.row(self.state[f"scan {a.engine} {label(n)}"])) for n in sizes if f"scan {a.engine} {label(n)}" in self.state]
+        if not done:
+            return
+        rows = [r for _, r in done]
+        big_n, largest = done[-1]
+        big = label(big_n)
+        stripped = self.state.get(f"scan {a.engine} {big} stripped")
+        first_n, first = done[0]
+        at30 = dict(done).get(30_000_000)
+        stripped30 = stripped if at30 is not None else None
+        payload = {
+            "engine": a.engine, "threads": a.threads, "memory_limit": a.memory_limit, "sizes_asked": [label(n) for n in sizes],
+            "largest_size_done": big, "rows": rows,
+            "recall_30m": at30["recall"] if at30 else None, "fpr_30m": at30["fpr"] if at30 else None,
+            "stripped_recall_30m": stripped30["recall"] if stripped30 else None,
+            "stripped_fpr_30m": stripped30["fpr"] if stripped30 else None,
+            "largest": {"size": big, "recall": largest["recall"], "fpr": largest["fpr"],
+                        "stripped_recall": stripped["recall"] if stripped else None, "stripped_fpr": stripped["fpr"] if stripped else None,
+                        "stripped_wall_s": stripped["wall_s"] if stripped else None},
+            "wall_ratio_largest_to_smallest": round(largest["wall_s"] / first["wall_s"], 2),
+            "targets": {
+                "wall_30m_le_600s": (at30["wall_s"] <= TARGET_WALL_S) if at30 else None,
+                "rss_30m_le_8gb": (at30["peak_rss_mb"] <= TARGET_RSS_MB) if at30 else None,
+                "wall_30m_le_40x_1m": (at30["wall_s"] <= TARGET_RATIO * first["wall_s"]) if at30 and first_n == 1_000_000 else None,
+                "recall_30m_ge_0.95_at_fpr_le_0.001": (at30["recall"] >= TARGET_RECALL and at30["fpr"] <= TARGET_FPR) if at30 else None,
+                "stripped_recall_30m_ge_0.95_at_fpr_le_0.001":
+                    (stripped30["recall"] >= TARGET_RECALL and stripped30["fpr"] <= TARGET_FPR) if stripped30 else None,
+            },
+            **extra,
+        }
+        summary = (f"{a.engine}, {a.threads} threads, memory_limit {a.memory_limit}: "
+                   + "; ".join(f"{label(n)} {r['wall_s']:.0f} s / {r['peak_rss_mb'] / 1024:.2f} GB / {r['interactions_per_s']:,.0f} per s "
+                               f"(recall {r['recall']:.3f} at FPR {r['fpr']:.5f})" for n, r in done)
+                   + (f"; {big} stripped of metadata: recall {stripped['recall']:.3f} at FPR {stripped['fpr']:.5f}" if stripped else "")
+                   + ("" if at30 else "; 30M not run"))
+        write_result("guard_scale", payload, summary)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example: .venv/bin/python benchmarks/guard_scale.py --sizes 1M,3M,10M,30M --work /work/guard-scale")
+    p.add_argument("--sizes", default="1M,3M,10M,30M", help="comma-separated interaction counts (300k, 1M, 3M, 10M, 30M)")
+    p.add_argument("--work", default=str(Path.home() / "guard-scale"), help="cache of datasets, calibrations and finished rows (outside the repo)")
+    p.add_argument("--engine", default="duckdb", choices=["duckdb", "spark"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--memory-limit", default="5GB", help="DuckDB's memory limit; the rest spills to WORK/spill")
+    p.add_argument("--calibration-size", default="1M", help="benign calibration traffic (interactions)")
+    p.add_argument("--no-memory-check", action="store_true", help="skip the in-memory scan at the smallest size")
+    p.add_argument("--sample-check", default="300k", help="size at which the content sample (50 prompts) is compared with a full pass; 'none' skips")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    for name in ("--data", "--out", "--calibration"):
+        p.add_argument(name, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--interactions", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--max-prompts", type=int, default=50, help=argparse.SUPPRESS)
+    p.add_argument("--benign-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--strip", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    bench = Bench(args)
+    sizes = sorted(size_of(s) for s in args.sizes.split(","))
+    extra: dict[str, Any] = {}
+    if not args.no_memory_check and args.engine == "duckdb":
+        extra["smallest_size_check"] = bench.check_smallest(sizes[0])
+        bench.result(sizes, extra)
+    if args.sample_check != "none" and args.engine == "duckdb":
+        extra["embedding_sample_check"] = bench.sample_check(size_of(args.sample_check))
+        bench.result(sizes, extra)
+    for n in sizes:
+        bench.scan(n)
+        bench.result(sizes, extra)
+    if args.engine == "duckdb":
+        bench.scan(sizes[-1], strip=True)
+        bench.result(sizes, extra)
+    print(json.dumps(json.loads((Path(__file__).resolve().parent / "results" / "guard_scale.json").read_text())["rows"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
