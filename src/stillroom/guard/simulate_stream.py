@@ -8,7 +8,10 @@ hours for 30M. This module scales *its* traffic instead of re-implementing it:
    rules of `simulate.py` (no mark that one class has and the other never does).
 2. **Copies of it, vectorised** (numpy + pyarrow, no Python per request). A benign account at scale is a copy of
    a base account: its requests (prompt, parameters, client, the time of day of each) are the base account's, on
-   days of its own among the `days` simulated, its volume drawn heavy-tailed around the base account's. The base
+   days of its own among the `days` simulated, its volume drawn heavy-tailed around the base account's. On each
+   later day it asks what another base account of its population (or attack style) asked (prompts and answer
+   lengths), so that nobody asks the same questions every day; identity, parameters, client and times of day
+   stay its own. The base
    benign population is copied whole, `replicate` by replicate, and each replicate gets its own account ids,
    addresses, payment fingerprints and organisations (a bijection per replicate), so a family, an office, a
    class or a NAT pool stays the same size as in the base, and one replicate's users do not share anything
@@ -57,6 +60,7 @@ REPORTED_STYLE = "slow_low"  # ~13 interactions per account per day: ~1,150 over
 LOG_COLUMNS = ["ts", "account", "model", "prompt", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "response",
                "prompt_tokens", "completion_tokens", "ip", "network", "user_agent", "org", "payment", "country"]
 IDENTITY = ["ip", "payment", "org"]  # re-keyed per replicate (benign) or per campaign (attack)
+CONTENT = ["prompt", "response", "prompt_tokens", "completion_tokens"]  # what is asked: drawn per active day
 
 
 @dataclass
@@ -76,6 +80,7 @@ class ScaleSpec:
     base_seed: int = 0  # the base population (the same users in every dataset of this base)
     base_benign: dict = field(default_factory=lambda: {"chat": 6000, "apps": 180, "evals": 20, "labelers": 40, "researchers": 160})
     base_attackers: int = 60  # base accounts per attack style
+    reported_base_attackers: int = 400  # the reported shape asks ~1,150 questions: its style needs a larger base
     attacks: bool = True
     chunk_rows: int = 1_000_000
 
@@ -90,8 +95,9 @@ class ScaleSpec:
 def base_population(spec: ScaleSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One simulated day of every benign population and one campaign per style (`simulate.py`), sorted by account
     then time. The truth gains `interactions` and the row range of each account (`first`, `rows`)."""
-    campaigns = [CampaignSpec(name=f"base-{style}", style=style, accounts=spec.base_attackers) for style in STYLES] \
-        if spec.attacks else []
+    campaigns = [CampaignSpec(name=f"base-{style}", style=style,
+                              accounts=spec.reported_base_attackers if style == REPORTED_STYLE else spec.base_attackers)
+                 for style in STYLES] if spec.attacks else []
     log, truth = simulate(SimulateConfig(seed=spec.base_seed, days=1.0, start=spec.start,
                                          benign=Populations(**spec.base_benign), campaigns=campaigns))
     log = log.sort_values(["account", "ts"], kind="stable").reset_index(drop=True)
@@ -113,6 +119,15 @@ class _Base:
         self.empty = {c: (log[c].to_numpy() == "") for c in IDENTITY}
         octets = log["ip"].str.split(".", expand=True)
         self.ip_head = pd.to_numeric(octets[0], errors="coerce").fillna(10).astype(np.int64).to_numpy()
+        # the pools a copy's later days draw their requests' content from: its base account's population (benign) or style
+        group = np.where(truth["is_attack"].to_numpy(bool), "attack:" + truth["style"].fillna("").astype(str), truth["population"].astype(str))
+        self.pool_of, names = pd.factorize(group)
+        order = np.argsort(self.pool_of, kind="stable")
+        self.pool_members = order
+        self.pool_size = np.bincount(self.pool_of, minlength=len(names))
+        self.pool_start = np.concatenate([[0], np.cumsum(self.pool_size)[:-1]])
+        self.pool_pos = np.empty(len(truth), np.int64)
+        self.pool_pos[order] = np.arange(len(truth)) - self.pool_start[self.pool_of[order]]
 
 
 def _mix(x: np.ndarray, key: int) -> np.ndarray:
@@ -133,6 +148,7 @@ class _Copies:
     offset: np.ndarray  # first base row used, within the base account's day
     day0: np.ndarray  # first active day
     stride: np.ndarray  # active days are day0, day0 + stride, ... (mod days; stride coprime with days)
+    rotate: np.ndarray  # day k's questions come from the base account k * rotate places on in its pool
     account_id: np.ndarray  # the account's number (a random permutation: ids say nothing of the class)
     campaign: list[str]
 
@@ -150,10 +166,26 @@ def _rows(base: _Base, c: _Copies, spec: ScaleSpec, t0: pd.Timestamp) -> pa.Tabl
     k = np.arange(n) - np.repeat(np.cumsum(c.volume) - c.volume, c.volume)  # request number within the copy
     step = c.offset[owner] + k
     row = first[owner] + step % length[owner]
-    day = (c.day0[owner] + (step // length[owner]) * c.stride[owner]) % spec.days
+    block = step // length[owner]  # the copy's k-th active day
+    day = (c.day0[owner] + block * c.stride[owner]) % spec.days
     seconds = day * 86400.0 + base.tod[row]
     ts = pa.array(((t0.value // 1000) + np.rint(seconds * 1e6)).astype(np.int64), pa.timestamp("us", tz="UTC"))
     out = base.table.take(pa.array(row))
+    # what is asked on a later day is another base account's of the same population or style (its prompts, the answers'
+    # lengths): a copy keeps its base account's identity, parameters, client and times of day, but does not ask the
+    # same questions every day; its first day is its base account's own
+    b = c.base[owner]
+    pool = base.pool_of[b]
+    alt = base.pool_members[base.pool_start[pool] + (base.pool_pos[b] + block * c.rotate[owner]) % base.pool_size[pool]]
+    alt_len = base.truth["rows"].to_numpy()[alt]
+    asked = pa.array(base.truth["first"].to_numpy()[alt] + (step % length[owner]) % alt_len)
+    content = base.table.select(CONTENT).take(asked)
+    cap = out.column("max_tokens").to_numpy()
+    completion = content.column("completion_tokens").to_numpy()
+    completion = np.where(cap > 0, np.minimum(completion, cap), completion)
+    for col in CONTENT:
+        value = pa.array(completion) if col == "completion_tokens" else content.column(col)
+        out = out.set_column(out.schema.get_field_index(col), col, value)
     key = c.key[owner].astype(np.uint64)
     ident = {}
     for col in IDENTITY:
@@ -188,7 +220,10 @@ class Plan:
         benign = np.flatnonzero(~truth["is_attack"].to_numpy())
         reported_rows = spec.reported_accounts * spec.reported_per_account if spec.attacks else 0
         other_rows = int(spec.other_share * spec.interactions) if spec.attacks else 0
-        benign_rows = max(spec.interactions - reported_rows - other_rows, len(benign))
+        if spec.attacks:  # the campaigns first: at small sizes their minimum accounts give them more than planned
+            self._campaigns(rng, reported_rows, other_rows)
+        attack_rows = int(sum(p[3].sum() for p in self.parts))
+        benign_rows = max(spec.interactions - attack_rows, len(benign))
         replicates = max(1, math.ceil(spec.benign_accounts / len(benign)))
         base_idx = np.tile(benign, replicates)[: spec.benign_accounts]
         key = np.repeat(np.arange(replicates), len(benign))[: spec.benign_accounts]
@@ -197,8 +232,7 @@ class Plan:
         factor = rng.lognormal(0.0, 1.0, len(base_idx))
         volume = self._scale_to(length * factor, benign_rows, spec.days * length)
         self._add("benign", base_idx, key, volume, rng, shared_days=False)
-        if spec.attacks:
-            self._campaigns(rng, reported_rows, other_rows)
+        self.parts.insert(0, self.parts.pop())  # benign accounts first in the files
         total = sum(len(p[1]) for p in self.parts)
         self.ids = rng.permutation(total).astype(np.int64) + 10**9  # ids: one random permutation over every account
 
@@ -223,7 +257,8 @@ class Plan:
         else:
             day0 = rng.integers(0, spec.days, n)
             stride = rng.choice(_coprimes(spec.days), n)
-        self.parts.append((campaign, base_idx, key, volume, offset, day0, stride))
+        rotate = rng.integers(1, 1 << 30, n)
+        self.parts.append((campaign, base_idx, key, volume, offset, day0, stride, rotate))
 
     def _campaigns(self, rng: np.random.Generator, reported_rows: int, other_rows: int) -> None:
         spec, truth = self.spec, self.base.truth
@@ -231,8 +266,11 @@ class Plan:
         plan = [("reported", REPORTED_STYLE, spec.reported_accounts, spec.reported_per_account, spec.days)]
         for style in styles:
             per_day = truth.loc[truth["style"] == style, "rows"].mean()
-            days = 1 if STYLES[style].get("lifetime_hours") else spec.campaign_days
-            accounts = max(spec.min_campaign_accounts, round(other_rows / len(styles) / (per_day * days)))
+            rows = other_rows / len(styles)
+            # fewer active days where even the smallest campaign would hold more than its share (small sizes)
+            days = 1 if STYLES[style].get("lifetime_hours") else int(np.clip(round(rows / (per_day * spec.min_campaign_accounts)),
+                                                                            1, spec.campaign_days))
+            accounts = max(spec.min_campaign_accounts, round(rows / (per_day * days)))
             plan.append((f"campaign-{style}", style, accounts, None, days))
         for number, (name, style, accounts, per_account, days) in enumerate(plan):
             pool = np.flatnonzero((truth["style"] == style).to_numpy())
@@ -261,14 +299,14 @@ class Plan:
 
     def batches(self) -> Iterator[_Copies]:
         at = 0
-        for campaign, base_idx, key, volume, offset, day0, stride in self.parts:
+        for campaign, base_idx, key, volume, offset, day0, stride, rotate in self.parts:
             ends = np.cumsum(volume)
             start = 0
             while start < len(base_idx):
                 done = ends[start - 1] if start else 0
                 stop = max(start + 1, int(np.searchsorted(ends, done + self.spec.chunk_rows, side="right")))
                 s = slice(start, stop)
-                yield _Copies(base_idx[s], key[s], volume[s], offset[s], day0[s], stride[s], self.ids[at + start: at + stop],
+                yield _Copies(base_idx[s], key[s], volume[s], offset[s], day0[s], stride[s], rotate[s], self.ids[at + start: at + stop],
                               [campaign])
                 start = stop
             at += len(base_idx)

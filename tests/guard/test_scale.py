@@ -1,0 +1,62 @@
+"""Provider scale: the streaming simulator's dataset (partitioned, labelled apart, the reported shape, no class-only
+mark), and the incremental scan state."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from stillroom.guard.simulate_stream import ScaleSpec, write_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scale") / "ds"
+    spec = ScaleSpec.for_size(300_000, chunk_rows=60_000, base_attackers=20, reported_base_attackers=60,
+                              base_benign={"chat": 1500, "apps": 45, "evals": 6, "labelers": 10, "researchers": 40})
+    return out, spec, write_dataset(spec, out, progress=False)
+
+
+def test_the_dataset_is_day_partitioned_streamed_and_labelled_apart(dataset):
+    out, spec, summary = dataset
+    days = sorted(p.name for p in (out / "traffic").iterdir())
+    assert len(days) == spec.days and days[0] == "day=2026-03-01"
+    parts = list((out / "traffic").rglob("*.parquet"))
+    assert len(parts) > spec.days  # several chunks, each written per day: never the whole table at once
+    con = duckdb.connect()
+    log = f"read_parquet('{out}/traffic/*/*.parquet')"
+    n, accounts = con.execute(f"SELECT count(*), count(DISTINCT account) FROM {log}").fetchone()
+    truth = pd.read_parquet(out / "truth.parquet")
+    assert n == summary["interactions"] == truth["interactions"].sum() and abs(n - spec.interactions) < 0.1 * spec.interactions
+    assert accounts == len(truth) and set(truth.columns) >= {"account", "is_attack", "campaign", "style"}
+    columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {log}").fetchall()}
+    assert not columns & {"is_attack", "campaign", "style", "population"}  # labels never in the log
+    # campaigns hold about a tenth of the interactions; the reported shape: ~1,150 interactions per account
+    share = truth.loc[truth["is_attack"], "interactions"].sum() / n
+    assert 0.05 < share < 0.25
+    reported = truth[truth["campaign"] == "reported"]
+    assert len(reported) == spec.reported_accounts and 1000 < reported["interactions"].median() < 1300
+    benign = truth.loc[~truth["is_attack"], "interactions"]
+    assert benign.max() > 50 * benign.median()  # heavy-tailed volumes
+    # a reported-shape account does not ask the same few questions every day
+    distinct = con.execute(f"SELECT count(DISTINCT prompt) FROM {log} WHERE account = '{reported['account'].iloc[0]}'").fetchone()[0]
+    assert distinct > 100
+    # write_dataset reuses a finished folder
+    assert write_dataset(spec, out, progress=False)["seconds"] == summary["seconds"]
+
+
+def test_no_mark_of_one_class_only(dataset):
+    """Every client, parameter and address kind attackers use is used by benign accounts too (and ids say nothing)."""
+    out, _, _ = dataset
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{out}/traffic/*/*.parquet')")
+    con.execute(f"CREATE VIEW y AS SELECT * FROM read_parquet('{out}/truth.parquet')")
+    for column in ("user_agent", "model", "temperature", "max_tokens", "top_logprobs", "network", "country"):
+        values = dict(con.execute(f"SELECT y.is_attack, list(DISTINCT t.{column}) FROM t JOIN y USING (account) GROUP BY 1").fetchall())
+        assert set(values[True]) <= set(values[False]) | {None}, column
+    ids = con.execute("SELECT is_attack, avg(length(account)), min(account) < 'acct_2' FROM y GROUP BY 1").fetchall()
+    assert len({(length, low) for _, length, low in ids}) == 1
