@@ -154,6 +154,8 @@ def scan(
     name: Optional[str] = typer.Option(None, help="Run name, the folder under output_dir; sets name."),
     output_dir: Optional[str] = typer.Option(None, help="Where run folders go; sets output_dir."),
     redact: Optional[bool] = typer.Option(None, "--redact/--no-redact", help="Replace prompt text in reports and the quarantine by its length (and capability)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Where the feature queries run: duckdb (embedded, the default) or spark "
+                                                                "(PySpark; spark.master from engine.spark.master, local[2] by default). Sets engine.name."),
     set_: list[str] = SET,
 ) -> None:
     """Scan logs: score accounts, group them into campaigns, and write ranked alerts with evidence (JSON, markdown, HTML).
@@ -167,12 +169,17 @@ def scan(
       stillroom guard scan today.jsonl --history last-week.jsonl --set logs.mapping.account=api_key_id
 
       stillroom guard scan datasets/june --calibration calibration/ --set engine.memory_limit=6GB   (a `convert`ed dataset: out of core)
+
+      stillroom guard scan today.parquet --calibration calibration/ --engine spark --set engine.spark.master=spark://head:7077
     """
     from stillroom.guard.pipeline import print_top_campaign, run_scan
 
     if calibration_mode not in (None, "clean", "history", "self"):
         raise RecipeError(f"--calibration-mode {calibration_mode!r} is not allowed; allowed values: clean, history, self")
+    if engine not in (None, "duckdb", "spark"):
+        raise RecipeError(f"--engine {engine!r} is not allowed; allowed values: duckdb, spark")
     overrides: dict[str, Any] = {"calibration.path": calibration, "name": name, "output_dir": output_dir, "report.redact": redact,
+                                 "engine.name": engine,
                                  "calibration.benign_logs": benign or None, "calibration.history_logs": history or None,
                                  "calibration.mode": calibration_mode}
     resolved = resolve(recipe, overrides, set_)

@@ -47,7 +47,9 @@ class DuckDBEngine(Engine):
 
     def _read(self, table: str, paths: Sequence[str]) -> None:
         files = ", ".join(_quote(p) for p in paths)
-        self._exec(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{files}], hive_partitioning = true, union_by_name = true)")
+        # microseconds, cut as a registered frame's are (a cast would round them), in UTC, as the schema says
+        self._exec(f"CREATE OR REPLACE VIEW {table} AS SELECT * REPLACE (CAST(make_timestamp(epoch_ns(ts) // 1000) AS TIMESTAMPTZ) AS ts) "
+                   f"FROM read_parquet([{files}], hive_partitioning = true, union_by_name = true)")
         self._kinds[table] = "VIEW"
 
     def _create(self, table: str, select: str) -> None:
