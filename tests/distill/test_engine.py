@@ -177,7 +177,7 @@ def test_log_txt_is_written_when_the_pipeline_is_called_from_python(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "py" / "log.txt").read_text()
-    assert "data: built-in demo" in log and "phrasings training never sees" in log and "1200 train / 120 validation / 360 test" in log
+    assert "data: built-in demo" in log and "phrasings training never sees" in log and "1200 train / 360 validation / 360 test" in log
 
 
 def test_demo_validation_uses_the_held_out_phrasings_so_it_can_tell_checkpoints_apart(tmp_path):
@@ -189,7 +189,7 @@ def test_demo_validation_uses_the_held_out_phrasings_so_it_can_tell_checkpoints_
     train_path, test_path = demo_paths(tmp_path)
     read = lambda path: list(csv.DictReader(path.open(encoding="utf-8")))  # noqa: E731
     train, validation, test = read(train_path), read(demo_validation_path(tmp_path)), read(test_path)
-    assert len(validation) == 120 and len({row["label"] for row in validation}) == 12
+    assert len(validation) == 360 and len({row["label"] for row in validation}) == 12
     train_texts = {row["text"] for row in train}
     assert not train_texts & {row["text"] for row in validation}
     assert not {row["text"] for row in validation} & {row["text"] for row in test}, "no test text chooses a checkpoint"
@@ -218,3 +218,14 @@ def test_a_key_given_twice_in_a_recipe_is_an_error(tmp_path):
     with pytest.raises(RecipeError, match="key 'lr' appears twice .first on line 2.") as caught:
         load_recipe(ClassifierRecipe, recipe)
     assert "line 4" in caught.value.where
+
+
+def test_every_student_row_is_scored_at_the_same_steps(tiny_recipe):
+    """Best-on-validation picks among the same checkpoints for each row, whatever its epoch length."""
+    ws = prepared(tiny_recipe(name="same-steps", **{"augment.copies": 2, "training.epochs": 1}))
+    _, scratch = pipeline.train_scratch(ws)
+    _, distilled = pipeline.train_distilled(ws)
+    steps = [record["step"] for record in distilled.history]
+    assert steps == [record["step"] for record in scratch.history]
+    assert len(steps) > 1 and steps[-1] == distilled.steps  # scored before its (longer) epoch ends, and at the end
+    assert distilled.best_step in steps

@@ -334,10 +334,14 @@ def teacher_signal(ws: Workspace, loss: CompositeLoss, mode: str | None = None) 
 
 
 def loop_config(ws: Workspace, max_steps: int | None = None) -> LoopConfig:
+    """The student rows' loop. Every row is scored on validation at the same steps (after each pass's worth of
+    steps over the labelled set, and at the end), so best-on-validation picks among the same candidates for all
+    of them: the hard-label rows' epochs are shorter than the transfer set's and would otherwise get more chances."""
     t = ws.recipe.training
+    labelled_pass = math.ceil(len(ws.student_encoded["train"]) / t.batch_size)
     return LoopConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
                       warmup_ratio=t.warmup_ratio, scheduler=t.scheduler, checkpoint_every=t.checkpoint_every,
-                      max_steps=max_steps)
+                      max_steps=max_steps, eval_every=labelled_pass)
 
 
 def fingerprint(ws: Workspace, stage: str, extra: str = "") -> str:

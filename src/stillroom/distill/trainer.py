@@ -51,6 +51,8 @@ class LoopConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps instead of `epochs` (equal budgets across runs)."""
     grad_clip: float = 1.0
+    eval_every: int | None = None
+    """Score the student every this many steps (and at the last) instead of at the end of each epoch."""
 
 
 @dataclass
@@ -112,7 +114,8 @@ def train(student: nn.Module, loss: nn.Module, data, config: LoopConfig,
     """Train `student` on `data` with `loss`; keep the checkpoint with the best validation `metric`.
 
     `data` is an `Encoded` set or any batch source; `step` replaces the classifier's `DistillStep(student, loss)`.
-    With `evaluate`, the student is scored after every epoch and holds the best weights on return; without,
+    With `evaluate`, the student is scored after every epoch (or every `eval_every` steps) and holds the best
+    weights on return; without,
     it holds the last. Killed and called again with the same arguments, it resumes from `checkpoints/last`;
     a checkpoint of other settings (another `fingerprint`) is an error, never a silent restart.
     """
@@ -161,11 +164,13 @@ def train(student: nn.Module, loss: nn.Module, data, config: LoopConfig,
             bar.step(loss_value, (state["step"] - 1) / steps_per_epoch)
 
             epoch_done = position == steps_per_epoch - 1 or state["step"] == total_steps
-            if not (epoch_done or state["step"] % config.checkpoint_every == 0 or stop.requested):
+            scored_now = state["step"] % config.eval_every == 0 if config.eval_every else epoch_done
+            scoring = evaluate is not None and (scored_now or state["step"] == total_steps)
+            if not (scoring or epoch_done or state["step"] % config.checkpoint_every == 0 or stop.requested):
                 continue
             state["train_seconds"] += time.perf_counter() - started
             improved = False
-            if epoch_done and evaluate is not None:
+            if scoring:
                 record = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3), "loss": bar.running,
                           **{k: float(v) for k, v in parts.items()}, **evaluate(student)}
                 state["history"].append(record)
