@@ -54,7 +54,7 @@ from stillroom.core.runs import LOG, setup_console_logging  # noqa: E402
 CAMPAIGN_COHORT = "c3"
 RHOS = (1.0, 0.25, 0.05)
 HARVEST_SETTINGS = ["harvest", "accounts", "benign", "max_tokens", "temperature", "bias", "gamma", "cohorts", "quick"]
-TRAIN_SETTINGS = ["layers", "epochs", "lr"]
+TRAIN_SETTINGS = ["layers", "layer_choice", "epochs", "lr"]
 TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens"]
 
 
@@ -76,6 +76,8 @@ def parse_args():
     p.add_argument("--quality", type=int, default=32, help="held-out human answers for the watermark's quality cost")
     p.add_argument("--tasks", type=int, default=64, help="MMLU questions for the watermark's cost on a task")
     p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layer-choice", choices=["influence", "evenly"], default="influence",
+                   help="which teacher layers students keep (the LLM recipe's default: block influence)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -348,7 +350,8 @@ def main() -> None:
     from stillroom.guard.provenance.detect import Detector
     from stillroom.guard.provenance.keys import Keyring, WatermarkSettings
     from stillroom.guard.provenance.radioactivity import read_model
-    from stillroom.guard.risk import RiskConfig, distil, measure_risk, read_interactions, reference_set
+    from stillroom.guard.risk import (RiskConfig, distil, items_from_interactions, measure_risk, read_interactions,
+                                      reference_set, student_layers)
 
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "threads")}
 
@@ -386,7 +389,12 @@ def main() -> None:
 
     clock = time.perf_counter()
     risk_config = RiskConfig(shares=[0.25, 0.5, 1.0], layers=args.layers, epochs=args.epochs, lr=args.lr,
-                             eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads)
+                             eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads,
+                             layer_choice=args.layer_choice)
+    campaign_items = items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens)
+    risk_config.layer_indices = cached(work / f"layers-{train_key}.json",
+                                       lambda: {"layers": student_layers(teacher, campaign_items, risk_config)})["layers"]
+    LOG.info("students keep teacher layers %s", risk_config.layer_indices)
     eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
     risk_dir = work / f"risk-{train_key}"
     reference, _ = reference_set(teacher, work / "reference", eval_prompts, risk_config)

@@ -30,6 +30,8 @@ from stillroom.core.runs import LOG
 class RiskConfig:
     shares: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
     layers: int = 6
+    layer_choice: str = "influence"  # or "evenly"; as `stillroom distill --recipe llm` chooses them
+    layer_indices: list[int] | None = None  # fixed layers (e.g. chosen once for several students)
     epochs: int = 2
     batch_size: int = 8
     lr: float = 1e-3
@@ -101,13 +103,24 @@ def items_from_interactions(frame: pd.DataFrame, tokenizer, chat_template: bool 
     return items
 
 
+def student_layers(teacher, items, config: RiskConfig) -> list[int]:
+    """The teacher layers a student keeps: `layer_indices`, else `layers` of them by `layer_choice` (ShortGPT block
+    influence on the first interactions' prompts, or evenly spaced), as the LLM distillation recipe picks them."""
+    from stillroom.distill.llm.student import choose_layers
+
+    if config.layer_indices:
+        return list(config.layer_indices)
+    sample = [item.prompt_ids for item in items[:32]]
+    return choose_layers(teacher.model, config.layers, config.layer_choice, sample, teacher.tokenizer.pad_token_id)
+
+
 def distil(teacher, items, folder: Path, config: RiskConfig, desc: str = "student", progress: bool = True):
-    """A student pruned from the teacher (evenly spaced layers, frozen tied embeddings), SFT on `items`;
+    """A student pruned from the teacher (its chosen layers, frozen tied embeddings), SFT on `items`;
     resumable from `folder`. Returns the trained model."""
     from stillroom.distill.llm.student import prune_layers
     from stillroom.distill.llm.train import TrainConfig, train_student
 
-    student, _ = prune_layers(teacher.model, config.layers)
+    student, _ = prune_layers(teacher.model, student_layers(teacher, items, config))
     student.get_input_embeddings().weight.requires_grad_(False)
     train_config = TrainConfig(loss="sft", targets="live", epochs=config.epochs, batch_size=config.batch_size,
                                lr=config.lr, seed=config.seed, checkpoint_every=config.checkpoint_every)
@@ -146,6 +159,8 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
         eval_prompts = builtin_prompts().prompts[-config.eval_prompts:]
     reference, cache = reference_set(teacher, out / "reference", eval_prompts, config)
     items = items_from_interactions(frame, teacher.tokenizer, max_new_tokens=config.max_new_tokens)
+    if not config.layer_indices:  # one choice of layers for every point of the curve
+        config = RiskConfig(**{**asdict(config), "layer_indices": student_layers(teacher, items, config)})
     pad = teacher.tokenizer.pad_token_id
     points_path = out / "points.jsonl"
     done = {}
@@ -182,7 +197,8 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
     result = {"interactions": len(items), "curve": curve, "marginal_gain": slope,
               "teacher": {"agreement": teacher_self["agreement"], "nll": teacher_self["nll"]},
               "reference": f"teacher's greedy answers to {len(reference)} held-out prompts",
-              "student": f"{config.layers} evenly spaced teacher layers, frozen embeddings, SFT {config.epochs} epochs"}
+              "student": f"teacher layers {config.layer_indices} ({config.layer_choice}), frozen embeddings, "
+                         f"SFT {config.epochs} epochs"}
     (out / "risk.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(curve, out / "risk.png", teacher_nll=teacher_self["nll"])
     return result
