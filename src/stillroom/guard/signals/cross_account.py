@@ -141,10 +141,10 @@ class Similarity(DensityExcess):
 
     def novelty(self, accounts: pd.DataFrame, k: int = 5) -> pd.Series:
         """Distance to the k-th nearest known benign account: how unlike every benign account this one is."""
-        if self._known_nn is None:
-            self._known_nn = NearestNeighbors(n_neighbors=k).fit(self.known)
-        dist, _ = self._known_nn.kneighbors(self.transform(accounts), n_neighbors=min(k, len(self.known)))
-        return pd.Series(dist[:, -1], index=accounts.index, name="novelty")
+        # `ann`: exact while small, IVF at a million accounts against the ~20k known (sklearn's trees degrade to brute
+        # force in these 39 dimensions: 5 s per 33k accounts, minutes at 1M)
+        dist, _ = knn(self.known, self.transform(accounts), min(k, len(self.known)))
+        return pd.Series(dist[:, -1].astype(float), index=accounts.index, name="novelty")
 
     def state(self) -> dict[str, Any]:
         return {"k": self.k, "center": self.center.tolist(), "scale": self.scale.tolist()}
