@@ -30,7 +30,7 @@ from sklearn.neighbors import NearestNeighbors
 from stillroom.guard.ann import knn
 from stillroom.guard.capabilities import CAPABILITIES
 from stillroom.guard.features import FeatureEngine, customer_key
-from stillroom.guard.signals.base import CROSS_ACCOUNT, Reference
+from stillroom.guard.signals.base import CROSS_ACCOUNT, Reference, Signal, SignalInputs, accounts_of
 
 FINGERPRINT = ["log_requests", "rate_per_active_hour", "hour_entropy", "gap_cv", "burst_share", "regularity",
                "session_break_share", "template_share", "duplicate_share", "breadth30", "capability_entropy",
@@ -47,7 +47,7 @@ def binomial_surprisal(count: np.ndarray, k: int | np.ndarray, p0: float) -> np.
     return -np.log10(np.maximum(binom.sf(np.asarray(count) - 1, k, p0), 1e-300))
 
 
-class DensityExcess:
+class DensityExcess(Signal):
     """Where the scanned accounts crowd a region of some space far more densely than benign accounts do.
 
     Among an account's k nearest neighbours in the scanned accounts plus the benign reference, the number
@@ -123,7 +123,8 @@ class Similarity(DensityExcess):
         caps = np.sqrt(np.clip(accounts[[f"cap_{c}" for c in CAPABILITIES]].to_numpy(float), 0, 1)) * CAPABILITY_WEIGHT
         return np.hstack([z, caps])
 
-    def fit(self, benign: pd.DataFrame) -> "Similarity":
+    def fit(self, benign: SignalInputs | pd.DataFrame) -> "Similarity":
+        benign = accounts_of(benign)
         raw = self._raw(benign)
         self.center = np.median(raw, axis=0)
         self.scale = np.maximum(raw.std(axis=0), 0.05)
@@ -135,8 +136,9 @@ class Similarity(DensityExcess):
         self.known, self._known_nn = self._subsample(self.transform(benign)), None
         return self
 
-    def score(self, accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def score(self, accounts: SignalInputs | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-account surprisal, and the scanned-to-scanned neighbour pairs (a, b, distance)."""
+        accounts = accounts_of(accounts)
         return self.excess(self.transform(accounts), accounts)
 
     def novelty(self, accounts: pd.DataFrame, k: int = 5) -> pd.Series:
@@ -239,16 +241,23 @@ class Content(DensityExcess):
         """The account vectors the density test compares (see the class doc)."""
         return (profiles.mean - self.center) / self.scale
 
-    def fit(self, benign: Profiles) -> "Content":
+    def inputs(self, engine: FeatureEngine, accounts: pd.DataFrame) -> SignalInputs:
+        return SignalInputs(accounts, self.profiles(engine, accounts.index))
+
+    def fit(self, benign: SignalInputs | Profiles) -> "Content":
         """Benign centre and scale of the account means, and the reference: benign accounts' vectors."""
+        benign = benign.data if isinstance(benign, SignalInputs) else benign
         self.center = benign.mean.mean(axis=0)
         self.scale = np.maximum(benign.mean.std(axis=0), 1e-3) * np.sqrt(benign.mean.shape[1])
         self._set_reference(self.vectors(benign))
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+    def score(self, engine: "FeatureEngine | SignalInputs", accounts: pd.DataFrame | None = None,
               profiles: Profiles | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Per-account surprisal and neighbour pairs; the profiles are computed from `engine` unless given."""
+        """Per-account surprisal and neighbour pairs (of `inputs(...).rows(...)`, or of `accounts`: the profiles are
+        computed from `engine` unless given)."""
+        if isinstance(engine, SignalInputs):
+            engine, accounts, profiles = None, engine.accounts, engine.data
         profiles = self.profiles(engine, accounts.index) if profiles is None else profiles.rows(accounts.index)
         return self.excess(self.vectors(profiles), accounts)
 
@@ -267,7 +276,7 @@ class Content(DensityExcess):
 
 
 @CROSS_ACCOUNT.register("lockstep")
-class Lockstep:
+class Lockstep(Signal):
     """Lockstep co-activity (SynchroTrap): pairs sharing >= min_shared (time bin, capability) cells,
     at Jaccard >= min_jaccard and >= min_lift times the co-activity expected by chance."""
 
@@ -287,13 +296,20 @@ class Lockstep:
         counts = pd.concat([pairs["a"], pairs["b"]]).value_counts()
         return counts.reindex(index, fill_value=0).astype(float)
 
-    def fit(self, partners: pd.Series) -> "Lockstep":
+    def inputs(self, engine: FeatureEngine, accounts: pd.DataFrame) -> SignalInputs:
+        return SignalInputs(accounts, self.pairs(engine))
+
+    def fit(self, partners: SignalInputs | pd.Series) -> "Lockstep":
+        if isinstance(partners, SignalInputs):
+            partners = self.partners(partners.data, partners.accounts.index)
         self.ref = Reference.fit(partners.to_numpy())
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+    def score(self, engine: "FeatureEngine | SignalInputs", accounts: pd.DataFrame | None = None,
               pairs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-account surprisal of the number of lockstep partners, and the pairs (computed unless given)."""
+        if isinstance(engine, SignalInputs):
+            engine, accounts, pairs = None, engine.accounts, engine.data
         pairs = self.pairs(engine) if pairs is None else pairs
         partners = self.partners(pairs, accounts.index)
         surprisal = np.where(partners > 0, self.ref.surprisal(partners.to_numpy()), 0.0)
@@ -304,7 +320,7 @@ class Lockstep:
         return {"bin_seconds": self.bin_seconds, "min_shared": self.min_shared, "min_jaccard": self.min_jaccard,
                 "min_lift": self.min_lift, "ref": self.ref.to_dict()}
 
-    def load(self, state: dict[str, Any]) -> "Lockstep":
+    def load(self, state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> "Lockstep":
         self.bin_seconds, self.min_shared = state["bin_seconds"], state["min_shared"]
         self.min_jaccard, self.min_lift = state["min_jaccard"], state["min_lift"]
         self.ref = Reference.from_dict(state["ref"])
@@ -312,7 +328,7 @@ class Lockstep:
 
 
 @CROSS_ACCOUNT.register("infrastructure")
-class Infrastructure:
+class Infrastructure(Signal):
     """Shared infrastructure: the largest group of accounts an account shares a payment fingerprint or address with."""
 
     name = "infrastructure"
@@ -330,13 +346,20 @@ class Infrastructure:
             return pd.Series(0.0, index=index)
         return members.groupby("account")["accounts"].max().reindex(index, fill_value=0).astype(float)
 
-    def fit(self, group_size: pd.Series) -> "Infrastructure":
+    def inputs(self, engine: FeatureEngine, accounts: pd.DataFrame) -> SignalInputs:
+        return SignalInputs(accounts, self.memberships(engine))
+
+    def fit(self, group_size: SignalInputs | pd.Series) -> "Infrastructure":
+        if isinstance(group_size, SignalInputs):
+            group_size = self.group_size(group_size.data, group_size.accounts.index)
         self.ref = Reference.fit(group_size.to_numpy())
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+    def score(self, engine: "FeatureEngine | SignalInputs", accounts: pd.DataFrame | None = None,
               members: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-account surprisal of the shared-infrastructure group size, and the memberships (computed unless given)."""
+        if isinstance(engine, SignalInputs):
+            engine, accounts, members = None, engine.accounts, engine.data
         members = self.memberships(engine) if members is None else members
         size = self.group_size(members, accounts.index)
         surprisal = np.where(size > 0, self.ref.surprisal(size.to_numpy()), 0.0)
@@ -345,7 +368,7 @@ class Infrastructure:
     def state(self) -> dict[str, Any]:
         return {"max_group": self.max_group, "ref": self.ref.to_dict()}
 
-    def load(self, state: dict[str, Any]) -> "Infrastructure":
+    def load(self, state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> "Infrastructure":
         self.max_group = state["max_group"]
         self.ref = Reference.from_dict(state["ref"])
         return self
