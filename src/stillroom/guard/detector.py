@@ -35,10 +35,9 @@ from stillroom.guard.campaigns import CONTENT_FEATURES, CampaignBuilder  # noqa:
 from stillroom.guard.config import CalibrationConfig, CampaignsConfig, SignalsConfig
 from stillroom.guard.engine import Engine, load_traffic
 from stillroom.guard.features import customer_key
-from stillroom.guard.signals import CROSS_ACCOUNT, PER_ACCOUNT
-from stillroom.guard.signals.base import Reference
-from stillroom.guard.signals.cross_account import Content, DensityExcess, Infrastructure, Lockstep, Similarity
-from stillroom.guard.signals.schedule import Schedule, ScheduleRows
+from stillroom.guard.signals.base import SignalInputs, build_signals, score_of
+from stillroom.guard.signals.cross_account import DensityExcess, Similarity
+import stillroom.guard.signals  # noqa: F401  (registers every signal)
 
 # The defaults of the tuning the recipe now holds (CampaignsConfig, SignalsConfig, CalibrationConfig).
 MIN_CAMPAIGN_Z = CampaignsConfig().min_z
@@ -77,19 +76,7 @@ class Guard:
         self.campaigns_cfg = campaigns or CampaignsConfig()
         self.calibration_cfg = calibration or CalibrationConfig()
         self.seed = seed
-        for name in self.signals_cfg.per_account:
-            PER_ACCOUNT.get(name, where="signals.per_account")
-        for name in self.signals_cfg.cross_account:
-            CROSS_ACCOUNT.get(name, where="signals.cross_account")
-        self.per_account = {name: PER_ACCOUNT.get(name)() for name in self.signals_cfg.per_account}
-        cross = set(self.signals_cfg.cross_account)
-        k = self.signals_cfg.neighbours
-        self.similarity = Similarity(k=k, seed=seed) if "similarity" in cross else None
-        self.content = Content(k=k, seed=seed, max_prompts=self.signals_cfg.max_prompts_per_account,
-                               encoder=self.signals_cfg.encoder) if "content" in cross else None
-        self.schedule = Schedule(k=k, seed=seed) if "schedule" in cross else None
-        self.lockstep = Lockstep(bin_seconds=self.signals_cfg.lockstep_bin_seconds) if "lockstep" in cross else None
-        self.infrastructure = Infrastructure() if "infrastructure" in cross else None
+        self.per_account, self.cross_account = build_signals(self.signals_cfg, seed)
         self.thresholds: dict[str, float] = {}
         self.baseline: dict[str, Any] = {}
         self.warnings: list[str] = []
@@ -99,13 +86,21 @@ class Guard:
 
     @property
     def crowding(self) -> list[DensityExcess]:
-        """The density-excess signals, whose neighbour pairs build crowds: behaviour, prompt content, schedule."""
-        return [s for s in (self.similarity, self.content, self.schedule) if s is not None]
+        """The density-excess signals, whose neighbour pairs build crowds (behaviour, prompt content, schedule)."""
+        return [s for s in self.cross_account.values() if isinstance(s, DensityExcess)]
+
+    @property
+    def similarity(self) -> Similarity | None:
+        """The behaviour-space signal, whose benign reference also measures novelty (accounts flagged alone)."""
+        return self.cross_account.get("similarity")
+
+    @property
+    def content(self) -> Any:
+        return self.cross_account.get("content")
 
     @property
     def signal_names(self) -> list[str]:
-        return list(self.per_account) + [s.name for s in (self.similarity, self.content, self.schedule, self.lockstep,
-                                                          self.infrastructure) if s is not None]
+        return list(self.per_account) + list(self.cross_account)
 
     def signal_threshold(self, name: str) -> float:
         """The benign threshold above which signal `name` has *fired*: the 99th percentile of its benign scores
@@ -149,15 +144,13 @@ class Guard:
         self.fitted = True
         return self
 
-    def _inputs(self, engine: Engine, feats: pd.DataFrame) -> dict[str, Any]:
-        """What the cross-account signals read from the engine, computed once per traffic: prompt profiles,
-        schedule vectors, lockstep pairs, infrastructure memberships."""
-        return {"content": self.content.profiles(engine, feats.index) if self.content is not None else None,
-                "schedule": self.schedule.vectors(engine, feats.index) if self.schedule is not None else None,
-                "lockstep": self.lockstep.pairs(engine) if self.lockstep is not None else None,
-                "infrastructure": self.infrastructure.memberships(engine) if self.infrastructure is not None else None}
+    def _inputs(self, engine: Engine, feats: pd.DataFrame) -> dict[str, SignalInputs]:
+        """What each signal reads from the engine (`Signal.inputs`), computed once per traffic for all its accounts:
+        the feature rows, prompt profiles, schedule vectors, lockstep pairs, infrastructure memberships."""
+        plain = SignalInputs(feats)
+        return {"": plain, **{name: signal.inputs(engine, feats) for name, signal in self.cross_account.items()}}
 
-    def _fit_references(self, benign: pd.DataFrame, inputs: dict[str, Any], density: bool = True) -> None:
+    def _fit_references(self, benign: pd.DataFrame, inputs: dict[str, SignalInputs], density: bool = True) -> None:
         """Fit the signals' benign references on the accounts of `benign` (`inputs`: see `_inputs`).
 
         `density=False` leaves the density-excess references (similarity, content, schedule) as they are and
@@ -166,23 +159,18 @@ class Guard:
         keep the fold-A reference their thresholds were calibrated with.
         """
         for signal in self.per_account.values():
-            signal.fit(benign)
-        if self.similarity is not None:
-            (self.similarity.fit if density else self.similarity.fit_novelty)(benign)
-        if self.content is not None and density:
-            self.content.fit(inputs["content"].rows(benign.index))
-        if self.schedule is not None and density:
-            self.schedule.fit(inputs["schedule"].rows(benign.index))
-        if self.lockstep is not None:
-            self.lockstep.fit(Lockstep.partners(inputs["lockstep"], benign.index))
-        if self.infrastructure is not None:
-            self.infrastructure.fit(Infrastructure.group_size(inputs["infrastructure"], benign.index))
+            signal.fit(inputs[""].rows(benign.index))
+        for name, signal in self.cross_account.items():
+            if not isinstance(signal, DensityExcess):
+                signal.fit(inputs[name].rows(benign.index))
+            elif density:
+                signal.fit(inputs[name].rows(benign.index))
+            elif signal is self.similarity:
+                signal.fit_novelty(benign)
 
     def _density(self, signal: DensityExcess, engine: Engine, feats: pd.DataFrame,
-                 inputs: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        if signal.name == "similarity":
-            return signal.score(feats)
-        return signal.score(engine, feats, inputs.get(signal.name))
+                 inputs: dict[str, SignalInputs]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return score_of(signal, inputs[signal.name].rows(feats.index))
 
     def _blocks(self, feats: pd.DataFrame, reference_size: int) -> list[pd.Index]:
         """The scanned accounts in blocks of about the reference's size, related accounts together: a density test
@@ -223,19 +211,19 @@ class Guard:
             edges[signal.name] = pd.concat([p[1] for p in parts], ignore_index=True)
             timings[f"{signal.name}_s"] = time.perf_counter() - tick
             timings["blocks"] = len(blocks)
-        for signal in (self.lockstep, self.infrastructure):
-            if signal is None:
+        for name, signal in self.cross_account.items():
+            if isinstance(signal, DensityExcess):
                 continue
             tick = time.perf_counter()
-            cross[signal.name], edges[signal.name] = signal.score(engine, feats, inputs.get(signal.name))
-            timings[f"{signal.name}_s"] = time.perf_counter() - tick
+            cross[name], edges[name] = score_of(signal, inputs[name].rows(feats.index))
+            timings[f"{name}_s"] = time.perf_counter() - tick
         return cross, edges
 
     # ---- scoring ---------------------------------------------------------------
     def _combine(self, feats: pd.DataFrame, cross: dict[str, pd.DataFrame]) -> pd.DataFrame:
         parts = [feats]
         for signal in self.per_account.values():
-            parts.append(signal.score(feats))
+            parts.append(score_of(signal, SignalInputs(feats))[0])
         parts += list(cross.values())
         out = pd.concat(parts, axis=1)
         out["score"] = sum(np.minimum(out[name].to_numpy(), self.signals_cfg.signal_cap) for name in self.signal_names)
@@ -295,17 +283,10 @@ class Guard:
                                  "baseline": self.baseline, "signals": self.signals_cfg.model_dump(),
                                  "campaigns": self.campaigns_cfg.model_dump(), "calibration": self.calibration_cfg.model_dump(),
                                  "per_account": {}, "cross_account": {}}
-        for name, signal in self.per_account.items():
-            for feature, ref in signal.refs.items():
-                arrays[f"{name}.{feature}"] = ref.values
-            state["per_account"][name] = list(signal.refs)
-        for signal in self.crowding:
-            state["cross_account"][signal.name] = signal.state()
-            arrays.update({f"{signal.name}.{key}": value for key, value in signal.arrays().items()})
-        if self.lockstep is not None:
-            state["cross_account"]["lockstep"] = self.lockstep.state()
-        if self.infrastructure is not None:
-            state["cross_account"]["infrastructure"] = self.infrastructure.state()
+        for kind, signals in (("per_account", self.per_account), ("cross_account", self.cross_account)):
+            for name, signal in signals.items():
+                state[kind][name] = signal.state()
+                arrays.update({f"{name}.{key}": value for key, value in signal.arrays().items()})
         (folder / "calibration.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
         np.savez_compressed(folder / "reference.npz", **arrays)
         return folder
@@ -324,15 +305,9 @@ class Guard:
         guard = cls(SignalsConfig(**state["signals"]), CampaignsConfig(**state["campaigns"]),
                     CalibrationConfig(**state["calibration"]), seed=state["seed"])
         with np.load(folder / "reference.npz") as arrays:
-            for name, features in state["per_account"].items():
-                guard.per_account[name].refs = {f: Reference(arrays[f"{name}.{f}"]) for f in features}
-            for signal in guard.crowding:
-                prefix = f"{signal.name}."
-                signal.load(state["cross_account"][signal.name],
-                            {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)})
-        if guard.lockstep is not None:
-            guard.lockstep.load(state["cross_account"]["lockstep"])
-        if guard.infrastructure is not None:
-            guard.infrastructure.load(state["cross_account"]["infrastructure"])
+            for kind, signals in (("per_account", guard.per_account), ("cross_account", guard.cross_account)):
+                for name, signal in signals.items():
+                    prefix = f"{name}."
+                    signal.load(state[kind][name], {key[len(prefix):]: arrays[key] for key in arrays.files if key.startswith(prefix)})
         guard.thresholds, guard.baseline, guard.fitted = state["thresholds"], state["baseline"], True
         return guard

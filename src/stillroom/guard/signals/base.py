@@ -1,7 +1,22 @@
-"""What every signal shares: a benign reference distribution per feature, and surprisal against it."""
+"""What every signal shares: one protocol, a benign reference distribution per feature, and surprisal against it.
+
+The protocol, per-account and cross-account signals alike (`Signal`):
+
+    X = signal.inputs(engine, accounts)   what it reads, once per traffic: a `SignalInputs` (the accounts'
+                                          feature rows, and whatever the signal queried from the engine)
+    signal.fit(X.rows(benign))            its benign reference
+    signal.score(X.rows(scanned))         (scores, edges): surprisal columns per account, and the pairs of
+                                          accounts it links (None for a per-account signal)
+    signal.state() / signal.arrays()      what a calibration saves (JSON, and arrays for the npz),
+    signal.load(state, arrays)            and restores
+
+`build_signals` builds them from the registries the recipe names (`signals.per_account`, `signals.cross_account`),
+passing each constructor the recipe options it takes.
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,6 +27,74 @@ from stillroom.core.registry import Registry
 
 PER_ACCOUNT: Registry[type["AccountSignal"]] = Registry("per-account signal")
 CROSS_ACCOUNT: Registry[type] = Registry("cross-account signal")
+
+
+@dataclass
+class SignalInputs:
+    """What a signal reads about a set of accounts: their rows of the feature table, and `data`, what its `inputs`
+    queried (prompt profiles, schedule vectors, pair lists). `rows` narrows both to some accounts: `data` by its own
+    `rows(index)` where it has one (per-account data), else kept whole (pairs over the whole traffic)."""
+
+    accounts: pd.DataFrame
+    data: Any = None
+
+    def rows(self, index: pd.Index) -> "SignalInputs":
+        data = self.data.rows(index) if callable(getattr(self.data, "rows", None)) else self.data
+        return SignalInputs(self.accounts.loc[index], data)
+
+
+def accounts_of(x: "SignalInputs | pd.DataFrame") -> pd.DataFrame:
+    """The feature rows of `x`, whether it is a `SignalInputs` or (the older call) the feature table itself."""
+    return x.accounts if isinstance(x, SignalInputs) else x
+
+
+class Signal:
+    """The protocol of every signal (see the module doc). `inputs` defaults to the feature rows alone."""
+
+    name: ClassVar[str] = ""
+
+    def inputs(self, engine: Any, accounts: pd.DataFrame) -> SignalInputs:
+        return SignalInputs(accounts)
+
+    def fit(self, x: SignalInputs) -> "Signal":
+        raise NotImplementedError
+
+    def score(self, x: SignalInputs) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+
+# Recipe options (SignalsConfig) a signal's constructor may take, by parameter name.
+def _options(config: Any, seed: int) -> dict[str, Any]:
+    return {"k": config.neighbours, "seed": seed, "max_prompts": config.max_prompts_per_account, "encoder": config.encoder,
+            "bin_seconds": config.lockstep_bin_seconds}
+
+
+def build_signals(config: Any, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-account and cross-account signals the recipe's `signals` section names, in its order, each built with
+    the recipe options its constructor takes (`_options`)."""
+    options = _options(config, seed)
+    built = []
+    for registry, names, where in ((PER_ACCOUNT, config.per_account, "signals.per_account"),
+                                   (CROSS_ACCOUNT, config.cross_account, "signals.cross_account")):
+        signals = {}
+        for name in names:
+            cls = registry.get(name, where=where)
+            takes = inspect.signature(cls.__init__).parameters
+            signals[name] = cls(**{k: v for k, v in options.items() if k in takes})
+        built.append(signals)
+    return built[0], built[1]
+
+
+def score_of(signal: Any, x: SignalInputs) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """`signal.score(x)` as (scores, edges): a per-account signal's scores come alone."""
+    out = signal.score(x)
+    return out if isinstance(out, tuple) else (out, None)
 
 
 @dataclass
@@ -57,7 +140,7 @@ class Reference:
         return cls(np.asarray(data["values"], dtype=float))
 
 
-class AccountSignal:
+class AccountSignal(Signal):
     """A per-account signal: a few features, each with the direction that is suspicious (+1 high, -1 low).
 
     `score` gives one column per feature (its surprisal) and the signal's own column, the
@@ -70,12 +153,14 @@ class AccountSignal:
     def __init__(self) -> None:
         self.refs: dict[str, Reference] = {}
 
-    def fit(self, benign: pd.DataFrame) -> "AccountSignal":
+    def fit(self, benign: SignalInputs | pd.DataFrame) -> "AccountSignal":
+        benign = accounts_of(benign)
         self._check(benign)
         self.refs = {f: Reference.fit(benign[f].to_numpy()) for f in self.features}
         return self
 
-    def score(self, accounts: pd.DataFrame) -> pd.DataFrame:
+    def score(self, accounts: SignalInputs | pd.DataFrame) -> pd.DataFrame:
+        accounts = accounts_of(accounts)
         self._check(accounts)
         out = pd.DataFrame(index=accounts.index)
         for feature, direction in self.features.items():
@@ -101,8 +186,13 @@ class AccountSignal:
             raise KeyError(f"signal {self.name!r} needs the feature columns {missing}")
 
     def state(self) -> dict[str, Any]:
-        return {f: r.to_dict() for f, r in self.refs.items()}
+        """The features whose references `arrays` holds (a calibration's `per_account` entry)."""
+        return {"features": list(self.refs)}
 
-    def load(self, state: dict[str, Any]) -> "AccountSignal":
-        self.refs = {f: Reference.from_dict(d) for f, d in state.items()}
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {feature: ref.values for feature, ref in self.refs.items()}
+
+    def load(self, state: dict[str, Any] | list[str], arrays: dict[str, np.ndarray]) -> "AccountSignal":
+        features = state["features"] if isinstance(state, dict) else state
+        self.refs = {f: Reference(np.asarray(arrays[f], dtype=float)) for f in features}
         return self

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stillroom.guard.features import FeatureEngine
-from stillroom.guard.signals.base import CROSS_ACCOUNT
+from stillroom.guard.engine import Engine
+from stillroom.guard.signals.base import CROSS_ACCOUNT, SignalInputs
 from stillroom.guard.signals.cross_account import DensityExcess
 
 HOURS_OF_WEEK = 168
@@ -34,7 +34,7 @@ PHASE_WEIGHT = 0.5
 
 
 def schedule_vectors(activity: pd.DataFrame, accounts: pd.Index) -> np.ndarray:
-    """One schedule vector per account of `accounts` (rows in that order) from `FeatureEngine.activity()`."""
+    """One schedule vector per account of `accounts` (rows in that order) from `Engine.activity()`."""
     out = np.zeros((len(accounts), HOURS_OF_WEEK + PHASES))
     if len(activity):
         row = accounts.get_indexer(activity["account"])
@@ -55,8 +55,8 @@ class ScheduleRows:
     accounts: pd.Index
     matrix: np.ndarray
 
-    def rows(self, accounts: pd.Index) -> np.ndarray:
-        return self.matrix[self.accounts.get_indexer(accounts)]
+    def rows(self, accounts: pd.Index) -> "ScheduleRows":
+        return ScheduleRows(accounts, self.matrix[self.accounts.get_indexer(accounts)])
 
 
 @CROSS_ACCOUNT.register("schedule")
@@ -65,19 +65,27 @@ class Schedule(DensityExcess):
 
     name = "schedule"
 
-    def vectors(self, engine: FeatureEngine, accounts: pd.Index) -> ScheduleRows:
+    def vectors(self, engine: Engine, accounts: pd.Index) -> ScheduleRows:
         return ScheduleRows(accounts, schedule_vectors(engine.activity(), accounts))
 
-    def fit(self, benign: np.ndarray) -> "Schedule":
-        """`benign`: the schedule vectors of benign accounts (see `vectors`)."""
-        self._set_reference(np.asarray(benign, float))
+    def inputs(self, engine: Engine, accounts: pd.DataFrame) -> SignalInputs:
+        """The accounts' schedule vectors (`vectors`): one activity query."""
+        return SignalInputs(accounts, self.vectors(engine, accounts.index))
+
+    def fit(self, benign: SignalInputs | ScheduleRows | np.ndarray) -> "Schedule":
+        """`benign`: the schedule vectors of benign accounts (`inputs(...).rows(benign)`, their `ScheduleRows`, or the matrix)."""
+        matrix = benign.data if isinstance(benign, SignalInputs) else benign
+        self._set_reference(np.asarray(matrix.matrix if isinstance(matrix, ScheduleRows) else matrix, float))
         return self
 
-    def score(self, engine: FeatureEngine, accounts: pd.DataFrame,
+    def score(self, engine: Engine | SignalInputs, accounts: pd.DataFrame | None = None,
               vectors: ScheduleRows | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Per-account surprisal and neighbour pairs; the vectors are read from `engine` unless given."""
+        """Per-account surprisal and neighbour pairs of `inputs(...).rows(scanned)`; or (the older call) of
+        `accounts`, the vectors read from `engine` unless given."""
+        if isinstance(engine, SignalInputs):
+            return self.excess(engine.data.rows(engine.accounts.index).matrix, engine.accounts)
         vectors = self.vectors(engine, accounts.index) if vectors is None else vectors
-        return self.excess(vectors.rows(accounts.index), accounts)
+        return self.excess(vectors.rows(accounts.index).matrix, accounts)
 
     def state(self) -> dict[str, Any]:
         return {"k": self.k}
