@@ -194,3 +194,21 @@ def test_an_empty_html_report_renders_in_headless_chromium(calibrated, scanned, 
     dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert 'id="nothing-flagged"' in dom and "<strong>0 campaign(s)</strong>" in dom
     assert len(re.findall(r'<img id="plot-(timeline|heatmap)"[^>]*src="data:image/png;base64,', dom)) == 2
+
+
+def test_a_campaign_with_provenance_shows_its_tests_by_key_id(calibrated, scanned):
+    result, _, _ = scanned
+    alerts = build_alerts(result, calibrated, top=1, examples=1)
+    provenance = {"summary": "harvest of 160 answers: key e0/c3", "cohorts": ["c3"], "key_ids": ["e0/c3"],
+                  "harvest": {"mode": "text", "leaked": True, "key_id": "e0/c3", "p_value": 0.0, "log10_p": -312.4, "p_adjusted": 0.0},
+                  "suspects": {"student": {"open-weights": {"key_id": None, "p_value": 0.4, "log10_p": -0.4, "p_adjusted": 1.0}}}}
+    alerts["campaigns"][0]["provenance"] = provenance
+    md = to_markdown(alerts)
+    assert "**Provenance:** harvest of 160 answers: key e0/c3" in md
+    assert "| harvest | e0/c3 | 10^-312.4 | 0 |" in md and "| student (open-weights) | none | 0.4 | 1 |" in md
+    from stillroom.guard.report import to_html
+
+    page = to_html(alerts)
+    assert "10^-312.4" in page and "student (open-weights)" in page
+    del alerts["campaigns"][0]["provenance"]
+    assert "Provenance" not in to_markdown(alerts) and "Provenance" not in to_html(alerts)

@@ -169,6 +169,27 @@ def build_alerts(result: ScanResult, guard: Guard, *, top: int = 10, examples: i
     }
 
 
+def provenance_rows(provenance: Any) -> list[dict[str, str]]:
+    """A campaign alert's `provenance` field (guard.provenance.alert) as table rows: the harvest test, then each
+    suspect model's tests; the key id that answered (or "none"), its p-value (10^log10_p when it underflows to 0),
+    and the Holm-adjusted p-value. Only key ids appear, never key material."""
+    if not isinstance(provenance, dict):
+        return []
+    tests = [("harvest", provenance.get("harvest"))]
+    for suspect, modes in (provenance.get("suspects") or {}).items():
+        tests += [(f"{suspect} ({mode})", test) for mode, test in (modes or {}).items()]
+    rows = []
+    for name, test in tests:
+        if not isinstance(test, dict):
+            continue
+        p, log10_p = test.get("p_value"), test.get("log10_p")
+        shown_p = f"10^{float(log10_p):.1f}" if (p == 0 or p is None) and log10_p is not None else ("" if p is None else f"{float(p):.3g}")
+        adjusted = test.get("p_adjusted")
+        rows.append({"test": name, "key_id": str(test.get("key_id") or "none"), "p_value": shown_p,
+                     "p_adjusted": "" if adjusted is None else f"{float(adjusted):.3g}"})
+    return rows
+
+
 def shown(alerts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The campaigns and accounts the human-readable reports show: the top `report.top` campaigns, and
     the flagged accounts up to five times that (at least 50). alerts.json keeps them all."""
@@ -221,6 +242,11 @@ def to_markdown(alerts: dict[str, Any]) -> str:
                   + (f"; shared: {', '.join(shared)}" if shared else "; nothing shared"), ""]
         if c.get("system_prompts"):
             lines += ["**System prompts:** " + "; ".join(f"{r['system']!r} ({r['accounts']} accounts)" for r in c["system_prompts"]), ""]
+        if c.get("provenance"):
+            lines += ["**Provenance:** " + str(c["provenance"].get("summary", "")), "",
+                      "| test | key id | p-value | Holm p |", "|---|---|---|---|"]
+            lines += [f"| {r['test']} | {r['key_id']} | {r['p_value']} | {r['p_adjusted']} |" for r in provenance_rows(c["provenance"])]
+            lines.append("")
         lines += [f"**Lockstep pairs:** {c['lockstep']['pairs']}", "", "**Example prompts:**", ""]
         lines += [f"- `{e['account']}` ({e['capability']}): {e['prompt']!r}" for e in c["examples"]]
         lines.append("")
@@ -321,7 +347,7 @@ def to_html(alerts: dict[str, Any], result: ScanResult | None = None) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     campaigns, accounts = shown(alerts)
     return env.from_string(template).render(alerts=alerts, campaigns=campaigns, accounts=accounts, plots=plots(alerts, result),
-                                            escape=html.escape)
+                                            escape=html.escape, provenance_rows=provenance_rows)
 
 
 def write_reports(alerts: dict[str, Any], folder: Path, formats: list[str], result: ScanResult | None = None) -> dict[str, Path]:
