@@ -151,3 +151,66 @@ def test_both_engines_scan_the_same_traffic_to_the_same_alerts():
         [(c["id"], c["members"], c["infrastructure"], c["examples"]) for c in a_spark["campaigns"]]
     assert [(a["account"], a["campaign"], a["examples"]) for a in a_duck["accounts"]] == \
         [(a["account"], a["campaign"], a["examples"]) for a in a_spark["accounts"]]
+
+
+@pytest.mark.slow
+def test_spark_reads_parquet_files_into_the_same_table_as_duckdb(spark_engines, small_log, tmp_path):
+    """Parquet as pandas writes it (nanosecond times, which Spark reads as numbers only), split in two files: Spark
+    reads them itself into the table DuckDB builds from the frame."""
+    duck, _ = spark_engines
+    small_log.iloc[: len(small_log) // 2].to_parquet(tmp_path / "a.parquet", index=False)
+    small_log.iloc[len(small_log) // 2:].to_parquet(tmp_path / "b.parquet", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spark = make_engine(EngineConfig(name="spark")).load([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")])
+        try:
+            assert spark.size() == len(small_log)
+            pd.testing.assert_frame_equal(duck.accounts(), spark.accounts(), check_dtype=False, rtol=1e-6)
+        finally:
+            spark.close()
+    from stillroom.core.errors import DataError
+
+    small_log[["ts", "account"]].to_parquet(tmp_path / "thin.parquet", index=False)
+    with pytest.raises(DataError, match="not in the interaction schema"):
+        make_engine(EngineConfig(name="spark")).load(str(tmp_path / "thin.parquet"))
+
+
+@pytest.mark.slow
+def test_scan_with_engine_spark_from_the_command_line_gives_the_duckdb_alerts(calibrated, tmp_path, capsys):
+    """`stillroom guard scan LOG --engine spark` (the log read here, then handed to Spark) and `scan DATASET --engine
+    spark` (a converted dataset, read by Spark itself) flag what the DuckDB scan flags."""
+    import json
+
+    from stillroom.cli import main
+    from stillroom.guard.pipeline import _spark_reads, write_traffic
+
+    if not HAS_SPARK:
+        pytest.skip("pyspark is not installed (pip install 'stillroom[spark]')")
+    log, truth = simulate(SimulateConfig(seed=12, benign=Populations(chat=300, apps=9, evals=2, labelers=3, researchers=9),
+                                         campaigns=[CampaignSpec(name="c", style="blatant", accounts=30)]))
+    path = write_traffic(log, truth, tmp_path / "day", "parquet")["traffic"]
+    calibration = calibrated.save(tmp_path / "cal")
+    common = ["--calibration", str(calibration), "--set", f"output_dir={tmp_path / 'runs'}"]
+    runs = [("convert", ["guard", "convert", str(path), "--out", str(tmp_path / "ds")]),
+            ("duckdb", ["guard", "scan", str(path), "--name", "duckdb", *common]),
+            ("spark", ["guard", "scan", str(path), "--name", "spark", "--engine", "spark", *common]),
+            ("spark_ds", ["guard", "scan", str(tmp_path / "ds"), "--name", "spark_ds", "--engine", "spark", *common])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, argv in runs:
+            try:
+                main(argv)
+            except SystemExit as exc:
+                assert not exc.code, capsys.readouterr().err
+            err = capsys.readouterr().err
+            if name == "spark_ds":
+                assert "reading with spark" in err
+    assert _spark_reads([str(tmp_path / "ds")]) and _spark_reads(["s3a://bucket/logs/"]) and not _spark_reads([str(path)])
+    alerts = {n: json.loads((tmp_path / "runs" / n / "alerts.json").read_text()) for n in ("duckdb", "spark", "spark_ds")}
+    for name in ("spark", "spark_ds"):
+        got, want = alerts[name], alerts["duckdb"]
+        for key in ("accounts", "interactions", "flagged_accounts", "campaigns_flagged"):
+            assert got["summary"][key] == want["summary"][key], (name, key)
+        assert [c["members"] for c in got["campaigns"]] == [c["members"] for c in want["campaigns"]]
+        assert [a["account"] for a in got["accounts"]] == [a["account"] for a in want["accounts"]]
+    assert alerts["duckdb"]["summary"]["campaigns_flagged"] >= 1

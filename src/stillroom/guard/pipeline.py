@@ -108,7 +108,7 @@ class Stages:
         is shown between them."""
         patched = []
         for signal in _signals(guard):
-            for method in ("profiles", "vectors", "pairs", "memberships", "score"):
+            for method in ("inputs", "profiles", "vectors", "pairs", "memberships", "score"):
                 original = getattr(signal, method, None)
                 if callable(original) and method not in vars(signal):
                     setattr(signal, method, self._wrap(signal, method, original, after))
@@ -196,8 +196,12 @@ def _fit(guard: Guard, frame: pd.DataFrame, robust: bool, stages: Stages | None 
     stages = stages or Stages("calibrate", enabled=False)
     stages.stage("calibration features")
     traffic = load_traffic(frame, engine) if engine is not None else frame  # a dataset read by `read_logs` is an engine already
-    with stages.watch(guard, after="thresholds"):
-        return guard.fit(traffic, robust=True) if robust else guard.fit(traffic)
+    try:
+        with stages.watch(guard, after="thresholds"):
+            return guard.fit(traffic, robust=True) if robust else guard.fit(traffic)
+    finally:
+        if traffic is not frame:  # loaded here: its tables go (a Spark session keeps cached views until then)
+            traffic.close()
 
 
 def calibration_mode(recipe: GuardRecipe) -> str:
@@ -263,6 +267,37 @@ def load_or_calibrate(recipe: GuardRecipe, scanned: pd.DataFrame | None = None, 
     return _fit(new_guard(recipe), scanned, True, stages, recipe.engine)
 
 
+def _spark_reads(paths: list[str]) -> bool:
+    """Whether Spark reads `paths` itself: object storage or HDFS URLs (s3a://, gs://, abfss://, hdfs://), or a
+    Parquet dataset written by `stillroom guard convert`, both in the interaction schema already."""
+    from stillroom.guard.ingest import is_dataset
+
+    paths = [str(p) for p in paths]
+    return bool(paths) and (all("://" in p for p in paths) or is_dataset(paths))
+
+
+def read_with_spark(recipe: GuardRecipe, paths: list[str], stages: Stages | None = None) -> IngestResult:
+    """Parquet in the interaction schema, read by the Spark engine itself (no pandas, no local files needed): the
+    `.frame` of the result is the loaded engine. The records were validated when the dataset was written
+    (`stillroom guard convert`), so nothing is quarantined here."""
+    if stages is not None:
+        stages.stage("reading with spark")
+    import json
+
+    engine = make_engine(recipe.engine).load([str(p) for p in paths])
+    LOG.info("spark (%s) read %s interactions from %s", recipe.engine.spark.master, f"{engine.size():,}", ", ".join(map(str, paths)))
+    data = IngestResult(frame=engine, quarantine=pd.DataFrame(), files=[str(p) for p in paths],
+                        notices=["read by Spark as the interaction schema: validated when the dataset was written"])
+    for path in paths:  # a local dataset's manifest: what the converter quarantined (its records stay in its quarantine.jsonl)
+        manifest = Path(path) / "manifest.json" if "://" not in str(path) else None
+        if manifest is not None and manifest.is_file():
+            info = json.loads(manifest.read_text(encoding="utf-8"))
+            for reason, n in info.get("reasons", {}).items():
+                data.reasons[reason] = data.reasons.get(reason, 0) + int(n)
+            data.warnings += info.get("warnings", [])
+    return data
+
+
 OUTPUTS = ["recipe.yaml", "quarantine.jsonl", "alerts.json", "report.md", "report.html"]
 
 
@@ -277,6 +312,8 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
     run = open_run(recipe.output_dir, recipe.name)
     stages = Stages("scan", enabled=progress)
     try:
+        if data is None and recipe.engine.name == "spark" and _spark_reads(paths or recipe.logs.paths):
+            data = read_with_spark(recipe, paths or recipe.logs.paths, stages)
         if data is None:
             data = read_logs(recipe, paths or recipe.logs.paths, stages)
         rep = recipe.report
@@ -284,8 +321,12 @@ def run_scan(recipe: GuardRecipe, paths: list[str] | None = None, data: IngestRe
         guard = guard or load_or_calibrate(recipe, data.frame, stages)
         stages.stage("features")
         engine = load_traffic(data.frame, recipe.engine)  # a frame, or the engine a dataset was read into
-        with stages.watch(guard):
-            result = guard.scan(engine, examples=rep.examples)
+        try:
+            with stages.watch(guard):
+                result = guard.scan(engine, examples=rep.examples)
+        finally:
+            if engine is not data.frame:  # loaded here (a dataset's engine is closed below)
+                engine.close()
         stages.stage("report")
         alerts = build_alerts(result, guard, top=rep.top, examples=rep.examples, redact=rep.redact, quarantine=data.reasons,
                               warnings=[*data.warnings, *(getattr(guard, "warnings", None) or [])])

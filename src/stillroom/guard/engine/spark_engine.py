@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from stillroom.core.errors import StillroomError
+from stillroom.core.errors import DataError, StillroomError
 from stillroom.guard.engine.base import Engine
 
 DEFAULT_CONF = {
@@ -23,6 +23,7 @@ DEFAULT_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.ansi.enabled": "false",  # DuckDB's semantics: a division by zero is NULL, not an error
+    "spark.sql.legacy.parquet.nanosAsLong": "true",  # pandas writes nanosecond times, which Spark cannot read as times
 }
 
 
@@ -75,7 +76,19 @@ class SparkEngine(Engine):
         self._register(table, self.spark.createDataFrame(frame))
 
     def _read(self, table: str, paths: Sequence[str]) -> None:
-        self._register(table, self.spark.read.option("mergeSchema", "true").parquet(*paths))
+        from pyspark.sql import functions as F
+
+        from stillroom.guard.schema import FIELDS
+
+        # a converted dataset's folder also holds manifest.json and quarantine.jsonl: Parquet files only
+        frame = self.spark.read.option("mergeSchema", "true").option("pathGlobFilter", "*.parquet").parquet(*paths)
+        missing = [f for f in FIELDS if f not in frame.columns]
+        if missing:
+            raise DataError(f"these Parquet files are not in the interaction schema: no column {', '.join(missing)}",
+                            where=", ".join(paths), hint="write them with `stillroom guard convert`, or scan them with the duckdb engine")
+        if dict(frame.dtypes)["ts"] == "bigint":  # nanoseconds (nanosAsLong): to microseconds, cut as DuckDB cuts them
+            frame = frame.withColumn("ts", F.expr("timestamp_micros(div(ts, 1000))"))
+        self._register(table, frame)
 
     def _create(self, table: str, select: str) -> None:
         frame = self.spark.sql(select)
