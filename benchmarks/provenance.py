@@ -55,7 +55,8 @@ CAMPAIGN_COHORT = "c3"
 RHOS = (1.0, 0.25, 0.05)
 HARVEST_SETTINGS = ["harvest", "accounts", "benign", "max_tokens", "temperature", "bias", "gamma", "cohorts", "quick"]
 TRAIN_SETTINGS = ["layers", "layer_choice", "epochs", "lr"]
-TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens"]
+RADIO_SETTINGS = ["suspect_layers", "suspect_lr"]
+TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens", "probe_harvest"]
 
 
 def parse_args():
@@ -71,13 +72,20 @@ def parse_args():
     p.add_argument("--probe", type=int, default=24, help="held-out human texts read in the open-weights test "
                    "(besides the teacher's answers to the --eval prompts)")
     p.add_argument("--probe-tokens", type=int, default=96, help="answer tokens of each probe text")
-    p.add_argument("--blackbox", type=int, default=64, help="held-out prompts the suspect answers in the black-box test")
+    p.add_argument("--probe-harvest", type=int, default=48,
+                   help="also read: this many harvested prompts with the UNwatermarked teacher's answers (text that does "
+                        "not depend on any key, so the null holds, in the contexts the suspect was trained on)")
+    p.add_argument("--blackbox", type=int, default=48, help="held-out prompts the suspect answers in the black-box test")
     p.add_argument("--eval", type=int, default=32, help="held-out prompts for agreement/NLL (risk curve)")
     p.add_argument("--quality", type=int, default=32, help="held-out human answers for the watermark's quality cost")
     p.add_argument("--tasks", type=int, default=64, help="MMLU questions for the watermark's cost on a task")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--layer-choice", choices=["influence", "evenly"], default="influence",
                    help="which teacher layers students keep (the LLM recipe's default: block influence)")
+    p.add_argument("--suspect-layers", type=int, default=0,
+                   help="teacher layers the tested students keep (0: all of them: the attacker fine-tunes the open "
+                        "base model on the harvest, Sander et al.'s setting); the risk curve's students keep --layers")
+    p.add_argument("--suspect-lr", type=float, default=2e-4, help="learning rate of the tested students")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -87,6 +95,7 @@ def parse_args():
     if args.quick:
         args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
         args.probe, args.blackbox, args.eval, args.quality, args.epochs, args.tasks = 8, 8, 8, 8, 1, 4
+        args.probe_harvest = 8
     return args
 
 
@@ -361,7 +370,8 @@ def main() -> None:
     # the harvest is keyed by what shapes it; students and tests by theirs, so changing one never redoes the other
     work = args.work_dir / digest(HARVEST_SETTINGS)
     train_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS)
-    test_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + TEST_SETTINGS)
+    suspect_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + RADIO_SETTINGS)
+    test_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + RADIO_SETTINGS + TEST_SETTINGS)
     work.mkdir(parents=True, exist_ok=True)
     LOG.info("work dir %s (students %s, tests %s)", work, train_key, test_key)
     data = split(args)
@@ -394,7 +404,12 @@ def main() -> None:
     campaign_items = items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens)
     risk_config.layer_indices = cached(work / f"layers-{train_key}.json",
                                        lambda: {"layers": student_layers(teacher, campaign_items, risk_config)})["layers"]
-    LOG.info("students keep teacher layers %s", risk_config.layer_indices)
+    LOG.info("risk-curve students keep teacher layers %s", risk_config.layer_indices)
+    total_layers = int(teacher.model.config.num_hidden_layers)
+    suspect_config = RiskConfig(shares=[1.0], layers=args.suspect_layers or total_layers, epochs=args.epochs,
+                                lr=args.suspect_lr, max_new_tokens=args.max_tokens, threads=args.threads,
+                                layer_indices=list(range(total_layers)) if not args.suspect_layers
+                                else risk_config.layer_indices if args.suspect_layers == args.layers else None)
     eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
     risk_dir = work / f"risk-{train_key}"
     reference, _ = reference_set(teacher, work / "reference", eval_prompts, risk_config)
@@ -402,6 +417,8 @@ def main() -> None:
     probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) + tok(r["response"], add_special_tokens=False)["input_ids"][:args.probe_tokens]
               for r in data["probe"] if r["response"]]
     probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) for r in data["probe"] if not r["response"]]
+    probe += [encode_prompt(tok, Prompt.from_text(p)) + tok(clean[p], add_special_tokens=False)["input_ids"][:args.max_tokens]
+              for p in list(campaign["prompt"])[:args.probe_harvest]]
     blackbox_prompts = [r["prompt"] for r in data["blackbox"]]
     timings["reference_s"] = time.perf_counter() - clock
 
@@ -420,12 +437,12 @@ def main() -> None:
         items, marked = mixed_items(campaign, clean, rho, tok, args.max_tokens)
         done = (work / "tests" / test_key / f"{name}.json").is_file()
         model = None
-        if not done or rho == 1.0:
-            model = distil(teacher, items, work / "students" / train_key / name, risk_config, desc=name)
+        if not done:
+            model = distil(teacher, items, work / "students" / suspect_key / name, suspect_config, desc=name)
         result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work / "tests" / test_key)
         students[name] = {"rho": rho, "watermarked_answers": marked, "answers": len(items), **result}
-        if rho == 1.0:
-            models[len(items)] = model
+        if rho == 1.0 and suspect_config.layer_indices == risk_config.layer_indices:
+            models[len(items)] = model  # the same student is the risk curve's last point
         timings[f"{name}_s"] = time.perf_counter() - clock
         LOG.info("%s: open-weights log10 p %.1f (key %s), black-box log10 p %.1f (key %s)", name,
                  result["open-weights"]["scores"][0]["log10_p"], result["open-weights"]["key_id"],
@@ -469,6 +486,11 @@ def main() -> None:
         "settings": settings, "data": data["source"], "watermark": {"gamma": args.gamma, "bias": args.bias,
                                                                    "seeding_scheme": "lefthash", "keys": len(ring.all_keys()),
                                                                    "campaign_key": key.key_id},
+        "suspect_students": f"teacher layers {suspect_config.layer_indices[:3]}...{suspect_config.layer_indices[-1]} "
+                            f"({len(suspect_config.layer_indices)} of {total_layers}), frozen tied embeddings, SFT "
+                            f"{args.epochs} epochs at lr {args.suspect_lr} on the {len(campaign)} campaign prompts",
+        "probe": f"{len(probe)} texts: the teacher's greedy answers to {args.eval} held-out prompts, {args.probe} held-out "
+                 f"Dolly human answers, {args.probe_harvest} campaign prompts with the unwatermarked teacher's answers",
         "p_watermarked_student": p_student,
         "control_p_values": control_p, "control_fpr": control_fpr,
         "control_ks": {"statistic": float(ks.statistic), "p": float(ks.pvalue), "n": len(values)},
