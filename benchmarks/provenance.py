@@ -75,7 +75,7 @@ def parse_args():
     p.add_argument("--probe-harvest", type=int, default=48,
                    help="also read: this many harvested prompts with the UNwatermarked teacher's answers (text that does "
                         "not depend on any key, so the null holds, in the contexts the suspect was trained on)")
-    p.add_argument("--blackbox", type=int, default=48, help="held-out prompts the suspect answers in the black-box test")
+    p.add_argument("--blackbox", type=int, default=64, help="held-out prompts the suspect answers in the black-box test")
     p.add_argument("--eval", type=int, default=32, help="held-out prompts for agreement/NLL (risk curve)")
     p.add_argument("--quality", type=int, default=32, help="held-out human answers for the watermark's quality cost")
     p.add_argument("--tasks", type=int, default=64, help="MMLU questions for the watermark's cost on a task")
