@@ -8,10 +8,11 @@ hours for 30M. This module scales *its* traffic instead of re-implementing it:
    rules of `simulate.py` (no mark that one class has and the other never does).
 2. **Copies of it, vectorised** (numpy + pyarrow, no Python per request). A benign account at scale is a copy of
    a base account: its requests (prompt, parameters, client, the time of day of each) are the base account's, on
-   days of its own among the `days` simulated, its volume drawn heavy-tailed around the base account's. On each
-   later day it asks what another base account of its population (or attack style) asked (prompts and answer
-   lengths), so that nobody asks the same questions every day; identity, parameters, client and times of day
-   stay its own. The base
+   days of its own among the `days` simulated, its times shifted by up to half an hour, its volume drawn
+   heavy-tailed around the base account's. Each day it asks what another base account of its population (or
+   attack style) asked (prompts and answer lengths), so that nobody asks the same questions every day and the
+   copies of one base account are not near-duplicates of each other (a crowd the size of the copy count, which
+   the detector rightly takes for one operator); identity, parameters and client stay its base account's. The base
    benign population is copied whole, `replicate` by replicate, and each replicate gets its own account ids,
    addresses, payment fingerprints and organisations (a bijection per replicate), so a family, an office, a
    class or a NAT pool stays the same size as in the base, and one replicate's users do not share anything
@@ -126,6 +127,12 @@ class _Base:
         self.pool_members = order
         self.pool_size = np.bincount(self.pool_of, minlength=len(names))
         self.pool_start = np.concatenate([[0], np.cumsum(self.pool_size)[:-1]])
+        # each base account's customer (organisation, else card, else itself): its copies in one replicate share a shift
+        firsts = log.iloc[truth["first"].to_numpy()]
+        customer = np.where(firsts["org"].to_numpy() != "", "o:" + firsts["org"].to_numpy().astype(object),
+                            np.where(firsts["payment"].to_numpy() != "", "p:" + firsts["payment"].to_numpy().astype(object),
+                                     "a:" + truth["account"].to_numpy().astype(object)))
+        self.customer = pd.factorize(customer)[0].astype(np.int64)
         self.pool_pos = np.empty(len(truth), np.int64)
         self.pool_pos[order] = np.arange(len(truth)) - self.pool_start[self.pool_of[order]]
 
@@ -148,7 +155,8 @@ class _Copies:
     offset: np.ndarray  # first base row used, within the base account's day
     day0: np.ndarray  # first active day
     stride: np.ndarray  # active days are day0, day0 + stride, ... (mod days; stride coprime with days)
-    rotate: np.ndarray  # day k's questions come from the base account k * rotate places on in its pool
+    rotate: np.ndarray  # day k's questions come from the base account (k + 1) * rotate places on in its pool
+    shift: np.ndarray  # seconds added to every request time of the copy
     account_id: np.ndarray  # the account's number (a random permutation: ids say nothing of the class)
     campaign: list[str]
 
@@ -168,15 +176,15 @@ def _rows(base: _Base, c: _Copies, spec: ScaleSpec, t0: pd.Timestamp) -> pa.Tabl
     row = first[owner] + step % length[owner]
     block = step // length[owner]  # the copy's k-th active day
     day = (c.day0[owner] + block * c.stride[owner]) % spec.days
-    seconds = day * 86400.0 + base.tod[row]
+    seconds = (day * 86400.0 + base.tod[row] + c.shift[owner]) % (spec.days * 86400.0)
     ts = pa.array(((t0.value // 1000) + np.rint(seconds * 1e6)).astype(np.int64), pa.timestamp("us", tz="UTC"))
     out = base.table.take(pa.array(row))
-    # what is asked on a later day is another base account's of the same population or style (its prompts, the answers'
-    # lengths): a copy keeps its base account's identity, parameters, client and times of day, but does not ask the
-    # same questions every day; its first day is its base account's own
+    # what is asked each day is another base account's of the same population or style (its prompts, the answers'
+    # lengths): a copy keeps its base account's identity, parameters, client and times of day, but neither asks the
+    # same questions every day nor the questions of the other copies of its base account
     b = c.base[owner]
     pool = base.pool_of[b]
-    alt = base.pool_members[base.pool_start[pool] + (base.pool_pos[b] + block * c.rotate[owner]) % base.pool_size[pool]]
+    alt = base.pool_members[base.pool_start[pool] + (base.pool_pos[b] + (block + 1) * c.rotate[owner]) % base.pool_size[pool]]
     alt_len = base.truth["rows"].to_numpy()[alt]
     asked = pa.array(base.truth["first"].to_numpy()[alt] + (step % length[owner]) % alt_len)
     content = base.table.select(CONTENT).take(asked)
@@ -231,7 +239,10 @@ class Plan:
         # heavy-tailed volumes: the base account's day volume times a lognormal factor, scaled to the benign rows
         factor = rng.lognormal(0.0, 1.0, len(base_idx))
         volume = self._scale_to(length * factor, benign_rows, spec.days * length)
-        self._add("benign", base_idx, key, volume, rng, shared_days=False)
+        # one shift per customer and replicate: an organisation's evaluation jobs stay in lockstep with each other
+        mixed = _mix(self.base.customer[base_idx].astype(np.uint64) * np.uint64(1 << 20) + key.astype(np.uint64), 99)
+        shift = (mixed % np.uint64(3_600_000)).astype(np.float64) / 1000.0 - 1800.0
+        self._add("benign", base_idx, key, volume, rng, shared_days=False, shift=shift)
         self.parts.insert(0, self.parts.pop())  # benign accounts first in the files
         total = sum(len(p[1]) for p in self.parts)
         self.ids = rng.permutation(total).astype(np.int64) + 10**9  # ids: one random permutation over every account
@@ -247,7 +258,8 @@ class Plan:
             scale *= total / max(vol.sum(), 1.0)
         return vol.astype(np.int64)
 
-    def _add(self, campaign: str, base_idx, key, volume, rng, shared_days: bool, days: int | None = None) -> None:
+    def _add(self, campaign: str, base_idx, key, volume, rng, shared_days: bool, days: int | None = None,
+             in_step: bool = False, shift: np.ndarray | None = None) -> None:
         spec, n = self.spec, len(base_idx)
         length = self.base.truth["rows"].to_numpy()[base_idx]
         offset = rng.integers(0, np.maximum(length, 1))
@@ -258,7 +270,11 @@ class Plan:
             day0 = rng.integers(0, spec.days, n)
             stride = rng.choice(_coprimes(spec.days), n)
         rotate = rng.integers(1, 1 << 30, n)
-        self.parts.append((campaign, base_idx, key, volume, offset, day0, stride, rotate))
+        # copies of one base account must not share its minute-by-minute times: each is shifted by up to half an hour,
+        # except in a campaign whose orchestration is synchronised (waves, cron, blocks): one shift for all its accounts
+        if shift is None:
+            shift = np.full(n, rng.uniform(-1800, 1800)) if in_step else rng.uniform(-1800, 1800, n)
+        self.parts.append((campaign, base_idx, key, volume, offset, day0, stride, rotate, shift))
 
     def _campaigns(self, rng: np.random.Generator, reported_rows: int, other_rows: int) -> None:
         spec, truth = self.spec, self.base.truth
@@ -283,7 +299,8 @@ class Plan:
                 volume = np.clip(np.rint(per_account * rng.lognormal(0, 0.2, accounts)), 1, spec.days * length).astype(np.int64)
             else:
                 volume = (length * days).astype(np.int64)
-            self._add(name, base_idx, np.full(accounts, 10**6 + number), volume, rng, shared_days=True, days=days)
+            in_step = STYLES[style].get("orchestration", "waves") in ("waves", "cron", "blocks")
+            self._add(name, base_idx, np.full(accounts, 10**6 + number), volume, rng, shared_days=True, days=days, in_step=in_step)
 
     def truth(self) -> pd.DataFrame:
         rows, at = [], 0
@@ -299,14 +316,15 @@ class Plan:
 
     def batches(self) -> Iterator[_Copies]:
         at = 0
-        for campaign, base_idx, key, volume, offset, day0, stride, rotate in self.parts:
+        for campaign, base_idx, key, volume, offset, day0, stride, rotate, shift in self.parts:
             ends = np.cumsum(volume)
             start = 0
             while start < len(base_idx):
                 done = ends[start - 1] if start else 0
                 stop = max(start + 1, int(np.searchsorted(ends, done + self.spec.chunk_rows, side="right")))
                 s = slice(start, stop)
-                yield _Copies(base_idx[s], key[s], volume[s], offset[s], day0[s], stride[s], rotate[s], self.ids[at + start: at + stop],
+                yield _Copies(base_idx[s], key[s], volume[s], offset[s], day0[s], stride[s], rotate[s], shift[s],
+                              self.ids[at + start: at + stop],
                               [campaign])
                 start = stop
             at += len(base_idx)
