@@ -55,8 +55,8 @@ CAMPAIGN_COHORT = "c3"
 RHOS = (1.0, 0.25, 0.05)
 HARVEST_SETTINGS = ["harvest", "accounts", "benign", "max_tokens", "temperature", "bias", "gamma", "cohorts", "quick"]
 TRAIN_SETTINGS = ["layers", "layer_choice", "epochs", "lr"]
-RADIO_SETTINGS = ["suspect_layers", "suspect_lr"]
-TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens", "probe_harvest"]
+RADIO_SETTINGS = ["suspect_layers", "suspect_lr", "suspect_epochs"]
+TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens", "probe_harvest", "blackbox_answers"]
 
 
 def parse_args():
@@ -85,7 +85,9 @@ def parse_args():
     p.add_argument("--suspect-layers", type=int, default=0,
                    help="teacher layers the tested students keep (0: all of them: the attacker fine-tunes the open "
                         "base model on the harvest, Sander et al.'s setting); the risk curve's students keep --layers")
-    p.add_argument("--suspect-lr", type=float, default=2e-4, help="learning rate of the tested students")
+    p.add_argument("--suspect-lr", type=float, default=3e-4, help="learning rate of the tested students")
+    p.add_argument("--suspect-epochs", type=int, default=1, help="epochs of the tested students over their data")
+    p.add_argument("--blackbox-answers", type=int, default=40, help="of the --blackbox prompts, how many each suspect answers")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -95,7 +97,7 @@ def parse_args():
     if args.quick:
         args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
         args.probe, args.blackbox, args.eval, args.quality, args.epochs, args.tasks = 8, 8, 8, 8, 1, 4
-        args.probe_harvest = 8
+        args.probe_harvest, args.blackbox_answers = 8, 8
     return args
 
 
@@ -406,7 +408,7 @@ def main() -> None:
                                        lambda: {"layers": student_layers(teacher, campaign_items, risk_config)})["layers"]
     LOG.info("risk-curve students keep teacher layers %s", risk_config.layer_indices)
     total_layers = int(teacher.model.config.num_hidden_layers)
-    suspect_config = RiskConfig(shares=[1.0], layers=args.suspect_layers or total_layers, epochs=args.epochs,
+    suspect_config = RiskConfig(shares=[1.0], layers=args.suspect_layers or total_layers, epochs=args.suspect_epochs,
                                 lr=args.suspect_lr, max_new_tokens=args.max_tokens, threads=args.threads,
                                 layer_indices=list(range(total_layers)) if not args.suspect_layers
                                 else risk_config.layer_indices if args.suspect_layers == args.layers else None)
@@ -419,7 +421,7 @@ def main() -> None:
     probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) for r in data["probe"] if not r["response"]]
     probe += [encode_prompt(tok, Prompt.from_text(p)) + tok(clean[p], add_special_tokens=False)["input_ids"][:args.max_tokens]
               for p in list(campaign["prompt"])[:args.probe_harvest]]
-    blackbox_prompts = [r["prompt"] for r in data["blackbox"]]
+    blackbox_prompts = [r["prompt"] for r in data["blackbox"]][:args.blackbox_answers]
     timings["reference_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -488,7 +490,7 @@ def main() -> None:
                                                                    "campaign_key": key.key_id},
         "suspect_students": f"teacher layers {suspect_config.layer_indices[:3]}...{suspect_config.layer_indices[-1]} "
                             f"({len(suspect_config.layer_indices)} of {total_layers}), frozen tied embeddings, SFT "
-                            f"{args.epochs} epochs at lr {args.suspect_lr} on the {len(campaign)} campaign prompts",
+                            f"{args.suspect_epochs} epoch(s) at lr {args.suspect_lr} on the {len(campaign)} campaign prompts",
         "probe": f"{len(probe)} texts: the teacher's greedy answers to {args.eval} held-out prompts, {args.probe} held-out "
                  f"Dolly human answers, {args.probe_harvest} campaign prompts with the unwatermarked teacher's answers",
         "p_watermarked_student": p_student,
