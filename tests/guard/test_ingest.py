@@ -4,6 +4,7 @@ converter turns JSONL/CSV into a day-partitioned Parquet dataset with the same r
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pandas as pd
@@ -199,3 +200,19 @@ def test_convert_then_scan_a_dataset_from_the_command_line_finds_what_the_log_sc
     assert got["summary"]["campaigns_flagged"] == want["summary"]["campaigns_flagged"] >= 1
     assert got["summary"]["flagged_accounts"] == want["summary"]["flagged_accounts"]
     assert not list((tmp_path / "spill").iterdir())
+
+
+def test_a_killed_scans_spill_folder_is_removed_by_the_next_engine(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f"guard-duckdb-{dead}-abc"
+    (orphan / "spill").mkdir(parents=True)
+    alive = tmp_path / f"guard-duckdb-{os.getpid()}-def"
+    alive.mkdir()
+    path = tmp_path / "logs.parquet"
+    _bad_frame(TEXT_TIMES).to_parquet(path, index=False)
+    engine = open_dataset(path, EngineSettings(threads=1, memory_limit="1GB", temp_directory=str(tmp_path)))
+    engine.close()
+    assert not orphan.exists() and alive.exists()

@@ -450,7 +450,8 @@ def _engine_class():
             root = self.settings.temp_directory
             if root:
                 Path(root).mkdir(parents=True, exist_ok=True)
-            self.folder = Path(tempfile.mkdtemp(prefix="guard-duckdb-", dir=root))
+            _remove_orphans(Path(root or tempfile.gettempdir()))
+            self.folder = Path(tempfile.mkdtemp(prefix=f"guard-duckdb-{os.getpid()}-", dir=root))
             super().__init__(threads=self.settings.threads, memory_limit=self.settings.memory_limit,
                              temp_directory=str(self.folder / "spill"))
             self._con.close()
@@ -514,6 +515,18 @@ def _engine_class():
 
 
 METADATA = ("ip", "network", "user_agent", "org", "payment", "country")
+
+
+def _remove_orphans(root: Path) -> None:
+    """Remove the database and spill folders of dataset engines whose process is gone (killed before `close`)."""
+    for folder in root.glob("guard-duckdb-*-*"):
+        try:
+            pid = int(folder.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def open_dataset(paths: str | Path | Iterable[str | Path], settings: EngineSettings | None = None, **kw):
