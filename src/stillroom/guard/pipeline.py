@@ -163,7 +163,7 @@ def read_logs(recipe: GuardRecipe, paths: list[str], stages: Stages | None = Non
         result = engine.dataset
         result.frame = engine
     else:
-            result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
+        result = ingest(paths, fmt=logs.format, mapping=logs.mapping, max_field_chars=logs.max_field_chars, time_unit=logs.time_unit,
                         on_file=stages.stage if stages is not None else None)
     for notice in result.notices:
         LOG.info("%s", notice)
