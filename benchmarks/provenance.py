@@ -414,7 +414,8 @@ def main() -> None:
                                 else risk_config.layer_indices if args.suspect_layers == args.layers else None)
     eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
     risk_dir = work / f"risk-{train_key}"
-    reference, _ = reference_set(teacher, work / "reference", eval_prompts, risk_config)
+    reference_pair = reference_set(teacher, work / "reference", eval_prompts, risk_config)
+    reference = reference_pair[0]
     probe = [list(item.prompt_ids) + list(item.completion_ids) for item in reference]
     probe += [encode_prompt(tok, Prompt.from_text(r["prompt"])) + tok(r["response"], add_special_tokens=False)["input_ids"][:args.probe_tokens]
               for r in data["probe"] if r["response"]]
@@ -451,7 +452,10 @@ def main() -> None:
                  result["black-box"]["scores"][0]["log10_p"], result["black-box"]["key_id"])
 
     clock = time.perf_counter()
-    risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models)
+    if not models and (work / "students" / train_key / "rho-1.00").is_dir():  # the first attempt's 6-layer student
+        models[len(campaign)] = distil(teacher, items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens),
+                                       work / "students" / train_key / "rho-1.00", risk_config, desc="rho-1.00 (6 layers)")
+    risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models, reference=reference_pair)
     timings["risk_s"] = time.perf_counter() - clock
 
     def true_key(test: dict) -> dict:

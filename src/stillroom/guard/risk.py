@@ -141,11 +141,12 @@ def reference_set(teacher, folder: Path, prompts, config: RiskConfig):
 
 
 def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, eval_prompts=None,
-                 progress: bool = True, trained: dict[int, Any] | None = None) -> dict[str, Any]:
+                 progress: bool = True, trained: dict[int, Any] | None = None, reference=None) -> dict[str, Any]:
     """Distil one student per share of the interactions and measure each against the teacher; write risk.json/png.
 
     `trained` maps an interaction count to a student already distilled from exactly those first interactions
-    (the benchmark passes its own), which is measured instead of training it again.
+    (the benchmark passes its own), which is measured instead of training it again; `reference` is the held-out
+    set of `reference_set`, when the caller has made it already.
     """
     from stillroom.distill.llm.evaluate import heldout_metrics
     from stillroom.distill.llm.prompts import builtin_prompts
@@ -157,7 +158,8 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
                         hint="check --accounts and the log")
     if eval_prompts is None:
         eval_prompts = builtin_prompts().prompts[-config.eval_prompts:]
-    reference, cache = reference_set(teacher, out / "reference", eval_prompts, config)
+    # `reference`: (items, cache) of `reference_set` made by the caller already (the same prompts and settings)
+    reference, cache = reference or reference_set(teacher, out / "reference", eval_prompts, config)
     items = items_from_interactions(frame, teacher.tokenizer, max_new_tokens=config.max_new_tokens)
     if not config.layer_indices:  # one choice of layers for every point of the curve
         config = RiskConfig(**{**asdict(config), "layer_indices": student_layers(teacher, items, config)})
