@@ -93,6 +93,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "stillroom" / "bench-provenance")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the loop runs")
+    p.add_argument("--assemble", action="store_true",
+                   help="train and test nothing: write the result from the stages finished so far (missing ones: null)")
     args = p.parse_args()
     if args.quick:
         args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
@@ -434,11 +436,15 @@ def main() -> None:
 
     students: dict[str, dict] = {}
     models = {}
-    for rho in (*RHOS, 0.0):
+    missing: list[str] = []
+    for rho in (1.0, 0.0, *RHOS[1:]):  # the control right after rho = 1: both are needed to read either
         name = f"rho-{rho:.2f}"
         clock = time.perf_counter()
         items, marked = mixed_items(campaign, clean, rho, tok, args.max_tokens)
         done = (work / "tests" / test_key / f"{name}.json").is_file()
+        if args.assemble and not done:
+            missing.append(name)
+            continue
         model = None
         if not done:
             model = distil(teacher, items, work / "students" / suspect_key / name, suspect_config, desc=name)
@@ -452,10 +458,19 @@ def main() -> None:
                  result["black-box"]["scores"][0]["log10_p"], result["black-box"]["key_id"])
 
     clock = time.perf_counter()
-    if not models and (work / "students" / train_key / "rho-1.00").is_dir():  # the first attempt's 6-layer student
+    if args.assemble:
+        points = [json.loads(line) for line in (risk_dir / "points.jsonl").read_text().splitlines() if line.strip()] \
+            if (risk_dir / "points.jsonl").is_file() else []
+        risk = json.loads((risk_dir / "risk.json").read_text()) if (risk_dir / "risk.json").is_file() else {
+            "curve": sorted(points, key=lambda p: p["interactions"]), "marginal_gain": None, "teacher": None,
+            "reference": f"teacher's greedy answers to {len(reference)} held-out prompts",
+            "student": f"teacher layers {risk_config.layer_indices}; curve incomplete"}
+    elif not models and (work / "students" / train_key / "rho-1.00").is_dir():  # the first attempt's 6-layer student
         models[len(campaign)] = distil(teacher, items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens),
                                        work / "students" / train_key / "rho-1.00", risk_config, desc="rho-1.00 (6 layers)")
-    risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models, reference=reference_pair)
+    if not args.assemble:
+        risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models,
+                            reference=reference_pair)
     timings["risk_s"] = time.perf_counter() - clock
 
     def true_key(test: dict) -> dict:
@@ -464,11 +479,12 @@ def main() -> None:
                 "log10_p_holm": score["log10_p_adjusted"], "green_fraction": score["green_fraction"],
                 "scored_pairs": score["scored"], "attributed": test["cohorts"]}
 
-    p_student = {mode: {str(rho): true_key(students[f"rho-{rho:.2f}"][mode]) for rho in RHOS}
-                 for mode in ("open-weights", "black-box")}
-    controls = [("rho-0.00", "open-weights", students["rho-0.00"]["open-weights"]),
-                ("rho-0.00", "black-box", students["rho-0.00"]["black-box"]),
-                ("teacher", "open-weights", teacher_open)]
+    p_student = {mode: {str(rho): true_key(students[f"rho-{rho:.2f}"][mode]) if f"rho-{rho:.2f}" in students else None
+                        for rho in RHOS} for mode in ("open-weights", "black-box")}
+    controls = [("teacher", "open-weights", teacher_open)]
+    if "rho-0.00" in students:
+        controls += [("rho-0.00", "open-weights", students["rho-0.00"]["open-weights"]),
+                     ("rho-0.00", "black-box", students["rho-0.00"]["black-box"])]
     control_p = [{"model": m, "mode": mode, "key_id": s["key_id"], "p": s["p_value"]}
                  for m, mode, test in controls for s in test["scores"]]
     from scipy.stats import kstest
@@ -477,13 +493,18 @@ def main() -> None:
     control_fpr = sum(v < 0.05 for v in values) / len(values)
     ks = kstest(values, "uniform")
     harvest_alert = campaign_provenance(campaign, ring, tok, vocab)
-    harvest_alert["suspects"] = {"student-rho-1.00": {m: students["rho-1.00"][m] for m in ("open-weights", "black-box")}}
+    harvest_alert["suspects"] = {"student-rho-1.00": {m: students["rho-1.00"][m] for m in ("open-weights", "black-box")}} \
+        if "rho-1.00" in students else {}
     bias = str(float(args.bias))
     cost = quality["by_bias"].get(bias) or quality["by_bias"][min(quality["by_bias"], key=lambda b: abs(float(b) - args.bias))]
+    def below(mode: str, rho: str, bound: float):
+        entry = p_student[mode][rho]
+        return None if entry is None else entry["log10_p"] < bound
+
     targets = {
-        "open_weights_rho_1.00_p_below_1e-5": p_student["open-weights"]["1.0"]["log10_p"] < -5,
-        "open_weights_rho_0.25_p_below_1e-5": p_student["open-weights"]["0.25"]["log10_p"] < -5,
-        "black_box_rho_1.00_p_below_1e-3": p_student["black-box"]["1.0"]["log10_p"] < -3,
+        "open_weights_rho_1.00_p_below_1e-5": below("open-weights", "1.0", -5),
+        "open_weights_rho_0.25_p_below_1e-5": below("open-weights", "0.25", -5),
+        "black_box_rho_1.00_p_below_1e-3": below("black-box", "1.0", -3),
         "control_fpr_at_most_0.05": control_fpr <= 0.05,
         "nll_ratio_at_most_1.05": cost["nll_ratio"] <= 1.05,
         "agreement_drop_at_most_0.02": cost["agreement_drop"] <= 0.02,
@@ -515,15 +536,19 @@ def main() -> None:
                      {m: {k: s[m][k] for k in ("key_id", "cohorts", "log10_p", "notes")} for m in ("open-weights", "black-box")}
                      for n, s in students.items()},
         "targets": targets,
+        "missing": missing,
         "timings_s": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - started, 1)},
     }
-    ow, bb = p_student["open-weights"], p_student["black-box"]
-    line = (f"open-weights log10 p at rho 1/0.25/0.05: {ow['1.0']['log10_p']:.1f}/{ow['0.25']['log10_p']:.1f}/"
-            f"{ow['0.05']['log10_p']:.1f} (target < -5 at 1 and 0.25); black-box {bb['1.0']['log10_p']:.1f}/"
-            f"{bb['0.25']['log10_p']:.1f}/{bb['0.05']['log10_p']:.1f} (target < -3 at 1); control FPR {control_fpr:.3f} "
+    def lg(mode: str) -> str:
+        return "/".join("n/a" if p_student[mode][r] is None else f"{p_student[mode][r]['log10_p']:.1f}"
+                        for r in ("1.0", "0.25", "0.05"))
+
+    line = (f"open-weights log10 p at rho 1/0.25/0.05: {lg('open-weights')} (target < -5 at 1 and 0.25); "
+            f"black-box {lg('black-box')} (target < -3 at 1); control FPR {control_fpr:.3f} "
             f"of {len(values)} (KS {ks.statistic:.3f}); watermark delta {args.bias}: NLL ratio {cost['nll_ratio']:.3f}, "
             f"top-1 change {cost['agreement_drop']:.3f} (targets 1.05, 0.02); risk agreement "
-            + "/".join(f"{p['agreement']:.3f}@{p['interactions']}" for p in risk["curve"]))
+            + "/".join(f"{p['agreement']:.3f}@{p['interactions']}" for p in risk["curve"])
+            + (f"; not finished: {', '.join(missing)}" if missing else ""))
     if args.quick:
         print(json.dumps(payload, indent=1)[:4000])
         print("quick run: nothing written")
