@@ -58,8 +58,7 @@ def update(folder: str | Path, new_logs: str | Path | Iterable[str | Path] | Non
         if new_logs is not None:
             files = parquet_files(new_logs)
             engine.load([str(p) for p in files])  # the new rows only: validated, each distinct prompt enriched once
-            days = [str(d) for (d,) in engine._con.execute("SELECT DISTINCT CAST(CAST(ts AS DATE) AS VARCHAR) FROM interactions "
-                                                           "ORDER BY 1").fetchall()]
+            days = engine.days()
             clash = [d for d in days if d in state["days"]]
             if clash and not replace:
                 raise DataError(f"the state already holds {len(clash)} of these days ({', '.join(clash[:3])}"
@@ -68,12 +67,8 @@ def update(folder: str | Path, new_logs: str | Path | Iterable[str | Path] | Non
             for day in days:
                 out = folder / f"day={day}"
                 out.mkdir(exist_ok=True)
-                tmp = out / "enriched.parquet.tmp"
-                engine._exec(f"COPY (SELECT * FROM interactions WHERE CAST(ts AS DATE) = DATE '{day}') TO '{tmp}' "
-                             "(FORMAT PARQUET, COMPRESSION ZSTD)")
-                os.replace(tmp, out / "enriched.parquet")
-                rows = engine._con.execute(f"SELECT count(*) FROM interactions WHERE CAST(ts AS DATE) = DATE '{day}'").fetchone()[0]
-                state["days"][day] = {"rows": int(rows), "files": [str(p) for p in files]}
+                rows = engine.write_day(day, out / "enriched.parquet")
+                state["days"][day] = {"rows": rows, "files": [str(p) for p in files]}
             data = engine.dataset
             state.setdefault("quarantine", {})
             for reason, n in data.reasons.items():
@@ -81,11 +76,7 @@ def update(folder: str | Path, new_logs: str | Path | Iterable[str | Path] | Non
             _write_state(folder, state)
         if not state["days"]:
             raise DataError("the incremental state holds no day yet", where=str(folder), hint="update it with a day of logs first")
-        engine._drop("interactions")
-        files = ", ".join(f"'{folder / f'day={d}' / 'enriched.parquet'}'" for d in sorted(state["days"]))
-        engine._create("interactions", f"SELECT * FROM read_parquet([{files}], hive_partitioning = false)")
-        engine.loaded = True
-        return engine
+        return engine.load_enriched([folder / f"day={d}" / "enriched.parquet" for d in sorted(state["days"])])
     except BaseException:
         engine.close()
         raise

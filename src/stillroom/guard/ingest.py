@@ -503,6 +503,26 @@ def _engine_class():
             self.loaded = True
             return self
 
+        # ---- what incremental scans need (guard/incremental.py) -------------------------------------------
+        def days(self) -> list[str]:
+            """The UTC days `interactions` holds (YYYY-MM-DD), in order."""
+            return self._frame("SELECT DISTINCT CAST(CAST(ts AS DATE) AS VARCHAR) AS day FROM interactions ORDER BY 1")["day"].tolist()
+
+        def write_day(self, day: str, path: Path) -> int:
+            """Write one day's rows of `interactions` (enriched: t, elicit, norm, capability) to `path` (Parquet); its row count."""
+            tmp = Path(str(path) + ".tmp")
+            self._exec(f"COPY (SELECT * FROM interactions WHERE CAST(ts AS DATE) = DATE '{day}') TO '{tmp}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+            os.replace(tmp, path)
+            return int(self._frame(f"SELECT count(*) AS n FROM read_parquet('{path}')")["n"].iloc[0])
+
+        def load_enriched(self, paths: list[Path]) -> "DatasetEngine":
+            """`interactions` from enriched rows written by `write_day` (no validation, normalising or classifying again)."""
+            self._drop("interactions")
+            files = ", ".join(f"'{p}'" for p in paths)
+            self._create("interactions", f"SELECT * FROM read_parquet([{files}], hive_partitioning = false)")
+            self.loaded = True
+            return self
+
         def close(self) -> None:
             if not self.folder.exists():
                 return
