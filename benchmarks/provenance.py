@@ -93,6 +93,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "stillroom" / "bench-provenance")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the loop runs")
+    p.add_argument("--tests-key", default=None, help="read (and write) the suspects' tests under this key of the work "
+                   "dir instead of the one the settings give (to report an earlier run's finished tests)")
     p.add_argument("--assemble", action="store_true",
                    help="train and test nothing: write the result from the stages finished so far (missing ones: null)")
     args = p.parse_args()
@@ -375,7 +377,7 @@ def main() -> None:
     work = args.work_dir / digest(HARVEST_SETTINGS)
     train_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS)
     suspect_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + RADIO_SETTINGS)
-    test_key = digest(HARVEST_SETTINGS + TRAIN_SETTINGS + RADIO_SETTINGS + TEST_SETTINGS)
+    test_key = args.tests_key or digest(HARVEST_SETTINGS + TRAIN_SETTINGS + RADIO_SETTINGS + TEST_SETTINGS)
     work.mkdir(parents=True, exist_ok=True)
     LOG.info("work dir %s (students %s, tests %s)", work, train_key, test_key)
     data = split(args)
