@@ -452,7 +452,7 @@ def main() -> None:
             model = distil(teacher, items, work / "students" / suspect_key / name, suspect_config, desc=name)
         result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work / "tests" / test_key)
         students[name] = {"rho": rho, "watermarked_answers": marked, "answers": len(items), **result}
-        if rho == 1.0 and suspect_config.layer_indices == risk_config.layer_indices:
+        if model is not None and rho == 1.0 and suspect_config.layer_indices == risk_config.layer_indices:
             models[len(items)] = model  # the same student is the risk curve's last point
         timings[f"{name}_s"] = time.perf_counter() - clock
         LOG.info("%s: open-weights log10 p %.1f (key %s), black-box log10 p %.1f (key %s)", name,
