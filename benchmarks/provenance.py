@@ -44,7 +44,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_DATA, write_result  # noqa: E402
+from _common import SHARED_DATA, STARTED, write_result  # noqa: E402
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -140,13 +140,28 @@ def split(args) -> dict[str, list[dict]]:
 
 
 # ---- stage helpers ----------------------------------------------------------------------------------
+STAGES: dict[str, dict] = {}
+"""Each cached stage this run used: measured now, or reused from the work dir (with the commit that measured it)."""
+
+
 def cached(path: Path, make):
-    """Run `make()` once: its JSON result is kept at `path` and read back on every later run."""
+    """Run `make()` once: its JSON result is kept at `path` and read back on every later run.
+
+    A stage read back is a figure from an earlier run, not a measurement of this one: `STAGES` records it as
+    reused, with the commit that wrote it (`unknown` for stage files older than this record), and the result
+    JSON carries that list.
+    """
+    name = f"{path.parent.name}/{path.name}"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
+        commit = value.get("measured_at_commit", "unknown") if isinstance(value, dict) else "unknown"
+        STAGES[name] = {"status": "reused", "commit": commit}
+        return value
     started = time.perf_counter()
     value = make()
-    value = {**value, "seconds": round(time.perf_counter() - started, 1)} if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        value = {**value, "seconds": round(time.perf_counter() - started, 1), "measured_at_commit": STARTED["commit"]}
+    STAGES[name] = {"status": "measured", "commit": STARTED["commit"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
@@ -539,6 +554,7 @@ def main() -> None:
                      for n, s in students.items()},
         "targets": targets,
         "missing": missing,
+        "stages": STAGES,
         "timings_s": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - started, 1)},
     }
     def lg(mode: str) -> str:
