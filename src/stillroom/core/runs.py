@@ -211,10 +211,27 @@ def attach_log_file(path: Path) -> None:
     LOG.addHandler(handler)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record, not the stream it was created with: a caller that
+    swaps stderr (pytest's capture, a notebook, a redirect) and closes the old one would otherwise leave the
+    handler writing to a closed file."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_console_logging(verbose: bool = False) -> None:
     if any(getattr(h, "_stillroom_console", False) for h in LOG.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._stillroom_console = True  # type: ignore[attr-defined]
     LOG.addHandler(handler)
