@@ -24,6 +24,21 @@ def ring(tmp_path):
     return Keyring.create(tmp_path / "wm.json", WatermarkSettings(greenlist_ratio=0.25, bias=4.0), cohorts=6)
 
 
+def watermarked_sequences(processor, vocab: int, count: int, length: int, gen: torch.Generator,
+                          reserved: int = 0) -> list[list[int]]:
+    """'Generation' from uniform logits through `processor`: green-heavy token sequences of `length` + 1 tokens.
+    The first `reserved` ids (special tokens) are never drawn."""
+    sequences = []
+    for _ in range(count):
+        seq = [int(torch.randint(reserved, vocab, (1,), generator=gen))]
+        for _ in range(length):
+            probs = torch.softmax(processor(torch.tensor([seq]), torch.zeros(1, vocab))[0], -1)
+            probs[:reserved] = 0
+            seq.append(int(torch.multinomial(probs, 1, generator=gen)))
+        sequences.append(seq)
+    return sequences
+
+
 def exact_log10_sf(k: int, n: int, gamma: Fraction) -> float:
     total = sum(Fraction(math.comb(n, i)) * gamma ** i * (1 - gamma) ** (n - i) for i in range(k, n + 1))
     return math.log10(total.numerator) - math.log10(total.denominator)
@@ -115,13 +130,7 @@ def test_cohort_attribution_among_many_keys_is_holm_corrected(ring):
     leaked = ring.key("c4")
     processor = watermark_processor(leaked, VOCAB)
     gen = torch.Generator().manual_seed(0)
-    texts = []
-    for _ in range(30):  # 'generation' from uniform logits with the leaked cohort's watermark
-        seq = [int(torch.randint(0, VOCAB, (1,), generator=gen))]
-        for _ in range(40):
-            scores = processor(torch.tensor([seq]), torch.zeros(1, VOCAB))
-            seq.append(int(torch.multinomial(torch.softmax(scores[0], -1), 1, generator=gen)))
-        texts.append(seq)
+    texts = watermarked_sequences(processor, VOCAB, 30, 40, gen)  # with the leaked cohort's watermark
     result = Detector(keys, VOCAB).test_sequences(texts)
     out = result.to_dict()
     assert out["leaked"] and out["cohorts"] == ["c4"] and out["key_id"] == "e0/c4"
@@ -153,13 +162,7 @@ def test_a_model_trained_on_watermarked_text_is_radioactive(ring):
     key = ring.key("c5")
     processor = watermark_processor(key, vocab)
     gen = torch.Generator().manual_seed(2)
-    data = []
-    for _ in range(48):  # watermarked text from uniform logits: green-heavy bigrams
-        seq = [int(torch.randint(0, vocab, (1,), generator=gen))]
-        for _ in range(32):
-            seq.append(int(torch.multinomial(torch.softmax(processor(torch.tensor([seq]), torch.zeros(1, vocab))[0], -1),
-                                             1, generator=gen)))
-        data.append(seq)
+    data = watermarked_sequences(processor, vocab, 48, 32, gen)
     torch.manual_seed(0)
     model = make_model(tokenizer, seed=3)
     model.train()
@@ -186,14 +189,8 @@ def test_the_alert_field_names_the_cohort_and_every_tests_p_value(ring):
     key = ring.key("c2")
     processor = watermark_processor(key, vocab)
     gen = torch.Generator().manual_seed(4)
-    texts = []
-    for _ in range(20):
-        seq = [int(torch.randint(3, vocab, (1,), generator=gen))]
-        for _ in range(30):
-            probs = torch.softmax(processor(torch.tensor([seq]), torch.zeros(1, vocab))[0], -1)
-            probs[:3] = 0  # no special tokens, so the text decodes and re-tokenizes
-            seq.append(int(torch.multinomial(probs, 1, generator=gen)))
-        texts.append(tokenizer.decode(seq))
+    # no special tokens, so the text decodes and re-tokenizes
+    texts = [tokenizer.decode(seq) for seq in watermarked_sequences(processor, vocab, 20, 30, gen, reserved=3)]
     frame = pd.DataFrame({"account": ["x"] * 20, "response": texts, "cohort": ["c2"] * 20,
                           "watermark_key": ["e0/c2"] * 20})
     out = campaign_provenance(frame, ring, tokenizer, vocab)
