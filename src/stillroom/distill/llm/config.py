@@ -9,6 +9,36 @@ from pydantic import Field, field_validator, model_validator
 from stillroom.core.recipe import BaseRecipe, Schema
 
 
+class CorpusConfig(Schema):
+    """Offline KD on a text corpus: the teacher is run once, teacher-forced, over existing responses (or plain text)."""
+
+    path: str = Field(..., description="Corpus file (.jsonl[.gz], .csv[.gz], .tsv[.gz] or .parquet), read record by record")
+    prompt_field: str = Field("instruction", description="Column holding the instruction / prompt text")
+    context_field: Optional[str] = Field(
+        "context", description="Optional column appended to the prompt after a blank line (Dolly's 'context'); "
+                               "a record without it, or with it empty, has none; unset: never used")
+    response_field: str = Field("response", description="Column holding the existing response: the tokens the student learns")
+    text_field: Optional[str] = Field(
+        None, description="Plain-text mode: the column holding in-domain text; every token after the first is a target "
+                          "(no chat template; prompt/context/response fields are unused)")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Token budget: records are taken in file order until their "
+                                                              "response tokens reach this many (unset: the whole file)")
+    max_seq_tokens: int = Field(512, ge=8, description="Longest prompt + response in tokens; longer responses are cut and counted")
+    max_prompt_tokens: int = Field(384, ge=1, description="Records whose prompt is longer are skipped and counted")
+    batch_size: int = Field(8, ge=1, description="Records per teacher forward pass (sorted by length)")
+    shard_tokens: int = Field(32768, ge=1, description="Target tokens per top-k shard; a killed pass loses at most one shard")
+    skip_records: int = Field(0, ge=0, description="Leave out the first this many records of the file (e.g. held out)")
+    bad_records: Literal["skip", "error"] = Field(
+        "skip", description="Unusable records (bad JSON, empty response, ...): skip and count them, or stop on the first")
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.max_prompt_tokens >= self.max_seq_tokens:
+            raise ValueError(f"corpus.max_prompt_tokens ({self.max_prompt_tokens}) must be below "
+                             f"corpus.max_seq_tokens ({self.max_seq_tokens}) to leave room for the response")
+        return self
+
+
 class DataConfig(Schema):
     path: Optional[str] = Field(None, description="Prompts file (.jsonl[.gz] or .csv); unset: the built-in prompt set")
     prompt_field: str = Field("prompt", description="Column holding the prompt text (records may instead hold chat 'messages')")
@@ -16,6 +46,9 @@ class DataConfig(Schema):
     val_prompts: int = Field(16, ge=1, description="Prompts held out to pick the exported student")
     test_prompts: int = Field(24, ge=1, description="Held-out prompts the card is measured on")
     max_prompt_tokens: int = Field(512, ge=8, description="Longer prompts are skipped and counted")
+    corpus: Optional[CorpusConfig] = Field(
+        None, description="Offline KD: train on the teacher's teacher-forced top-k targets over this corpus's existing "
+                          "responses instead of on its own generations (teacher-forward speed); unset: generations")
 
 
 class TeacherConfig(Schema):
