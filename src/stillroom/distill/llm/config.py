@@ -103,6 +103,8 @@ class TrainingConfig(Schema):
     checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints")
     onpolicy_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the student's own completions")
     onpolicy_warmup: float = Field(0.5, ge=0, lt=1, description="Share of the steps trained on teacher text before on-policy batches start")
+    train_tokens: Optional[int] = Field(None, ge=1, description="Train every variant on this many completion tokens "
+                                        "(as many epochs as that takes, the last one cut), instead of `epochs`")
 
 
 class VariantConfig(Schema):
@@ -112,6 +114,12 @@ class VariantConfig(Schema):
         "cache", description="Teacher distributions from the live teacher, the sparse top-k cache, or the dense cache "
                              "(full logits of every cached token, built once: 2·V bytes a token)")
     on_policy: float = Field(0.0, ge=0, le=1, description="λ: share of batches the student generates and the live teacher scores")
+    layers: Optional[Union[int, list[int]]] = Field(
+        None, description="This variant's student: how many teacher layers to keep, or their indices (unset: student.layers)")
+    train_tokens: Optional[int] = Field(None, ge=1, description="This variant's token budget (unset: training.train_tokens / epochs)")
+    epochs: Optional[int] = Field(None, ge=1, description="This variant's epochs, when it has no token budget (unset: training.epochs)")
+    curve_points: int = Field(0, ge=0, le=64, description="Score the student on validation and test this many times, evenly "
+                                                         "spaced over its steps: the budget curve (agreement and NLL vs tokens)")
 
     @field_validator("loss")
     @classmethod
@@ -162,6 +170,12 @@ class LLMRecipe(BaseRecipe):
     variants: list[VariantConfig] = Field(default_factory=_default_variants, min_length=1)
     eval: EvalConfig = EvalConfig()
     export: str = Field("best", description="Variant to export to model/: a variant name, or best (highest validation agreement)")
+    export_min_speedup: Optional[float] = Field(
+        None, gt=0, description="export: best picks among the students at least this many times the teacher's tok/s "
+                                "(largest timed batch); unset: among all")
+    samples: int = Field(20, ge=0, le=20, description="The exported student answers this many fixed prompts (greedy); "
+                                                       "the card shows them verbatim, with distinct-2 and the longest word repeat")
+    sample_new_tokens: int = Field(64, ge=1, le=1024, description="New tokens per sample answer")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -172,4 +186,6 @@ class LLMRecipe(BaseRecipe):
             raise ValueError(f"export: {self.export!r} is not a variant; use best or one of {names}")
         if self.generation.top_k_cache == 0 and any(v.targets == "cache" and v.loss != "sft" for v in self.variants):
             raise ValueError("variants with targets: cache need generation.top_k_cache > 0")
+        if self.student.init != "prune" and any(v.layers is not None for v in self.variants):
+            raise ValueError("variants[].layers needs student.init: prune (it names teacher layers to keep)")
         return self
