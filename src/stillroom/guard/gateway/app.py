@@ -31,6 +31,7 @@ from stillroom.core.errors import StillroomError
 from stillroom.core.runs import LOG
 from stillroom.guard.gateway import store as logstore
 from stillroom.guard.gateway.keys import KeyStore, bearer
+from stillroom.guard.gateway.provenance import AlertProvenance, ProvenanceConfig
 from stillroom.guard.gateway.policy import SEVERITY, STATE_OF, GatewayPolicy, TokenBucket, load_policy
 from stillroom.guard.gateway.scoring import AccountCounters, ScanProcess
 from stillroom.guard.gateway.upstream import Reply, UpstreamError, UpstreamPool
@@ -56,6 +57,8 @@ class GatewayConfig:
     scan_threads: int = 1
     upstream_timeout_s: float = 600.0
     cohorts: int = 8  # watermark cohorts accounts fall into (c0..c7) unless their key sets one
+    watermark_keys: Path | None = None  # the upstream's watermark key file: campaign alerts get the provenance test
+    watermark_model: str | None = None  # the served model (its tokenizer and vocabulary); None: the SmolLM2 teacher
 
 
 def _float(value: Any) -> float | None:
@@ -141,6 +144,9 @@ class Gateway:
         self.logged_since_scan = 0
         self.scanner = ScanProcess(config.log, config.calibration, config.self_calibrate, config.scan_threads) \
             if (config.calibration or config.self_calibrate) else None
+        self.provenance = AlertProvenance(ProvenanceConfig(config.watermark_keys, config.watermark_model,
+                                                           gateway_cohorts=config.cohorts), config.log, self.store) \
+            if config.watermark_keys else None
         self._scan_lock = asyncio.Lock()
         self._scheduler: asyncio.Task | None = None
 
@@ -157,6 +163,8 @@ class Gateway:
             self.client.close()
             if self.scanner is not None:
                 self.scanner.close()
+            if self.provenance is not None:
+                self.provenance.close()
             self.store.close()
 
     def count(self, name: str, by: float = 1.0) -> None:
@@ -413,7 +421,7 @@ class Gateway:
             result = await asyncio.wrap_future(self.scanner.submit(as_of - self.policy.window_s, None))
             self.count("scans")
             self.count("scan_seconds", time.perf_counter() - tick)
-            actions = await self.apply(result, as_of)
+            actions = await self.apply(result, as_of, since=as_of - self.policy.window_s)
             self.last_scan = {"as_of": as_of, "interactions": result["interactions"],
                               "flagged_accounts": len(result["accounts"]),
                               "flagged_campaigns": sum(c["flagged"] for c in result["campaigns"]),
@@ -421,11 +429,15 @@ class Gateway:
                               "skipped": result.get("skipped")}
             return self.last_scan
 
-    async def apply(self, result: dict[str, Any], as_of: float) -> int:
-        """Turn a scan into account states, by the policy; every change is logged with its evidence."""
+    async def apply(self, result: dict[str, Any], as_of: float, since: float | None = None) -> int:
+        """Turn a scan into account states, by the policy; every change is logged with its evidence.
+
+        With a watermark key file, each campaign acted on also gets the provenance test of its harvest (the answers
+        its members were served since `since`, the scan's window), added to its alerts' evidence when it is done."""
         self.campaigns = result["campaigns"]
         by_account = {a["account"]: a for a in result["accounts"]}
         changes = []
+        pending = {"status": "pending"} if self.provenance is not None else None
         for campaign in result["campaigns"]:
             if not campaign["flagged"] or (campaign["z"] or 0) < self.policy.min_campaign_z:
                 continue
@@ -433,17 +445,29 @@ class Gateway:
                       f"z={campaign['z']})")
             for member in campaign["members"]:
                 evidence = {"campaign": campaign["evidence"], "account": by_account.get(member, {}).get("evidence")}
+                if pending is not None and campaign["id"]:
+                    evidence["provenance"] = pending
                 changes.append((member, self.policy.on_campaign, reason, campaign["id"], evidence))
         for account in result["accounts"]:
             if account["alone"]:
                 changes.append((account["account"], self.policy.on_account, "flagged on its own (novelty over threshold)",
                                 "", {"account": account["evidence"]}))
         n = 0
+        alerted: set[str] = set()
         for account, action, reason, campaign, evidence in changes:
             # log_ts: the log time the action takes effect (traffic went on while the scan ran); the scan's window
             # ended at `scanned_to`
             evidence["scanned_to"] = as_of
-            n += await self.act(account, action, reason, evidence, campaign=campaign, source="policy")
+            acted = await self.act(account, action, reason, evidence, campaign=campaign, source="policy")
+            n += acted
+            if acted and campaign:
+                alerted.add(campaign)
+        if self.provenance is not None:  # after the actions: a block never waits for the test
+            for campaign in result["campaigns"]:
+                if campaign["id"] in alerted:
+                    campaign["provenance"] = pending
+                    self.provenance.submit(campaign, since, as_of)
+                    self.count("provenance_tests")
         return n
 
     async def act(self, account: str, action: str, reason: str, evidence: Any, *, campaign: str = "",

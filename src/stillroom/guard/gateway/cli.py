@@ -34,6 +34,9 @@ def gateway(
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body accepted (413 above)."),
     trust_forwarded_for: bool = typer.Option(False, help="Take the client address from X-Forwarded-For (behind a trusted proxy)."),
     replay: bool = typer.Option(False, help="Trust X-Stillroom-Ts and client-metadata headers: for replays of recorded traffic only."),
+    cohorts: int = typer.Option(8, min=1, help="Watermark cohorts c0..c{N-1} that accounts without a set cohort fall into (a keyed hash)."),
+    watermark_keys: Optional[Path] = typer.Option(None, "--watermark-keys", metavar="FILE", help="The upstream's watermark key file (`stillroom serve --watermark-keys`): each campaign alert gets the provenance test of its harvest (which cohort's key, p-values)."),
+    watermark_model: Optional[str] = typer.Option(None, "--watermark-model", metavar="MODEL", help="The model the upstream serves (HF folder or .gguf), for its tokenizer. Default: the SmolLM2 teacher."),
 ) -> None:
     """Run the gateway in front of an upstream model server.
 
@@ -44,6 +47,8 @@ def gateway(
       stillroom guard gateway --upstream http://127.0.0.1:8000/v1    # prints a demo key and an admin key on first start
 
       stillroom guard gateway --upstream URL --calibration calib/ --policy policy.yaml
+
+      stillroom guard gateway --upstream URL --calibration calib/ --watermark-keys wm.json   # alerts name the leaking cohort
 
       stillroom guard gateway keys add alice            # a key for account alice (shown once)
 
@@ -72,7 +77,8 @@ def gateway(
         typer.echo(f"warning: {keys} has no admin key; make one with `stillroom guard gateway keys admin`", err=True)
     config = GatewayConfig(upstream=upstream, log=log, keys=keys, policy=policy, calibration=calibration,
                            self_calibrate=self_calibrate, upstream_key=os.environ.get(upstream_key_env) or None,
-                           max_body_bytes=max_body_bytes, replay=replay, trust_forwarded_for=trust_forwarded_for)
+                           max_body_bytes=max_body_bytes, replay=replay, trust_forwarded_for=trust_forwarded_for,
+                           cohorts=cohorts, watermark_keys=watermark_keys, watermark_model=watermark_model)
     app_ = create_gateway_app(config)
     typer.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; log {log}"
                + ("" if calibration or self_calibrate else "; no calibration, so no campaign scans"), err=True)

@@ -52,7 +52,11 @@ def watermark_processor(key: WatermarkKey, vocab_size: int, device: str = "cpu")
 class GreenList:
     """Is `token` green after `context` under one key? Green lists are cached by their seed context."""
 
-    def __init__(self, key: WatermarkKey, vocab_size: int, cache_size: int = 8192):
+    def __init__(self, key: WatermarkKey, vocab_size: int, cache_size: int | None = None,
+                 cache_bytes: int = 64 << 20):
+        # one boolean mask of V bytes per cached context: bounded in bytes, since SmolLM2's V = 49,152 makes
+        # 8,192 masks 400 MB a key, and a campaign alert tests every cohort's key
+        cache_size = cache_size if cache_size is not None else max(64, cache_bytes // max(1, vocab_size))
         self.key = key
         self.vocab_size = vocab_size
         self.processor = watermark_processor(key, vocab_size)
@@ -132,6 +136,7 @@ class KeyScore:
     log10_p: float
     total_pairs: int = 0  # before deduplication
     log10_p_adjusted: float | None = None
+    fingerprint: str = ""  # the key's keyed hash (WatermarkKey.fingerprint), never the key
 
     @property
     def p_adjusted(self) -> float | None:
@@ -148,7 +153,8 @@ class KeyScore:
         return self.green / self.scored if self.scored else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key_id": self.key_id, "cohort": self.cohort, "epoch": self.epoch, "scored": self.scored,
+        return {"key_id": self.key_id, "cohort": self.cohort, "epoch": self.epoch, "fingerprint": self.fingerprint,
+                "scored": self.scored,
                 "green": self.green, "green_fraction": self.green_fraction, "gamma": self.gamma, "z": self.z,
                 "p_value": self.p_value, "log10_p": self.log10_p, "p_adjusted": self.p_adjusted,
                 "log10_p_adjusted": self.log10_p_adjusted, "total_pairs": self.total_pairs}
@@ -163,7 +169,7 @@ def score_pairs(pairs: Sequence[Pair], greens: GreenList, dedup: bool = True) ->
     n = len(pairs)
     key = greens.key
     return KeyScore(key.key_id, key.cohort, key.epoch, n, green, greens.gamma, z_score(green, n, greens.gamma),
-                    binomial_log10_sf(green, n, greens.gamma), total_pairs=total)
+                    binomial_log10_sf(green, n, greens.gamma), total_pairs=total, fingerprint=key.fingerprint)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

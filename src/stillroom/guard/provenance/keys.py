@@ -70,6 +70,10 @@ class WatermarkKey:
     cohort: str
     hashing_key: int
     settings: WatermarkSettings
+    fingerprint: str = ""
+    """A keyed hash of the key (HMAC of the epoch secret), safe to log: it names this exact key material, so an
+    alert can be checked against the key file, and says nothing of the key itself (48 bits, too few to publish
+    a plain hash of)."""
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
         return f"WatermarkKey({self.key_id!r})"
@@ -183,9 +187,12 @@ class Keyring:
             raise DataError(f"the key file has no epoch {epoch} (it has {self.epochs})", where=str(self.path))
         if not cohort or "/" in cohort or len(cohort) > 64:
             raise DataError(f"cohort {cohort!r} must be 1 to 64 characters without '/'", where="cohort")
-        mac = hmac.new(bytes.fromhex(entry["secret"]), f"stillroom-watermark/{cohort}".encode("utf-8"), hashlib.sha256)
+        secret = bytes.fromhex(entry["secret"])
+        mac = hmac.new(secret, f"stillroom-watermark/{cohort}".encode("utf-8"), hashlib.sha256)
+        fingerprint = hmac.new(secret, f"stillroom-watermark-fingerprint/{cohort}".encode("utf-8"),
+                               hashlib.sha256).hexdigest()[:16]
         return WatermarkKey(key_id(epoch, cohort), epoch, cohort, 1 + int.from_bytes(mac.digest()[:6], "big"),
-                            self.settings)
+                            self.settings, fingerprint)
 
     def by_id(self, value: str) -> WatermarkKey:
         epoch, cohort = parse_key_id(value)
