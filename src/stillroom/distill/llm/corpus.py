@@ -1,0 +1,575 @@
+"""Offline KD on a text corpus: the teacher's sparse top-k targets over existing text, teacher-forced.
+
+Instead of sampling completions from the teacher (generation speed), the
+teacher reads responses that already exist, such as Dolly's human-written
+answers, or any in-domain text, once, in a single forward pass per batch
+(teacher-forward speed). Its top-k next-token log-probabilities at every
+response token go into the same sparse shards as the generation cache
+(`stillroom.distill.llm.generate`), so `SparseTokenCache` and `train_student`
+consume the items unchanged.
+
+- **Records.** Each record holds a prompt (`prompt_field`, plus an optional
+  `context_field` appended after a blank line) and its `response_field`. The
+  prompt goes through the teacher's chat template as in `encode_prompt`; the
+  response tokens plus the end-of-sequence token are the completion. In
+  plain-text mode (`text_field`) the first token of the text is the prompt
+  and every later token is a target.
+- **Streamed.** The file is read record by record (JSONL, CSV, TSV, each
+  optionally gzipped, or Parquet in row batches), never whole. Records are
+  taken in file order after `skip_records`, until their response tokens reach
+  `max_tokens`; a response longer than `max_seq_tokens` (with its prompt) is
+  cut and counted.
+- **Validated first.** Every record is read, checked and tokenized before the
+  teacher runs. A file that cannot be used is a `DataError` naming the file,
+  line and field. A record that cannot be used (bad JSON, an empty response,
+  ...) is skipped and counted by reason, or, with `bad_records: error`,
+  stops the run. So is a duplicate, a prompt over `max_prompt_tokens`, or a
+  held-out prompt.
+- **Sharded and resumable.** Records are sorted by length and batched; each
+  shard of about `shard_tokens` targets is written atomically, then its
+  records are appended to `items.jsonl` and fsynced, under `GenerationCache`'s
+  policy: a killed pass loses at most the shard in flight, a rerun never
+  writes a record twice, and a torn last line is truncated. A shard no record
+  points to (a kill between the two writes) is removed on open.
+- **Keyed.** The cache folder is named by a hash of the teacher's fingerprint
+  (`teacher_fingerprint`), the settings that change a target (top-k, chat
+  template, fields, length caps) and the corpus file's identity (size and a
+  content hash), so another teacher, settings or corpus never share a folder.
+  Each record's uid hashes its prompt and response, so a larger budget or
+  another offset reuses every record already scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Collection, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from stillroom.core.errors import DataError
+from stillroom.core.io import FORMATS, MAX_CELL_CHARS, BadRecord, Table, table_format
+from stillroom.core.runs import LOG
+from stillroom.distill.llm.config import CorpusConfig
+from stillroom.distill.llm.generate import GenerationCache, teacher_fingerprint, topk_targets
+from stillroom.distill.llm.prompts import Prompt, encode_prompt
+from stillroom.distill.llm.signals import make_batch
+from stillroom.distill.llm.teacher import LoadedLM
+from stillroom.distill.types import Item, SparseTargets
+
+CORPUS_FORMAT = 1
+FIELD_GRACE_RECORDS = 100
+"""A field none of the first this many records holds is a wrong field name: an error, not skipped records."""
+FULL_HASH_BYTES = 64 << 20
+"""Files up to this size are hashed whole for the cache key; larger ones by 256 evenly spaced 64 KiB blocks."""
+HEAD_ROWS = 512
+"""Response positions the teacher's head scores at once (bounds the [rows, vocab] logits in memory)."""
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """What changes a record's tokens or targets, and so keys the cache folder."""
+
+    top_k: int
+    chat_template: bool
+    prompt_field: str
+    context_field: str | None
+    response_field: str
+    text_field: str | None
+    max_seq_tokens: int
+    max_prompt_tokens: int
+
+    @classmethod
+    def of(cls, corpus: CorpusConfig, top_k: int, chat_template: bool) -> "CorpusSettings":
+        return cls(top_k, chat_template, corpus.prompt_field, corpus.context_field, corpus.response_field,
+                   corpus.text_field, corpus.max_seq_tokens, corpus.max_prompt_tokens)
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CorpusStats:
+    """What one pass over the corpus read, used, skipped, and what the teacher computed."""
+
+    source: str
+    records_read: int = 0
+    """Records looked at after the offset (used + skipped)."""
+    records_used: int = 0
+    offset_records: int = 0
+    """Records left out by `skip_records`."""
+    skipped: Counter = field(default_factory=Counter)
+    """Records not used, by reason."""
+    first_skipped_lines: list[int] = field(default_factory=list)
+    truncated_records: int = 0
+    """Used records whose response was cut at `max_seq_tokens`."""
+    tokens: int = 0
+    """Target (response) tokens of the used records: the training tokens."""
+    prompt_tokens: int = 0
+    budget_reached: bool = False
+    computed_records: int = 0
+    computed_tokens: int = 0
+    """Target tokens the teacher scored in this call (the rest were in the cache)."""
+    forward_tokens: int = 0
+    """Prompt + response tokens the teacher read in this call."""
+    reused_records: int = 0
+    seconds: float = 0.0
+    """Teacher forward time of this call (reading and tokenizing excluded)."""
+    truncated_tail_lines: int = 0
+    removed_orphan_shards: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Target tokens scored per second of teacher time."""
+        return self.computed_tokens / self.seconds if self.seconds else float("nan")
+
+    @property
+    def forward_tokens_per_second(self) -> float:
+        """All tokens (prompt + response) through the teacher per second."""
+        return self.forward_tokens / self.seconds if self.seconds else float("nan")
+
+    def describe_skipped(self) -> str:
+        if not self.skipped:
+            return "none"
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in self.skipped.most_common())
+        return f"{reasons}; first at line {', '.join(map(str, self.first_skipped_lines))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["skipped"] = dict(self.skipped)
+        out["tokens_per_second"] = self.tokens_per_second
+        out["forward_tokens_per_second"] = self.forward_tokens_per_second
+        return out
+
+
+class CorpusCache(GenerationCache):
+    """A `GenerationCache` folder holding teacher-forced targets over one corpus, for one teacher and settings."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]):
+        super().__init__(folder, meta)
+        self.removed_orphan_shards = self._remove_orphan_shards()
+
+    @classmethod
+    def for_corpus(cls, root: Path, fingerprint: dict[str, Any], settings: CorpusSettings,
+                   identity: dict[str, Any]) -> "CorpusCache":
+        meta = {"kind": "corpus", "teacher": fingerprint, "corpus": identity, "settings": settings.key(),
+                "format": CORPUS_FORMAT}
+        digest = hashlib.sha1(json.dumps(meta, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+        return cls(Path(root) / f"corpus-{digest}", meta)
+
+    def _remove_orphan_shards(self) -> int:
+        used = {item.topk_shard for item in self.items.values()}
+        orphans = [p for p in (self.folder / "topk").iterdir()
+                   if p.suffix == ".tmp" or (p.suffix == ".safetensors" and p.name not in used)]
+        for path in orphans:
+            path.unlink()
+        return len(orphans)
+
+    def write_shard(self, items: list[Item], targets: list[SparseTargets], vocab_size: int) -> list[Item]:
+        """Write one shard for `items` (their targets in order), then append the items that point into it."""
+        index_dtype = torch.uint16 if vocab_size <= 65536 else torch.int32
+        name = f"{items[0].uid}-{len(items)}.safetensors"
+        self._write_shard(name, {"logprobs": torch.cat([t.logprobs for t in targets]).half(),
+                                 "ids": torch.cat([t.ids for t in targets]).to(index_dtype),
+                                 "log_tail": torch.cat([t.log_tail for t in targets]).half()})
+        placed, row = [], 0
+        for item in items:
+            placed.append(replace(item, topk_shard=name, topk_row=row))
+            row += len(item.completion_ids)
+        self._append(placed)
+        return placed
+
+
+def corpus_targets(teacher: LoadedLM, corpus: CorpusConfig, root: Path, top_k: int, chat_template: bool = True,
+                   progress: bool = True, *, exclude: Collection[str] = ()) -> tuple[list[Item], CorpusCache, CorpusStats]:
+    """The teacher's sparse top-k targets over the corpus's responses, computed once and cached under `root`.
+
+    Returns the used records as `Item`s in file order (each with its shard and row), the cache
+    (`.sparse(item)`, `.bytes_per_token()`, `.folder`) and what the pass read, skipped and computed.
+    `exclude` holds `Prompt.uid`s to leave out (held-out prompts); they are counted as skipped.
+    """
+    if top_k < 1:
+        raise DataError("corpus targets need a top-k of at least 1", where="generation.top_k_cache",
+                        hint="set generation.top_k_cache > 0 to train from the corpus")
+    path = Path(corpus.path).expanduser()
+    settings = CorpusSettings.of(corpus, top_k, chat_template)
+    planned, stats = plan_corpus(path, corpus, teacher.tokenizer, chat_template, exclude)
+    cache = CorpusCache.for_corpus(root, teacher_fingerprint(teacher.model, teacher.tokenizer, teacher.source),
+                                   settings, corpus_identity(path))
+    stats.truncated_tail_lines, stats.removed_orphan_shards = cache.truncated_tail_lines, cache.removed_orphan_shards
+    todo = [item for item in planned if item.uid not in cache.items]
+    stats.reused_records = len(planned) - len(todo)
+    _score(teacher, todo, cache, corpus, top_k, stats, progress)
+    LOG.info("corpus %s: %d records, %d target tokens (%d scored now at %.0f tok/s, %d records reused); "
+             "skipped: %s; %d responses cut at %d tokens", stats.source, stats.records_used, stats.tokens,
+             stats.computed_tokens, stats.tokens_per_second, stats.reused_records, stats.describe_skipped(),
+             stats.truncated_records, corpus.max_seq_tokens)
+    return [cache.items[item.uid] for item in planned], cache, stats
+
+
+def _score(teacher: LoadedLM, todo: list[Item], cache: CorpusCache, corpus: CorpusConfig, top_k: int,
+           stats: CorpusStats, progress: bool) -> None:
+    """Teacher-forced top-k targets for every record in `todo`, sorted by length, one shard per `shard_tokens`."""
+    todo = sorted(todo, key=lambda item: (len(item.prompt_ids) + len(item.completion_ids), item.uid))
+    model, pad_id = teacher.model.eval(), teacher.tokenizer.pad_token_id
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if top_k > vocab_size:
+        raise DataError(f"top-k {top_k} is larger than the teacher's vocabulary ({vocab_size})",
+                        where="generation.top_k_cache", hint=f"use a top-k of at most {vocab_size}")
+    pending: list[Item] = []
+    pending_targets: list[SparseTargets] = []
+    bar = tqdm(total=sum(len(item.completion_ids) for item in todo), desc="teacher-forced corpus targets", unit="tok",
+               disable=not progress or not todo, leave=False)
+    for start in range(0, len(todo), corpus.batch_size):
+        chunk = todo[start:start + corpus.batch_size]
+        clock = time.perf_counter()
+        targets = forward_topk(model, [(item.prompt_ids, item.completion_ids) for item in chunk], pad_id, top_k)
+        stats.seconds += time.perf_counter() - clock
+        stats.computed_records += len(chunk)
+        stats.computed_tokens += sum(len(item.completion_ids) for item in chunk)
+        stats.forward_tokens += sum(len(item.prompt_ids) + len(item.completion_ids) for item in chunk)
+        pending.extend(chunk)
+        pending_targets.extend(targets)
+        if sum(len(t) for t in pending_targets) >= corpus.shard_tokens or start + corpus.batch_size >= len(todo):
+            cache.write_shard(pending, pending_targets, vocab_size)
+            pending, pending_targets = [], []
+        bar.update(sum(len(item.completion_ids) for item in chunk))
+        bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}")
+    bar.close()
+
+
+def forward_topk(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, top_k: int) -> list[SparseTargets]:
+    """One teacher-forced pass over prompt+completion pairs: top-k targets at each completion token, per pair.
+
+    As `signals.logits_at`: the decoder runs on the right-padded batch and the head only on completion
+    positions, here `HEAD_ROWS` at a time so a long batch never holds all its [rows, vocab] logits.
+    """
+    batch = make_batch(pairs, pad_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=batch.input_ids.to(device),
+                                     attention_mask=batch.attention_mask.to(device)).last_hidden_state
+        hidden = hidden[batch.targets_at.to(device)]
+        head = model.get_output_embeddings()
+        parts = [topk_targets(head(rows), top_k) for rows in hidden.split(HEAD_ROWS)]
+    logprobs = torch.cat([p.logprobs for p in parts]).cpu()
+    ids = torch.cat([p.ids for p in parts]).cpu()
+    log_tail = torch.cat([p.log_tail for p in parts]).cpu()
+    sizes = [len(completion) for _, completion in pairs]
+    return [SparseTargets(lp, i, lt) for lp, i, lt in zip(logprobs.split(sizes), ids.split(sizes), log_tail.split(sizes))]
+
+
+# --- reading and checking the corpus, record by record -------------------------------------------------------------
+
+
+def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool = True,
+                exclude: Collection[str] = ()) -> tuple[list[Item], CorpusStats]:
+    """Read, check and tokenize records in file order until the budget; the items have no shard yet.
+
+    Raises `DataError` for a file that cannot be used, a field no record holds, or (with
+    `bad_records: error`) the first unusable record; counts every skipped record by reason.
+    """
+    path = Path(path).expanduser()
+    table = Table(str(path), "row" if table_format(path)[0] == "parquet" else "line", corpus.bad_records)
+    stats = CorpusStats(str(path))
+    fields = [corpus.text_field] if corpus.text_field else [corpus.prompt_field, corpus.response_field]
+    seen_fields: set[str] = set()
+    holders = Counter()
+    eos = tokenizer.eos_token_id
+    seen_uids: set[str] = set()
+    planned: list[Item] = []
+    exclude = set(exclude)
+    records = stream_records(path, table)
+    for number, (line, record) in enumerate(records):
+        if number < corpus.skip_records:
+            stats.offset_records += 1
+            continue
+        if corpus.max_tokens is not None and stats.tokens >= corpus.max_tokens:
+            stats.budget_reached = True
+            break
+        stats.records_read += 1
+        if isinstance(record, BadRecord):
+            _reject(table, record)
+            continue
+        seen_fields.update(map(str, record))
+        holders.update(name for name in fields if name in record)
+        if stats.records_read == FIELD_GRACE_RECORDS:
+            _check_fields(table, fields, holders, seen_fields, corpus)
+        item, problem, name = _to_item(record, corpus, tokenizer, chat_template, eos)
+        if item is None:
+            table.reject(line, problem, field=name, hint=_hint(problem, name))
+        elif item.uid in seen_uids:
+            table.reject(line, "duplicate record", skip=True)
+        elif corpus.max_prompt_tokens < len(item.prompt_ids):
+            table.reject(line, f"prompt longer than {corpus.max_prompt_tokens} tokens", field=corpus.prompt_field, skip=True)
+        elif _prompt_uid(record, corpus) in exclude:
+            table.reject(line, "held-out prompt", field=corpus.prompt_field, skip=True)
+        else:
+            seen_uids.add(item.uid)
+            item, cut = _fit(item, corpus.max_seq_tokens)
+            stats.truncated_records += cut
+            stats.records_used += 1
+            stats.tokens += len(item.completion_ids)
+            stats.prompt_tokens += len(item.prompt_ids)
+            planned.append(item)
+        if table.rejected and not table.rejected[-1].skip:
+            table.check()  # bad_records: error stops at the first bad record, before any teacher work
+    records.close()  # stopped at the budget: close the file now
+    _check_fields(table, fields, holders, seen_fields, corpus)
+    stats.skipped = table.skipped
+    stats.first_skipped_lines = table.first_skipped_lines
+    if not planned:
+        raise DataError(f"no usable records: skipped {stats.describe_skipped()}", where=str(path),
+                        hint="check the corpus fields (data.corpus.prompt_field / response_field / text_field) "
+                             "and data.corpus.skip_records")
+    if stats.skipped:
+        LOG.warning("%s: skipped %d records: %s", path, sum(stats.skipped.values()), stats.describe_skipped())
+    return planned, stats
+
+
+def _hint(problem: str, name: str | None) -> str:
+    if problem.startswith("no "):
+        return f"every record needs a {name!r} field; if the column has another name, set it in data.corpus"
+    if problem.startswith("empty "):
+        return f"give every record a non-empty {name!r}, or leave the record out"
+    return f"{name!r} must be a string"
+
+
+def _reject(table: Table, bad: BadRecord) -> None:
+    table.reject(bad.line, bad.reason, detail=bad.detail, field=bad.field, column=bad.column, hint=bad.hint)
+
+
+def _check_fields(table: Table, fields: list[str], holders: Counter, seen_fields: set[str], corpus: CorpusConfig) -> None:
+    if not seen_fields:
+        return
+    missing = next((name for name in fields if not holders[name]), None)
+    if missing is None:
+        return
+    setting = {corpus.text_field: "text_field", corpus.prompt_field: "prompt_field",
+               corpus.response_field: "response_field"}[missing]
+    found = ", ".join(sorted(seen_fields))
+    raise DataError(f"no record holds a {missing!r} field (fields found: {found})", where=f"{table.source}, field {missing!r}",
+                    hint=f"set data.corpus.{setting} to the column that holds it, e.g. --set data.corpus.{setting}="
+                         f"{sorted(seen_fields)[0]}")
+
+
+def _text(record: dict, name: str | None, what: str, required: bool) -> tuple[str | None, str]:
+    """The stripped text of a field, or None and why it cannot be used; an optional field may be absent or empty."""
+    if name is None or record.get(name) is None:
+        if not required:
+            return "", ""
+        return None, (f"no {what} field" if name not in record else f"empty {what}")
+    value = record[name]
+    if not isinstance(value, str):
+        return None, f"a {what} that is not text"
+    value = value.strip()
+    if required and not value:
+        return None, f"empty {what}"
+    return value, ""
+
+
+def _prompt_text(record: dict, corpus: CorpusConfig) -> str:
+    prompt, _ = _text(record, corpus.prompt_field, "prompt", True)
+    context, _ = _text(record, corpus.context_field, "context", False)
+    return f"{prompt}\n\n{context}" if context else str(prompt)
+
+
+def _prompt_uid(record: dict, corpus: CorpusConfig) -> str | None:
+    return None if corpus.text_field else Prompt.from_text(_prompt_text(record, corpus)).uid
+
+
+def _to_item(record: dict, corpus: CorpusConfig, tokenizer, chat_template: bool,
+             eos: int) -> tuple[Item | None, str, str | None]:
+    """The record as an unscored Item (whole response plus end-of-sequence), or why it cannot be one."""
+    if corpus.text_field:
+        text, problem = _text(record, corpus.text_field, "text", True)
+        if text is None:
+            return None, problem, corpus.text_field
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        prompt_ids, completion_ids = ids[:1], ids[1:] + [eos]
+        uid_source: Any = ["text", text]
+    else:
+        for name, what, required in ((corpus.prompt_field, "prompt", True), (corpus.context_field, "context", False),
+                                     (corpus.response_field, "response", True)):
+            value, problem = _text(record, name, what, required)
+            if value is None:
+                return None, problem, name
+        text = _text(record, corpus.response_field, "response", True)[0]
+        prompt = Prompt.from_text(_prompt_text(record, corpus))
+        prompt_ids = encode_prompt(tokenizer, prompt, chat_template)
+        completion_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+        uid_source = [prompt.turns, text]
+    uid = hashlib.sha1(json.dumps(uid_source, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+    return Item(uid=uid, prompt_ids=prompt_ids, completion_ids=completion_ids, text=text, stopped=True), "", None
+
+
+def _fit(item: Item, max_seq_tokens: int) -> tuple[Item, bool]:
+    room = max_seq_tokens - len(item.prompt_ids)
+    if len(item.completion_ids) <= room:
+        return item, False
+    return replace(item, completion_ids=item.completion_ids[:room], stopped=False), True
+
+
+def stream_records(path: Path, table: Table) -> Iterator[tuple[int, dict | BadRecord]]:
+    """The records of a JSONL / CSV / TSV (optionally .gz) or Parquet file, one at a time, with their line (row).
+
+    File-level problems raise `DataError` as `stillroom.core.io.read_table` does; a record that cannot be
+    parsed is yielded as a `BadRecord` for the caller to skip or stop on.
+    """
+    if not path.exists():
+        raise DataError("file not found", where=str(path), hint="check data.corpus.path")
+    if path.is_dir():
+        raise DataError("is a folder, not a data file", where=str(path), hint="point at a .jsonl, .csv, .tsv or .parquet file")
+    kind, gzipped = table_format(path)
+    if kind is None:
+        raise DataError(f"unknown file type {''.join(path.suffixes) or '(no suffix)'!r}", where=str(path),
+                        hint=f"use one of {', '.join(sorted(FORMATS))} (text formats may be gzipped: .jsonl.gz)")
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", where=str(path), hint="give a file with at least one record")
+    if kind == "parquet":
+        yield from _parquet_records(path)
+    elif kind == "jsonl":
+        yield from _jsonl_records(path, gzipped)
+    else:
+        yield from _delimited_records(path, gzipped, "\t" if kind == "tsv" else ",", table)
+
+
+class _Lines:
+    """The physical lines of a (gzipped) text file, decoded one at a time, counting how many were taken."""
+
+    def __init__(self, path: Path, gzipped: bool):
+        self.path, self.taken = path, 0
+        self._handle = gzip.open(path, "rb") if gzipped else path.open("rb")
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __next__(self) -> str:
+        try:
+            raw = self._handle.readline()
+        except (OSError, EOFError, zlib.error) as exc:
+            self._handle.close()
+            raise DataError(f"cannot read the gzip file: {exc}", where=str(self.path),
+                            hint="check that the file is complete gzip") from None
+        if not raw:
+            self._handle.close()
+            raise StopIteration
+        self.taken += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._handle.close()
+            raise DataError(f"bytes {raw[exc.start:exc.end].hex(' ')} are not valid UTF-8",
+                            where=f"{self.path}, line {self.taken}, column {exc.start + 1}",
+                            hint="re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`") from None
+        return text.lstrip("\ufeff") if self.taken == 1 else text
+
+
+def _long_cell(row: dict) -> str | None:
+    return next((str(name) for name, value in row.items() if isinstance(value, str) and len(value) > MAX_CELL_CHARS), None)
+
+
+def _too_long(line: int, name: str) -> BadRecord:
+    return BadRecord(line, f"a cell longer than {MAX_CELL_CHARS:,} characters", field=name,
+                     hint="shorten or split that text")
+
+
+def _jsonl_records(path: Path, gzipped: bool) -> Iterator[tuple[int, dict | BadRecord]]:
+    lines = _Lines(path, gzipped)
+    try:
+        yield from _parse_jsonl(lines)
+    finally:
+        lines.close()
+
+
+def _parse_jsonl(lines: _Lines) -> Iterator[tuple[int, dict | BadRecord]]:
+    for line in lines:
+        number = lines.taken
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, BadRecord(number, "not valid JSON", exc.msg, column=exc.colno, hint="each line must be one JSON object")
+            continue
+        if not isinstance(row, dict):
+            yield number, BadRecord(number, "not a JSON object", f"a JSON {type(row).__name__}",
+                                    hint='each line must be one JSON object, e.g. {"instruction": "...", "response": "..."}')
+            continue
+        long = _long_cell(row)
+        yield number, (_too_long(number, long) if long else row)
+
+
+def _delimited_records(path: Path, gzipped: bool, delimiter: str, table: Table) -> Iterator[tuple[int, dict | BadRecord]]:
+    lines = _Lines(path, gzipped)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    header: list[str] | None = None
+    ended = 0  # the last physical line of the previous record
+    previous_limit = csv.field_size_limit(MAX_CELL_CHARS * 64)
+    try:
+        for cells in reader:
+            start, ended = ended + 1, lines.taken
+            if not cells:
+                continue
+            if header is None:
+                header = table.columns = cells
+                continue
+            if len(cells) != len(header):
+                yield start, BadRecord(start, f"has {len(cells)} fields but the header has {len(header)}",
+                                       hint="quote fields that contain the delimiter, and give every column a value")
+                continue
+            row = dict(zip(header, cells))
+            long = _long_cell(row)
+            yield start, (_too_long(start, long) if long else row)
+    except csv.Error as exc:
+        raise DataError(f"malformed row: {exc}", where=f"{path}, line {lines.taken}",
+                        hint="check the quoting on this line: an unclosed quote swallows the lines after it") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+        lines.close()
+    if header is None:
+        raise DataError("the file has no header row", where=str(path), hint="the first line must name the columns")
+
+
+def _parquet_records(path: Path, rows_per_batch: int = 1024) -> Iterator[tuple[int, dict | BadRecord]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        batches = parquet.iter_batches(batch_size=rows_per_batch)
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                long = _long_cell(row)
+                yield number, (_too_long(number, long) if long else row)
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise DataError(f"cannot read Parquet: {exc}", where=str(path), hint="check that the file is complete Parquet") from None
+
+
+def corpus_identity(path: Path, block: int = 64 << 10, blocks: int = 256) -> dict[str, Any]:
+    """Size and content hash of the corpus file (whole up to `FULL_HASH_BYTES`, else evenly spaced blocks)."""
+    size = path.stat().st_size
+    sha = hashlib.sha1()
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_BYTES:
+            while chunk := handle.read(1 << 22):
+                sha.update(chunk)
+            how = "sha1"
+        else:
+            for i in range(blocks):
+                handle.seek((size - block) * i // (blocks - 1))
+                sha.update(handle.read(block))
+            how = f"sha1 of {blocks} blocks of {block} bytes"
+    return {"bytes": size, "hash": sha.hexdigest()[:16], "hashed": how}
