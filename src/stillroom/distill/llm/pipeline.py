@@ -1,49 +1,86 @@
-"""`stillroom distill --recipe llm`: teacher generations, students, card, export, in one resumable run.
+"""`stillroom distill --recipe llm`: teacher targets, students, card, export, in one resumable run.
 
 1. Load the teacher (GGUF dequantized once and cached) and the prompts; split
    them into training, validation and test prompts.
-2. Build the student (layer-pruned from the teacher by default) and check that
-   its vocabulary matches the teacher's, before any generation or training.
-3. Generate: sampled teacher completions for training with the sparse top-k
-   cache; greedy completions for validation and test. Both resume after a kill.
+2. Build the students (layer-pruned from the teacher by default; a variant may
+   keep its own number of layers) and check that their vocabulary matches the
+   teacher's, before any generation or training.
+3. Teacher targets: with `data.corpus`, the teacher's teacher-forced top-k
+   targets over an existing corpus (`llm/corpus.py`, teacher-forward speed);
+   otherwise sampled teacher completions of the training prompts with the
+   sparse top-k cache. Validation and test are always the teacher's greedy
+   completions of held-out prompts, so agreement means the same thing either way.
+   All of it resumes after a kill.
 4. Train one student per recipe variant (SFT, token-level KD from the live
-   teacher or the cache, on-policy mixing), each resumable from checkpoints.
-5. Measure every row on the test prompts, add int8 rows, write the card, and
-   export the chosen student with `save_pretrained`.
+   teacher or the cache, on-policy mixing), each on its own token budget and
+   resumable from checkpoints; a variant with `curve_points` is scored along the
+   way (the budget curve).
+5. Measure every row on the test prompts, add int8 rows, time every model's
+   generation round-robin in the same process (each model's best of the rounds),
+   choose the exported student on validation, let it answer fixed prompts, write
+   the card, and export the student with `save_pretrained`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stillroom.core.card import Card, Column
 from stillroom.core.errors import ModelError
-from stillroom.core.measure import quantize_int8
+from stillroom.core.measure import cpu_threads, quantize_int8
 from stillroom.core.recipe import dump_recipe
 from stillroom.core.runs import LOG, RunDir, git_commit, open_run, seed_everything
 from stillroom.distill.export import LM_USAGE, export_language_model, write_model_card
-from stillroom.distill.llm.config import LLMRecipe, StudentConfig
-from stillroom.distill.llm.evaluate import generation_speed, heldout_metrics, size_metrics
-from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, generate, sparse_bytes_per_token,
-                                            teacher_fingerprint)
+from stillroom.distill.llm.config import LLMRecipe, StudentConfig, VariantConfig
+from stillroom.distill.llm.evaluate import generation_speed, size_metrics
+from stillroom.distill.llm.generate import (GenerationCache, GenerationSettings, generate, left_pad,
+                                            sparse_bytes_per_token, teacher_fingerprint)
 from stillroom.distill.llm.prompts import Prompt, encode_prompt, load_prompts, split_prompts
+from stillroom.distill.llm.signals import logits_at, make_batch
 from stillroom.distill.llm.student import (add_lora, check_vocabularies, choose_layers, merged, prune_layers,
                                            smaller_config)
 from stillroom.distill.llm.teacher import LoadedLM, load_causal_lm
 from stillroom.distill.llm.train import TrainConfig, train_student
 from stillroom.distill.types import Item
 
-COLUMNS_BEFORE_SPEED = [Column("name", "model"), Column("nll", "held-out NLL", "{:.3f}"),
-                        Column("agreement", "top-1 agreement", "{:.1%}")]
+COLUMNS_BEFORE_SPEED = [Column("name", "model"), Column("layers", "layers"), Column("nll", "held-out NLL", "{:.3f}"),
+                        Column("agreement", "top-1 agreement", "{:.1%}"),
+                        Column("val_agreement", "val agreement", "{:.1%}")]
 COLUMNS_AFTER_SPEED = [Column("params", "params", "{:,}"), Column("bytes", "bytes", "{:,}"),
                        Column("train_tokens", "train tokens", "{:,}")]
+
+SAMPLE_PROMPTS = [
+    "What is the capital of France?",
+    "Give three tips for staying healthy.",
+    "Explain why the sky is blue in two sentences.",
+    "Write a short poem about the sea.",
+    "What is 15 multiplied by 4?",
+    "Translate 'Good morning, how are you?' into Spanish.",
+    "Write a Python function that returns the largest number in a list.",
+    "Who wrote 'Romeo and Juliet'?",
+    "Describe how to make a cup of tea.",
+    "What are the three primary colors?",
+    "Summarize the plot of 'Cinderella' in one paragraph.",
+    "Name four planets of the solar system.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a friendly robot and explain your choice.",
+    "How many days are there in a leap year?",
+    "Write an email inviting a colleague to lunch on Friday.",
+    "What does a thermometer measure?",
+    "List three uses of a paperclip.",
+    "Why do we need to sleep?",
+    "What is photosynthesis?",
+]
+"""The fixed prompts the exported student answers in the card (greedy, verbatim)."""
 
 
 def build_student(config: StudentConfig, teacher: LoadedLM, sample_prompts: list[Prompt], chat_template: bool = True) -> tuple[Any, str]:
@@ -77,41 +114,152 @@ def with_training_setup(student, config: StudentConfig):
 
 
 @dataclass
+class ItemStats:
+    """Per held-out item: summed NLL of the teacher's tokens, positions agreeing with the teacher's top-1, tokens."""
+
+    nll: list[float]
+    agree: list[int]
+    tokens: list[int]
+
+    def summary(self) -> dict[str, float]:
+        count = sum(self.tokens)
+        return {"nll": sum(self.nll) / count, "agreement": sum(self.agree) / count, "eval_tokens": count}
+
+
+def item_stats(model, items: Sequence[Item], cache: GenerationCache, pad_id: int, batch_size: int = 8,
+               threads: int = 2) -> ItemStats:
+    """`evaluate.heldout_metrics`, kept per item: teacher-forced on the teacher's greedy completions."""
+    stats = ItemStats([], [], [])
+    with cpu_threads(threads), torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = make_batch([(item.prompt_ids, item.completion_ids) for item in chunk], pad_id)
+            logits = logits_at(model, batch).float()
+            teacher_top1 = torch.cat([cache.sparse(item).ids[:, 0] for item in chunk])
+            nll = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+            agree = (logits.argmax(-1) == teacher_top1).long()
+            offset = 0
+            for item in chunk:
+                n = len(item.completion_ids)
+                stats.nll.append(float(nll[offset:offset + n].sum()))
+                stats.agree.append(int(agree[offset:offset + n].sum()))
+                stats.tokens.append(n)
+                offset += n
+    return stats
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], tokens: Sequence[int], rounds: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Agreement of A minus agreement of B over the same held-out prompts, with a paired bootstrap interval.
+
+    `a[i]`, `b[i]`: positions of prompt i where each model agrees with the teacher; `tokens[i]`: its positions.
+    Each round resamples prompts with replacement (the same draw for both models) and recomputes both
+    token-weighted agreements; the interval is the (1-level)/2 and (1+level)/2 quantiles of the differences.
+    """
+    a_t, b_t, n_t = (torch.tensor(list(v), dtype=torch.float64) for v in (a, b, tokens))
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(n_t), (rounds, len(n_t)), generator=generator)
+    diffs = (a_t[draws].sum(1) - b_t[draws].sum(1)) / n_t[draws].sum(1)
+    low, high = torch.quantile(diffs, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return {"diff": float((a_t.sum() - b_t.sum()) / n_t.sum()), "ci_low": low, "ci_high": high, "level": level,
+            "rounds": rounds, "prompts": len(n_t)}
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of the texts' words (Li et al. 2016, corpus-level); 1.0 without any."""
+    grams = [tuple(words[i:i + n]) for words in map(_words, texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def max_repeat_run(texts: Sequence[str]) -> int:
+    """The longest run of one word repeated back to back ("capital capital capital" is 3), over the texts."""
+    longest = 0
+    for words in map(_words, texts):
+        run = 0
+        for i, word in enumerate(words):
+            run = run + 1 if i and word == words[i - 1] else 1
+            longest = max(longest, run)
+    return longest
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+(?:'\w+)?", text.lower())
+
+
+@dataclass
 class Measurer:
     """Measures card rows on the test prompts, with the same settings for every model."""
 
     recipe: LLMRecipe
     pad_id: int
     test_items: list[Item]
+    val_items: list[Item]
     eval_cache: GenerationCache
     speed_prompts: list[list[int]]
     notes: list[str] = field(default_factory=list)
+    per_item: dict[str, ItemStats] = field(default_factory=dict)
 
-    def row(self, name: str, model, **extra: Any) -> dict[str, Any]:
+    def stats(self, model, items: Sequence[Item]) -> ItemStats:
+        return item_stats(model, items, self.eval_cache, self.pad_id, self.recipe.eval.batch_size, self.recipe.eval.threads)
+
+    def scores(self, model) -> dict[str, float]:
+        """Validation and test NLL / agreement: a budget-curve point."""
+        val, test = self.stats(model, self.val_items).summary(), self.stats(model, self.test_items).summary()
+        return {"val_nll": val["nll"], "val_agreement": val["agreement"], "nll": test["nll"], "agreement": test["agreement"]}
+
+    def row(self, name: str, model, with_val: bool = True, **extra: Any) -> dict[str, Any]:
+        """Quality and size of one model (speed is timed later, for all models together: `time_speeds`)."""
         started = time.perf_counter()
-        row: dict[str, Any] = {"name": name}
-        row.update(heldout_metrics(model, self.test_items, self.eval_cache, self.pad_id, self.recipe.eval.batch_size,
-                                   threads=self.recipe.eval.threads))
-        for batch in self.recipe.eval.speed_batches:
-            calls = self.recipe.eval.speed_calls_b1 if batch == 1 else 1
-            row[f"tok_s_b{batch}"] = max(
-                generation_speed(model, self.pad_id, self.speed_prompts, batch, self.recipe.eval.speed_new_tokens, calls,
-                                 self.recipe.eval.threads) for _ in range(self.recipe.eval.speed_repeats))
+        self.per_item[name] = self.stats(model, self.test_items)
+        row: dict[str, Any] = {"name": name, **self.per_item[name].summary()}
+        if with_val:
+            val = self.stats(model, self.val_items).summary()
+            row.update(val_nll=val["nll"], val_agreement=val["agreement"])
         row.update(size_metrics(model))
         row.update(extra)
-        LOG.info("%s: nll %.3f, agreement %.1f%%, %s (%.0fs)", name, row["nll"], 100 * row["agreement"],
-                 ", ".join(f"b{b} {row[f'tok_s_b{b}']:.1f} tok/s" for b in self.recipe.eval.speed_batches),
+        LOG.info("%s: nll %.3f, agreement %.1f%% (%.0fs)", name, row["nll"], 100 * row["agreement"],
                  time.perf_counter() - started)
         return row
 
-    def int8_row(self, name: str, model) -> dict[str, Any] | None:
+    def int8_row(self, name: str, model, **extra: Any) -> tuple[dict[str, Any] | None, Any]:
         try:
             quantized = quantize_int8(model)
-            return self.row(f"{name}-int8", quantized)
+            return self.row(f"{name}-int8", quantized, **extra), quantized
         except (RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
             self.notes.append(f"{name}-int8 did not run: dynamic int8 quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             LOG.warning(self.notes[-1])
-            return None
+            return None, None
+
+    def time_speeds(self, models: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+        """Greedy tok/s of every model, round-robin: `speed_repeats` rounds over all models, each model's best kept.
+
+        Interleaving spreads the load of a shared machine over all models alike, instead of timing the teacher
+        once at one moment and each student at another.
+        """
+        config = self.recipe.eval
+        for rnd in range(config.speed_repeats):
+            for name, model in models.items():
+                for batch in config.speed_batches:
+                    calls = config.speed_calls_b1 if batch == 1 else 1
+                    value = generation_speed(model, self.pad_id, self.speed_prompts, batch, config.speed_new_tokens,
+                                             calls, config.threads)
+                    key = f"tok_s_b{batch}"
+                    rows[name][key] = max(rows[name].get(key) or 0.0, value)
+            LOG.info("speed round %d of %d: %s", rnd + 1, config.speed_repeats,
+                     ", ".join(f"{n} {rows[n][f'tok_s_b{max(config.speed_batches)}']:.1f}" for n in models))
+
+
+def _train_config(recipe: LLMRecipe, variant: VariantConfig) -> TrainConfig:
+    tokens = variant.train_tokens or (None if variant.epochs else recipe.training.train_tokens)
+    return TrainConfig(loss=variant.loss, targets=variant.targets, on_policy=variant.on_policy,
+                       temperature=recipe.training.temperature, beta=recipe.training.beta,
+                       epochs=variant.epochs or recipe.training.epochs, batch_size=recipe.training.batch_size,
+                       lr=recipe.training.lr, weight_decay=recipe.training.weight_decay,
+                       warmup_ratio=recipe.training.warmup_ratio, grad_clip=recipe.training.grad_clip, seed=recipe.seed,
+                       checkpoint_every=recipe.training.checkpoint_every,
+                       onpolicy_max_new_tokens=recipe.generation.max_new_tokens,
+                       onpolicy_temperature=recipe.training.onpolicy_temperature,
+                       onpolicy_warmup=recipe.training.onpolicy_warmup, max_tokens=tokens)
 
 
 def run(recipe: LLMRecipe) -> dict[str, Any]:
@@ -138,11 +286,22 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     train_prompts, val_prompts, test_prompts = split_prompts(prompt_set.prompts, recipe.data.test_prompts,
                                                              recipe.data.val_prompts, recipe.data.train_prompts, recipe.seed)
 
-    base_student, student_description = build_student(recipe.student, teacher, train_prompts, recipe.teacher.chat_template)
-    LOG.info("student: %s", student_description)
+    students: dict[str, tuple[Any, str]] = {}  # untrained students by their layers spec
+
+    def untrained(layers) -> tuple[Any, str]:
+        key = json.dumps(layers)
+        if key not in students:
+            config = recipe.student if layers is None else recipe.student.model_copy(update={"layers": layers})
+            students[key] = build_student(config, teacher, train_prompts or val_prompts, recipe.teacher.chat_template)
+            LOG.info("student (%s layers): %s", layers if layers is not None else recipe.student.layers, students[key][1])
+        return students[key]
+
+    base_student, student_description = untrained(None)
+    for variant in recipe.variants:  # every student is built, and its vocabulary checked, before any teacher pass
+        untrained(variant.layers)
 
     clock = time.perf_counter()
-    train_items, train_cache, eval_cache, val_items, test_items, gen_notes = _generations(
+    train_items, train_cache, eval_cache, val_items, test_items, gen_notes, data_description = _generations(
         recipe, teacher, folder, train_prompts, val_prompts, test_prompts)
     timings["generation_s"] = time.perf_counter() - clock
 
@@ -150,56 +309,74 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     if prompt_set.skipped:
         notes.insert(0, f"{sum(prompt_set.skipped.values())} records of {prompt_set.source} were skipped: "
                         f"{prompt_set.describe_skipped()}")
-    measurer = Measurer(recipe, tokenizer.pad_token_id, test_items, eval_cache,
+    measurer = Measurer(recipe, tokenizer.pad_token_id, test_items, val_items, eval_cache,
                         [item.prompt_ids for item in test_items], notes=notes)
     clock = time.perf_counter()
-    rows = [measurer.row("teacher", teacher.model, train_tokens=None),
-            measurer.row("student-untrained", base_student, train_tokens=0)]
+    rows = [measurer.row("teacher", teacher.model, layers=teacher.model.config.num_hidden_layers, train_tokens=None),
+            measurer.row("student-untrained", base_student, layers=base_student.config.num_hidden_layers, train_tokens=0)]
+    models: dict[str, Any] = {"teacher": teacher.model, "student-untrained": base_student}
     timings["eval_s"] = time.perf_counter() - clock
 
-    trained: dict[str, Any] = {}
-    val_agreement: dict[str, float] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}
     for variant in recipe.variants:
         clock = time.perf_counter()
-        student = with_training_setup(base_student, recipe.student)
-        config = TrainConfig(loss=variant.loss, targets=variant.targets, on_policy=variant.on_policy,
-                             temperature=recipe.training.temperature, beta=recipe.training.beta,
-                             epochs=recipe.training.epochs, batch_size=recipe.training.batch_size, lr=recipe.training.lr,
-                             weight_decay=recipe.training.weight_decay, warmup_ratio=recipe.training.warmup_ratio,
-                             grad_clip=recipe.training.grad_clip, seed=recipe.seed,
-                             checkpoint_every=recipe.training.checkpoint_every,
-                             onpolicy_max_new_tokens=recipe.generation.max_new_tokens,
-                             onpolicy_temperature=recipe.training.onpolicy_temperature,
-                             onpolicy_warmup=recipe.training.onpolicy_warmup)
+        student_model, _ = untrained(variant.layers)
+        student = with_training_setup(student_model, recipe.student)
+        config = _train_config(recipe, variant)
         result = train_student(student, teacher.model, tokenizer, train_items, train_cache, config,
-                               checkpoints=folder.checkpoints / variant.name, desc=variant.name)
+                               checkpoints=folder.checkpoints / variant.name, desc=variant.name,
+                               curve_points=variant.curve_points, score=measurer.scores)
         timings[f"train_{variant.name}_s"] = result.measured_seconds  # this process's time, not a checkpoint's
         model = merged(student).eval()
-        trained[variant.name] = model
-        val_agreement[variant.name] = heldout_metrics(model, val_items, eval_cache, tokenizer.pad_token_id,
-                                                      recipe.eval.batch_size, recipe.eval.threads)["agreement"]
+        models[variant.name] = model
+        if result.curve:
+            curves[variant.name] = result.curve
+        reused = result.resumed_from >= result.steps  # the finished checkpoint of an earlier process of this run
         clock_eval = time.perf_counter()
-        rows.append(measurer.row(variant.name, model, train_tokens=result.train_tokens,
-                                 onpolicy_steps=result.onpolicy_steps, steps=result.steps,
-                                 final_loss=_mean_tail(result.losses), val_agreement=val_agreement[variant.name]))
+        rows.append(measurer.row(variant.name, model, layers=model.config.num_hidden_layers,
+                                 train_tokens=result.train_tokens, onpolicy_steps=result.onpolicy_steps, steps=result.steps,
+                                 final_loss=_mean_tail(result.losses), train_s=round(result.seconds, 1),
+                                 training="reused checkpoint" if reused else ("resumed" if result.resumed_from else "trained")))
         timings["eval_s"] += time.perf_counter() - clock_eval
-        LOG.info("%s: trained %d steps on %d tokens in %.0fs (%s)", variant.name, result.steps, result.train_tokens,
-                 time.perf_counter() - clock, "resumed" if result.resumed_from else "fresh")
+        LOG.info("%s: %d layers, trained %d steps on %d tokens in %.0fs (%s)", variant.name, model.config.num_hidden_layers,
+                 result.steps, result.train_tokens, time.perf_counter() - clock,
+                 f"resumed from step {result.resumed_from}" if result.resumed_from else "fresh")
 
-    export_name = max(val_agreement, key=val_agreement.get) if recipe.export == "best" else recipe.export
+    by_name = {row["name"]: row for row in rows}
+    int8_of: dict[str, Any] = {}
     if recipe.eval.int8:
         clock = time.perf_counter()
-        for name, model in (("teacher", teacher.model), (export_name, trained[export_name])):
-            row = measurer.int8_row(name, model)
-            if row is not None:
-                row["train_tokens"] = next(r["train_tokens"] for r in rows if r["name"] == name)
-                rows.append(row)
+        row, quantized = measurer.int8_row("teacher", teacher.model, layers=by_name["teacher"]["layers"], train_tokens=None)
+        if row is not None:
+            rows.append(row)
+            by_name[row["name"]], models[row["name"]], int8_of["teacher"] = row, quantized, quantized
         timings["eval_s"] += time.perf_counter() - clock
 
-    _export(trained[export_name], tokenizer, folder, measurer.notes)
-    summary = summarize(recipe, rows, train_cache, int(teacher.model.config.vocab_size), export_name)
+    clock = time.perf_counter()
+    measurer.time_speeds(models, by_name)
+    timings["speed_s"] = time.perf_counter() - clock
+
+    export_name = choose_export(recipe, by_name)
+    if recipe.eval.int8:
+        clock = time.perf_counter()
+        row, quantized = measurer.int8_row(export_name, models[export_name], layers=by_name[export_name]["layers"],
+                                           train_tokens=by_name[export_name]["train_tokens"])
+        if row is not None:
+            rows.append(row)
+            by_name[row["name"]] = row
+            measurer.time_speeds({row["name"]: quantized}, by_name)
+            measurer.notes.append(f"{row['name']} was timed after the round-robin (it is made once the exported "
+                                  f"student is chosen), best of {recipe.eval.speed_repeats} timings.")
+        timings["eval_s"] += time.perf_counter() - clock
+
+    samples = answer_samples(models[export_name], tokenizer, recipe) if recipe.samples else None
+    _export(models[export_name], tokenizer, folder, measurer.notes)
+    summary = summarize(recipe, rows, train_cache, int(teacher.model.config.vocab_size), export_name, measurer.per_item)
+    if samples is not None:
+        summary.update(samples_distinct_2=samples["distinct_2"], samples_max_repeat_run=samples["max_repeat_run"])
     timings["total_s"] = time.perf_counter() - started
-    card = _card(recipe, rows, summary, measurer.notes, teacher, student_description, export_name, timings)
+    card = _card(recipe, rows, summary, measurer.notes, teacher, student_description, export_name, timings,
+                 data_description, frontier(recipe, rows), curves, samples)
     paths = card.write(folder.root)
     write_model_card(folder.model, card, teacher.source, "text-generation",
                      LM_USAGE.format(folder=folder.model, example="What is the capital of France?"))
@@ -208,48 +385,125 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     return card.to_dict()
 
 
+def choose_export(recipe: LLMRecipe, by_name: dict[str, dict[str, Any]]) -> str:
+    """The exported variant: the one named, or the highest validation agreement (among the fast enough ones)."""
+    if recipe.export != "best":
+        return recipe.export
+    names = [v.name for v in recipe.variants]
+    if recipe.export_min_speedup:
+        key = f"tok_s_b{max(recipe.eval.speed_batches)}"
+        floor = recipe.export_min_speedup * by_name["teacher"][key]
+        fast = [n for n in names if by_name[n][key] >= floor]
+        if fast:
+            names = fast
+        else:
+            LOG.warning("no student reaches %.1fx the teacher's %s; choosing among all", recipe.export_min_speedup, key)
+    return max(names, key=lambda n: (by_name[n]["val_agreement"], -by_name[n]["val_nll"]))
+
+
+def answer_samples(model, tokenizer, recipe: LLMRecipe) -> dict[str, Any]:
+    """The model's greedy answers to the first `recipe.samples` fixed prompts, and how repetitive they are."""
+    prompts = SAMPLE_PROMPTS[:recipe.samples]
+    encoded = [encode_prompt(tokenizer, Prompt.from_text(text), recipe.teacher.chat_template) for text in prompts]
+    input_ids, mask = left_pad(encoded, tokenizer.pad_token_id)
+    with cpu_threads(recipe.eval.threads), torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=recipe.sample_new_tokens,
+                             do_sample=False, temperature=None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    answers = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, input_ids.shape[1]:]]
+    return {"answers": [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)],
+            "distinct_2": distinct_n(answers, 2), "max_repeat_run": max_repeat_run(answers),
+            "new_tokens": recipe.sample_new_tokens}
+
+
+def frontier(recipe: LLMRecipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Quality against speed per student size: for each layer count, the variant with the best validation agreement."""
+    key = f"tok_s_b{max(recipe.eval.speed_batches)}"
+    names = {v.name for v in recipe.variants}
+    best: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row["name"] in names and (row["layers"] not in best or row["val_agreement"] > best[row["layers"]]["val_agreement"]):
+            best[row["layers"]] = row
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    return [{"layers": layers, "variant": row["name"], key: row.get(key), "speedup": (row.get(key) or 0) / teacher[key],
+             "agreement": row["agreement"], "nll": row["nll"], "val_agreement": row["val_agreement"],
+             "train_tokens": row["train_tokens"]} for layers, row in sorted(best.items())]
+
+
 def _generations(recipe: LLMRecipe, teacher: LoadedLM, folder: RunDir, train_prompts, val_prompts, test_prompts):
     gen = recipe.generation
     fingerprint = teacher_fingerprint(teacher.model, teacher.tokenizer, teacher.source)
-    train_settings = GenerationSettings(gen.max_new_tokens, gen.do_sample, gen.temperature, gen.top_p, gen.top_k_cache,
-                                        recipe.seed, recipe.teacher.chat_template)
     eval_settings = GenerationSettings(gen.max_new_tokens, False, 1.0, 1.0, max(1, min(gen.top_k_cache, 8)),
                                        recipe.seed, recipe.teacher.chat_template)
-    train_cache = GenerationCache.for_teacher(folder.path("generations", "train"), fingerprint, train_settings)
     eval_cache = GenerationCache.for_teacher(folder.path("generations", "eval"), fingerprint, eval_settings)
     notes = []
     common = dict(batch_size=gen.batch_size, max_prompt_tokens=recipe.data.max_prompt_tokens)
-    train_items, stats = generate(teacher.model, teacher.tokenizer, train_prompts, train_cache, train_settings,
-                                  desc="teacher generation (train)", **common)
+    corpus = getattr(recipe.data, "corpus", None)
+    skipped = 0
+    if corpus is not None:
+        from stillroom.distill.llm.corpus import corpus_targets
+
+        held_out = {p.uid for p in val_prompts + test_prompts}
+        train_items, train_cache, stats = corpus_targets(teacher, corpus, folder.path("corpus"), gen.top_k_cache,
+                                                         recipe.teacher.chat_template, progress=True, exclude=held_out)
+        description = (f"the teacher's teacher-forced top-{gen.top_k_cache} targets over the responses of "
+                       f"{stats.records_used} records of {stats.source} ({stats.tokens:,} tokens"
+                       + (f", the first {stats.offset_records} records left out" if stats.offset_records else "") + ")")
+        if stats.skipped:
+            notes.append(f"corpus {stats.source}: {sum(stats.skipped.values())} records skipped ({stats.describe_skipped()})")
+        if stats.truncated_records:
+            notes.append(f"corpus {stats.source}: {stats.truncated_records} responses cut at {corpus.max_seq_tokens} tokens")
+        if stats.computed_tokens:
+            notes.append(f"corpus targets: {stats.computed_tokens:,} tokens scored at {stats.tokens_per_second:.0f} tok/s "
+                         f"(teacher forward), {stats.reused_records} records reused from the cache")
+    else:
+        train_settings = GenerationSettings(gen.max_new_tokens, gen.do_sample, gen.temperature, gen.top_p, gen.top_k_cache,
+                                            recipe.seed, recipe.teacher.chat_template)
+        train_cache = GenerationCache.for_teacher(folder.path("generations", "train"), fingerprint, train_settings)
+        train_items, stats = generate(teacher.model, teacher.tokenizer, train_prompts, train_cache, train_settings,
+                                      desc="teacher generation (train)", **common)
+        skipped += stats.skipped_long_prompts
+        description = f"the teacher's sampled completions of {len(train_items)} training prompts"
     val_items, val_stats = generate(teacher.model, teacher.tokenizer, val_prompts, eval_cache, eval_settings,
                                     desc="teacher generation (validation)", **common)
     test_items, test_stats = generate(teacher.model, teacher.tokenizer, test_prompts, eval_cache, eval_settings,
                                       desc="teacher generation (test)", **common)
-    skipped = stats.skipped_long_prompts + val_stats.skipped_long_prompts + test_stats.skipped_long_prompts
+    skipped += val_stats.skipped_long_prompts + test_stats.skipped_long_prompts
     if skipped:
         notes.append(f"{skipped} prompts longer than {recipe.data.max_prompt_tokens} tokens were skipped")
     if not train_items or not test_items or not val_items:
         raise ModelError("no prompt is left for training, validation or test after skipping long prompts",
                          where="data.max_prompt_tokens", hint="raise data.max_prompt_tokens or give shorter prompts")
-    LOG.info("teacher generations: %d train (%d tokens, %d stopped at end-of-sequence), %d validation, %d test",
-             len(train_items), sum(len(i.completion_ids) for i in train_items), sum(i.stopped for i in train_items),
-             len(val_items), len(test_items))
-    return train_items, train_cache, eval_cache, val_items, test_items, notes
+    LOG.info("training data: %s, %d items (%d tokens); %d validation, %d test prompts", description, len(train_items),
+             sum(len(i.completion_ids) for i in train_items), len(val_items), len(test_items))
+    return train_items, train_cache, eval_cache, val_items, test_items, notes, description
 
 
 def summarize(recipe: LLMRecipe, rows: list[dict[str, Any]], train_cache: GenerationCache, vocab_size: int,
-              export_name: str) -> dict[str, Any]:
-    """The headline numbers: KD vs SFT, speed-up and size of the exported student, cache size, sparse vs dense."""
+              export_name: str, per_item: dict[str, ItemStats] | None = None) -> dict[str, Any]:
+    """The headline numbers: KD vs SFT, speed-up and size of the exported student, cache size, sparse vs dense.
+
+    `best_kd` is the KD variant of highest VALIDATION agreement; KD - SFT is then reported on test, with a
+    paired bootstrap interval over the test prompts when `per_item` holds both rows.
+    """
     by_name = {row["name"]: row for row in rows}
     variants = {v.name: v for v in recipe.variants}
     summary: dict[str, Any] = {"exported": export_name}
     kd_rows = [name for name, v in variants.items() if v.loss != "sft"]
     sft_rows = [name for name, v in variants.items() if v.loss == "sft" and v.on_policy == 0]
     if kd_rows:
-        best = max(kd_rows, key=lambda name: by_name[name]["agreement"])
+        best = max(kd_rows, key=lambda name: (by_name[name]["val_agreement"], -by_name[name].get("val_nll", 0.0)))
         summary["best_kd"] = best
-        if sft_rows:
-            summary["kd_minus_sft_agreement"] = by_name[best]["agreement"] - by_name[sft_rows[0]]["agreement"]
+        if sft_rows:  # the SFT student of the same size and budget, when there is one
+            sft = next((n for n in sft_rows if by_name[n]["layers"] == by_name[best]["layers"]
+                        and by_name[n]["train_tokens"] == by_name[best]["train_tokens"]),
+                       next((n for n in sft_rows if by_name[n]["layers"] == by_name[best]["layers"]), sft_rows[0]))
+            summary["kd_vs_sft"] = f"{best} vs {sft}"
+            summary["kd_minus_sft_agreement"] = by_name[best]["agreement"] - by_name[sft]["agreement"]
+            if per_item and best in per_item and sft in per_item:
+                ci = paired_bootstrap(per_item[best].agree, per_item[sft].agree, per_item[best].tokens, seed=recipe.seed)
+                summary["kd_minus_sft_ci95"] = [ci["ci_low"], ci["ci_high"]]
     teacher, student = by_name["teacher"], by_name[export_name]
     biggest = max(recipe.eval.speed_batches)
     summary[f"speedup_b{biggest}"] = student[f"tok_s_b{biggest}"] / teacher[f"tok_s_b{biggest}"]
@@ -264,27 +518,85 @@ def summarize(recipe: LLMRecipe, rows: list[dict[str, Any]], train_cache: Genera
     for name, v in variants.items():
         if v.targets == "cache" and v.loss != "sft" and v.on_policy == 0:
             twin = next((n for n, w in variants.items()
-                         if w.loss == v.loss and w.targets == "live" and w.on_policy == 0), None)
+                         if w.loss == v.loss and w.targets in ("live", "dense") and w.on_policy == 0
+                         and by_name[n]["layers"] == by_name[name]["layers"]
+                         and by_name[n]["train_tokens"] == by_name[name]["train_tokens"]), None)
             if twin is not None:
                 summary["sparse_minus_dense_agreement"] = by_name[name]["agreement"] - by_name[twin]["agreement"]
                 summary["sparse_vs_dense"] = f"{name} vs {twin}"
                 break
+    int8 = by_name.get("teacher-int8")
+    if int8 is not None:
+        summary["teacher_int8_agreement"] = int8["agreement"]
     return summary
 
 
-def _card(recipe, rows, summary, notes, teacher, student_description, export_name, timings) -> Card:
+@dataclass
+class LLMCard(Card):
+    """The card, plus the quality/speed frontier, the budget curve and the exported student's sample answers."""
+
+    frontier: list[dict[str, Any]] = field(default_factory=list)
+    budget_curve: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    samples: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "frontier": self.frontier, "budget_curve": self.budget_curve, "samples": self.samples}
+
+    def to_markdown(self) -> str:
+        lines = [super().to_markdown()]
+        speed = next((k for k in (self.frontier[0] if self.frontier else {}) if k.startswith("tok_s_b")), None)
+        if self.frontier:
+            lines += ["## Quality / speed frontier", "",
+                      f"| layers | variant | {speed} | × teacher | agreement | NLL | train tokens |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {f['layers']} | {f['variant']} | {_num(f[speed], '{:.1f}')} | {_num(f['speedup'], '{:.2f}')} | "
+                      f"{f['agreement']:.1%} | {f['nll']:.3f} | {f['train_tokens']:,} |" for f in self.frontier]
+            lines.append("")
+        for name, points in self.budget_curve.items():
+            lines += [f"## Budget curve: {name}", "", "Points along one run (cosine schedule over its full budget).", "",
+                      "| train tokens | step | agreement | NLL | val agreement | val NLL |", "|---|---|---|---|---|---|"]
+            lines += [f"| {p['train_tokens']:,} | {p['step']} | {p['agreement']:.1%} | {p['nll']:.3f} | "
+                      f"{p['val_agreement']:.1%} | {p['val_nll']:.3f} |" + (" (reused)" if p.get("reused") else "")
+                      for p in points]
+            lines.append("")
+        if self.samples:
+            lines += ["## Sample answers of the exported student", "",
+                      f"Greedy, at most {self.samples['new_tokens']} new tokens, verbatim. distinct-2 "
+                      f"{self.samples['distinct_2']:.3f}; longest run of one repeated word: {self.samples['max_repeat_run']}.", ""]
+            for sample in self.samples["answers"]:
+                lines += [f"**{sample['prompt']}**", "", "> " + sample["answer"].replace("\n", "\n> "), ""]
+        return "\n".join(lines)
+
+
+def _num(value, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _card(recipe, rows, summary, notes, teacher, student_description, export_name, timings, data_description,
+          frontier_rows, curves, samples) -> LLMCard:
     speed = [Column(f"tok_s_b{b}", f"tok/s b{b}", "{:.1f}") for b in recipe.eval.speed_batches]
     notes = list(notes)
     notes.append(f"NLL and agreement: teacher-forced on the teacher's greedy completions of {recipe.data.test_prompts} "
-                 f"held-out prompts; tok/s: greedy, exactly {recipe.eval.speed_new_tokens} new tokens a prompt, "
-                 f"{recipe.eval.threads} CPU threads" + (f", fastest of {recipe.eval.speed_repeats} timings." if recipe.eval.speed_repeats > 1 else ".")
-                 + " int8 rows quantize every Linear layer, the head included, to dynamic int8.")
-    notes.append(f"Every student starts from the same untrained student ({student_description}) and trains for the same "
-                 f"{recipe.training.epochs} epoch(s) of the teacher's completions of the same prompts; in on-policy variants, "
-                 f"after the first {recipe.training.onpolicy_warmup:.0%} of the steps, a share λ of the batches are the "
-                 f"student's own samples scored by the live teacher instead.")
-    notes.append(f"Exported: {export_name} (highest validation agreement)" if recipe.export == "best" else f"Exported: {export_name}")
-    return Card(
+                 f"held-out prompts (val agreement: {recipe.data.val_prompts} other prompts); tok/s: greedy, exactly "
+                 f"{recipe.eval.speed_new_tokens} new tokens a prompt, {recipe.eval.threads} CPU threads, every model "
+                 f"timed in the same {recipe.eval.speed_repeats} round(s), round-robin, its fastest kept. "
+                 + _int8_note())
+    budgets = sorted({(r["layers"], r["train_tokens"]) for r in rows if r["name"] in {v.name for v in recipe.variants}})
+    notes.append(f"Training data: {data_description}. Each student starts from the untrained student of its size "
+                 f"(default: {student_description}); (layers, training tokens) of the variants: "
+                 + ", ".join(f"({layers}, {tokens:,})" for layers, tokens in budgets)
+                 + f". In on-policy variants, after the first {recipe.training.onpolicy_warmup:.0%} of the steps, a share "
+                   f"λ of the batches are the student's own samples scored by the live teacher instead.")
+    if "kd_minus_sft_ci95" in summary:
+        low, high = summary["kd_minus_sft_ci95"]
+        notes.append(f"KD - SFT ({summary['kd_vs_sft']}; the KD variant chosen on validation): "
+                     f"{summary['kd_minus_sft_agreement']:+.3f} agreement on test, 95% paired bootstrap interval over "
+                     f"the test prompts [{low:+.3f}, {high:+.3f}].")
+    if recipe.export == "best":
+        fast = f" among students at ≥ {recipe.export_min_speedup}x the teacher's tok/s" if recipe.export_min_speedup else ""
+        notes.append(f"Exported: {export_name} (highest validation agreement{fast})")
+    else:
+        notes.append(f"Exported: {export_name}")
+    return LLMCard(
         title=f"LLM distillation: {teacher.name} -> {export_name}",
         columns=COLUMNS_BEFORE_SPEED + speed + COLUMNS_AFTER_SPEED,
         rows=rows, summary=summary, notes=notes, quality_key="agreement",
@@ -292,7 +604,17 @@ def _card(recipe, rows, summary, notes, teacher, student_description, export_nam
         meta={"recipe": recipe.name, "teacher": teacher.source, "student": student_description, "seed": recipe.seed,
               "commit": git_commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               **{k: round(v, 1) for k, v in timings.items()}},
+        frontier=frontier_rows, budget_curve=curves, samples=samples,
     )
+
+
+def _int8_note() -> str:
+    from stillroom.core import measure
+
+    describe = getattr(measure, "describe_int8", None)  # gen13's summary of what quantize_int8 changes, where present
+    if describe is not None:
+        return f"int8 rows: {describe()}"
+    return "int8 rows quantize the model's Linear layers to dynamic int8 (stillroom.core.measure.quantize_int8)."
 
 
 def _export(model, tokenizer, folder: RunDir, notes: list[str]) -> None:

@@ -15,6 +15,7 @@ checkpoint and continues exactly as it would have.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -22,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -56,6 +57,8 @@ class TrainConfig:
     onpolicy_max_new_tokens: int = 64
     onpolicy_temperature: float = 1.0
     onpolicy_warmup: float = 0.5
+    max_tokens: int | None = None
+    """Stop at the first step where the teacher-text tokens seen reach this budget (epochs then only bound nothing)."""
 
     def digest(self, items: Sequence[Item]) -> str:
         settings = {k: v for k, v in self.__dict__.items() if k != "checkpoint_every"}  # cadence may change on resume
@@ -73,6 +76,8 @@ class TrainResult:
     resumed_from: int = 0
     measured_seconds: float = 0.0
     """Training time spent by this process (`seconds` adds what a resumed checkpoint had)."""
+    curve: list[dict] = field(default_factory=list)
+    """With `curve_points`: {step, train_tokens, **scores} at evenly spaced steps (`reused` when an earlier process scored it)."""
 
 
 class TokenBatches:
@@ -88,11 +93,27 @@ class TokenBatches:
         self.items, self.student, self.tokenizer, self.config = list(items), student, tokenizer, config
         self.steps_per_epoch = math.ceil(len(self.items) / config.batch_size)
         self.total_steps = total_steps
+        self.last_step = 0
+        """1 + the global index of the latest batch handed out (the step it trains)."""
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.items)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def teacher_tokens(self, steps: int) -> list[int]:
+        """Completion tokens of the teacher-text batches of steps 0..steps-1 (what off-policy steps train on)."""
+        size, out = self.config.batch_size, []
+        for epoch in range(math.ceil(steps / self.steps_per_epoch)):
+            order = self._order(epoch)
+            for position in range(self.steps_per_epoch):
+                out.append(sum(len(self.items[i].completion_ids) for i in order[position * size:(position + 1) * size]))
+        return out[:steps]
 
     def batch(self, epoch: int, position: int, rank: int = 0, world: int = 1) -> Batch:
         config, step = self.config, epoch * self.steps_per_epoch + position
-        order = list(range(len(self.items)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        self.last_step = step + 1
+        order = self._order(epoch)
         chosen = [self.items[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
         chosen = chosen[rank::world] if world > 1 else chosen
         warm = step >= config.onpolicy_warmup * self.total_steps
@@ -124,8 +145,13 @@ class TokenStep(torch.nn.Module):
 
 def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: GenerationCache | None,
                   config: TrainConfig, checkpoints: Path | None = None, desc: str = "train",
-                  progress: bool = True, accelerator=None) -> TrainResult:
-    """Train `student` in place on the teacher's generations with the shared loop; resumable from `checkpoints`."""
+                  progress: bool = True, accelerator=None, curve_points: int = 0,
+                  score: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
+    """Train `student` in place on the teacher's generations with the shared loop; resumable from `checkpoints`.
+
+    With `curve_points` and `score`, the student is scored that many times, evenly spaced over the steps (the last
+    at the end), and `TrainResult.curve` holds {step, train_tokens, **score(student)}: the budget curve of one run.
+    """
     loss_fn = LOSSES.get(config.loss, where="variants.loss")(temperature=config.temperature, beta=config.beta)
     if teacher is None and ((loss_fn.needs_teacher and config.targets == "live") or config.on_policy > 0):
         raise ValueError("live targets and on-policy batches need the live teacher")
@@ -135,18 +161,43 @@ def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: Gen
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=True)
-    steps_per_epoch = math.ceil(len(items) / config.batch_size)
+    source = TokenBatches(items, student, tokenizer, config, 0)
+    total_steps = steps_for_tokens(source, config.max_tokens) if config.max_tokens else source.steps_per_epoch * config.epochs
+    source.total_steps = total_steps
+    evaluate, eval_every = None, None
+    if curve_points and score is not None:
+        eval_every = max(1, math.ceil(total_steps / curve_points))
+        seen = list(itertools.accumulate(source.teacher_tokens(total_steps)))
+
+        def evaluate(model):
+            model.eval()
+            return {"train_tokens": seen[source.last_step - 1], **score(model)}
     loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                       warmup_ratio=config.warmup_ratio, scheduler="cosine", grad_clip=config.grad_clip,
-                      checkpoint_every=config.checkpoint_every)
-    source = TokenBatches(items, student, tokenizer, config, steps_per_epoch * config.epochs)
+                      checkpoint_every=config.checkpoint_every, max_steps=total_steps, eval_every=eval_every)
     signal = teacher_signal(config.targets, teacher, cache, items, tokenizer.pad_token_id, accelerator, progress)
     with tempfile.TemporaryDirectory() as scratch:
-        result = train(student, loss_fn, source, loop, None, Path(checkpoints) if checkpoints else Path(scratch),
-                       accelerator, teacher=signal, seed=config.seed,
+        # metric "step": the latest scoring always wins, so the student returned is the last one, not a curve point
+        result = train(student, loss_fn, source, loop, evaluate, Path(checkpoints) if checkpoints else Path(scratch),
+                       accelerator, teacher=signal, seed=config.seed, metric="step",
                        fingerprint=config.digest(items), desc=desc, step=TokenStep(student, loss_fn), progress=progress)
+    curve = [{key: value for key, value in record.items() if key not in ("epoch", "loss")} for record in result.history]
     return TrainResult(result.steps, int(result.totals.get("tokens", 0)), int(result.totals.get("on_policy", 0)),
-                       result.train_seconds, result.losses, result.resumed_from, result.measured_seconds)
+                       result.train_seconds, result.losses, result.resumed_from, result.measured_seconds, curve)
+
+
+def steps_for_tokens(source: TokenBatches, budget: int) -> int:
+    """The fewest steps whose teacher-text batches hold at least `budget` completion tokens."""
+    per_epoch = sum(len(item.completion_ids) for item in source.items)
+    if per_epoch == 0:
+        raise ValueError("the training items hold no completion tokens")
+    steps = source.steps_per_epoch * math.ceil(budget / per_epoch)
+    seen = 0
+    for step, tokens in enumerate(source.teacher_tokens(steps), start=1):
+        seen += tokens
+        if seen >= budget:
+            return step
+    return steps
 
 
 def teacher_signal(targets: str, teacher, cache: GenerationCache | None, items: Sequence[Item], pad_id: int,
