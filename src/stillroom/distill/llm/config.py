@@ -60,7 +60,12 @@ class TeacherConfig(Schema):
 
 class GenerationConfig(Schema):
     max_new_tokens: int = Field(64, ge=1, le=4096)
-    batch_size: int = Field(16, ge=1)
+    backend: Literal["compact", "hf"] = Field(
+        "compact", description="compact: stillroom's KV-cache loop, finished rows leave the batch; "
+                               "hf: transformers' model.generate per padded batch (the reference)")
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="compact backend: KV cache grown per token (dynamic) or preallocated (static); same tokens")
+    batch_size: int = Field(32, ge=1, description="Prompts per batch (sorted by length)")
     do_sample: bool = True
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
