@@ -97,6 +97,16 @@ def parse_args():
                    "dir instead of the one the settings give (to report an earlier run's finished tests)")
     p.add_argument("--assemble", action="store_true",
                    help="train and test nothing: write the result from the stages finished so far (missing ones: null)")
+    p.add_argument("--quality-sweep", action="store_true",
+                   help="only the watermark's quality cost over a grid of settings (--sweep-*), with the detection power "
+                        "each leaves (projected from the same pass, and measured on --sweep-generate real answers); "
+                        "writes results/provenance_quality.json, leaves provenance.json alone")
+    p.add_argument("--sweep-gammas", default="0.25,0.5", help="γ values of the sweep")
+    p.add_argument("--sweep-biases", default="0.1,0.2,0.3,0.5,1,2", help="δ values of the sweep")
+    p.add_argument("--sweep-selfhash", default="", help="(γ, δ) pairs also measured with selfhash, e.g. 0.25:0.5;0.5:0.2")
+    p.add_argument("--sweep-generate", default="0.25:2;0.5:0.2",
+                   help="(γ, δ) pairs whose real answers to --sweep-answers harvest prompts are generated and tested")
+    p.add_argument("--sweep-answers", type=int, default=48, help="harvest prompts answered per generated setting")
     args = p.parse_args()
     if args.quick:
         args.harvest, args.accounts, args.benign, args.max_tokens = 24, 3, 3, 24
@@ -296,6 +306,113 @@ def quality_cost(teacher, key, rows, chat_template: bool = True, biases=(0.5, 1.
     return {"tokens": count, "texts": len(pairs), "teacher_nll": base_nll / count, "by_bias": sweep}
 
 
+def _pairs(spec: str) -> list[tuple[float, float]]:
+    return [(float(g), float(b)) for g, b in (item.split(":") for item in spec.split(";") if item.strip())]
+
+
+def quality_sweep(args, teacher, ring, data) -> dict:
+    """The watermark's cost and what it leaves of the harvest's attribution, over (γ, δ, seeding scheme).
+
+    Teacher-forced on held-out human answers, each setting's own transformers WatermarkLogitsProcessor biases the
+    teacher's logits at every position: `nll_ratio` and `agreement_drop` as in `quality_cost`, and the expected green
+    share of a token sampled as the harvest samples (temperature first, then +δ), which projects the text test's
+    log10 p at the committed harvest's size (6,333 distinct pairs, and at --harvest answers of --max-tokens). For the
+    settings in --sweep-generate, real answers to harvest prompts are generated through `stillroom serve`'s engine and
+    given the text test under every cohort key (Holm), and their z is scaled by sqrt(n) to the harvest's size.
+    """
+    import asyncio
+    import dataclasses
+    import math
+
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+    from stillroom.distill.llm.signals import logits_at, make_batch
+    from stillroom.guard.provenance.detect import Detector, binomial_log10_sf, watermark_processor
+    from stillroom.guard.provenance.keys import WatermarkSettings
+    from stillroom.serve.app import _complete
+    from stillroom.serve.engine import Engine, Generation, Sampling
+
+    tok = teacher.tokenizer
+    vocab = int(teacher.model.config.vocab_size)
+    base = ring.key(CAMPAIGN_COHORT)
+    settings = [WatermarkSettings(g, b, "lefthash") for g in map(float, args.sweep_gammas.split(","))
+                for b in map(float, args.sweep_biases.split(","))]
+    settings += [WatermarkSettings(g, b, "selfhash") for g, b in _pairs(args.sweep_selfhash)]
+    processors = [watermark_processor(dataclasses.replace(base, settings=s), vocab) for s in settings]
+    pairs = []
+    for row in data["quality"] or data["probe"]:
+        if row["response"]:
+            prompt = encode_prompt(tok, Prompt.from_text(row["prompt"]))
+            pairs.append((prompt, tok(row["response"], add_special_tokens=False)["input_ids"][:96]))
+    sums = [{"nll": 0.0, "same_top1": 0, "green": 0.0} for _ in settings]
+    base_nll, count = 0.0, 0
+    with torch.inference_mode():
+        for at in range(0, len(pairs), 8):
+            chunk = pairs[at:at + 8]
+            batch = make_batch(chunk, tok.pad_token_id)
+            logits = logits_at(teacher.model, batch).float()
+            previous = torch.cat([torch.tensor((list(p) + list(c))[len(p) - 1:len(p) + len(c) - 1]) for p, c in chunk])
+            base_nll += float(-torch.log_softmax(logits, -1).gather(1, batch.labels[:, None]).sum())
+            top = logits.argmax(-1)
+            for s, processor, acc in zip(settings, processors, sums):
+                marked = processor(previous[:, None], logits)  # one row per position, its context the previous token
+                green = (marked - logits) > 0
+                logp = torch.log_softmax(marked, -1)
+                acc["nll"] += float(-logp.gather(1, batch.labels[:, None]).sum())
+                acc["same_top1"] += int((marked.argmax(-1) == top).sum())
+                sampled = torch.softmax(logits / args.temperature + s.bias * green.float(), -1)  # as the harvest samples
+                acc["green"] += float((sampled * green).sum())
+            count += batch.tokens
+    harvest_n = {"committed_harvest_6333_pairs": 6333}
+    rows = []
+    for s, processor, acc in zip(settings, processors, sums):
+        gamma = processor.greenlist_size / vocab
+        share = acc["green"] / count
+        projected = {name: binomial_log10_sf(math.ceil(share * n), n, gamma) for name, n in harvest_n.items()}
+        rows.append({"gamma": s.greenlist_ratio, "bias": s.bias, "seeding_scheme": s.seeding_scheme,
+                     "nll_ratio": acc["nll"] / base_nll, "agreement_drop": 1 - acc["same_top1"] / count,
+                     "expected_green_share": share, "projected_log10_p": projected,
+                     "meets_quality_targets": acc["nll"] / base_nll <= 1.05 and 1 - acc["same_top1"] / count <= 0.02})
+        LOG.info("gamma %.2f delta %.2f %s: NLL ratio %.4f, top-1 change %.4f, green share %.3f, projected log10 p %.1f",
+                 s.greenlist_ratio, s.bias, s.seeding_scheme, rows[-1]["nll_ratio"], rows[-1]["agreement_drop"], share,
+                 projected["committed_harvest_6333_pairs"])
+
+    generated = []
+    prompts = [r["prompt"] for r in data["harvest"]][:args.sweep_answers]
+    engine = Engine(teacher.model, tok, "smollm2", max_batch=16, max_tokens_limit=1024, default_max_tokens=args.max_tokens)
+    try:
+        for gamma, bias in _pairs(args.sweep_generate):
+            s = WatermarkSettings(gamma, bias, "lefthash")
+            keys = [dataclasses.replace(k, settings=s) for k in ring.all_keys()]
+            processor = watermark_processor(next(k for k in keys if k.key_id == base.key_id), vocab)
+
+            async def answer_all():
+                loop = asyncio.get_running_loop()
+                gens = [Generation(engine.encode_chat([{"role": "user", "content": p}]),
+                                   Sampling(temperature=args.temperature, max_tokens=args.max_tokens, seed=i), 1, loop,
+                                   watermark=processor) for i, p in enumerate(prompts)]
+                for gen in gens:
+                    engine.submit(gen)
+                return [(await _complete(engine, g, "sweep", 0))["choices"][0]["message"]["content"] for g in gens]
+
+            clock = time.perf_counter()
+            texts = asyncio.run(answer_all())
+            result = Detector(keys, vocab, alpha=0.01).test_texts(texts, tok)
+            own = result.score(base.key_id)
+            scale = math.sqrt(6333 / max(1, own.scored))
+            generated.append({"gamma": gamma, "bias": bias, "answers": len(texts), "scored": own.scored,
+                              "green_fraction": own.green_fraction, "z": own.z, "log10_p": own.log10_p,
+                              "log10_p_holm": own.log10_p_adjusted, "attributed": result.to_dict()["cohorts"],
+                              "z_at_6333_pairs": own.z * scale,
+                              "generate_seconds": round(time.perf_counter() - clock, 1)})
+            LOG.info("generated gamma %.2f delta %.2f: %d answers, %d pairs, green %.3f, z %.1f, log10 p %.1f, attributed %s",
+                     gamma, bias, len(texts), own.scored, own.green_fraction, own.z, own.log10_p,
+                     generated[-1]["attributed"])
+    finally:
+        engine.close()
+    return {"texts": len(pairs), "tokens": count, "teacher_nll": base_nll / count, "temperature": args.temperature,
+            "settings": rows, "generated": generated, "keys": len(ring.all_keys())}
+
+
 def mmlu_rows(limit: int, seed: int = 0) -> list[dict]:
     import csv
 
@@ -405,6 +522,23 @@ def main() -> None:
     vocab = int(teacher.model.config.vocab_size)
     detector = Detector(ring.all_keys(), vocab, alpha=0.01)
     timings = {}
+    if args.quality_sweep:
+        sweep = quality_sweep(args, teacher, ring, data)
+        meets = [r for r in sweep["settings"] if r["meets_quality_targets"]]
+        line = ("watermark quality sweep (teacher-forced, %d tokens): settings meeting NLL ratio <= 1.05 and top-1 change "
+                "<= 0.02: %s" % (sweep["tokens"], ", ".join(f"gamma {r['gamma']} delta {r['bias']} ({r['seeding_scheme']}: "
+                                                          f"{r['agreement_drop']:.3f}, projected log10 p "
+                                                          f"{r['projected_log10_p']['committed_harvest_6333_pairs']:.1f})"
+                                                          for r in meets) or "none"))
+        if args.quick:
+            print(json.dumps(sweep, indent=1)[:3000])
+            print(line)
+            print("quick run: nothing written")
+            return
+        path = write_result("provenance_quality", {"settings": settings, "data": data["source"], "sweep": sweep}, line)
+        print(line)
+        print(f"wrote {path}")
+        return
 
     clock = time.perf_counter()
     stage = cached(work / "harvest.json", lambda: harvest(args, work, data, teacher, ring))
