@@ -112,3 +112,34 @@ def test_on_policy_waits_for_the_warm_up(tiny_lm, generations, monkeypatch):
                          batch_size=5, seed=0)
     result = train_student(student, tiny_lm.model, tiny_lm.tokenizer, items, cache, config, progress=False)
     assert result.steps == 8 and steps_seen == [6, 7]  # seed = run seed + step
+
+
+def test_token_budget_stops_at_the_first_step_past_it(tiny_lm, generations):
+    items, cache = generations
+    student, _ = prune_layers(tiny_lm.model, 2)
+    per_epoch = sum(len(item.completion_ids) for item in items)
+    budget = per_epoch + 5  # a little more than one epoch: the second epoch is cut
+    config = TrainConfig(loss="forward_kl", targets="cache", batch_size=3, lr=1e-3, max_tokens=budget)
+    source = train_module.TokenBatches(items, student, tiny_lm.tokenizer, config, 0)
+    steps = train_module.steps_for_tokens(source, budget)
+    seen = source.teacher_tokens(steps)
+    assert sum(seen) >= budget > sum(seen[:-1]) and steps > source.steps_per_epoch
+    result = train_student(student, None, tiny_lm.tokenizer, items, cache, config, progress=False)
+    assert result.steps == steps and result.train_tokens == sum(seen)
+
+
+def test_budget_curve_points_score_the_student_along_the_run(tiny_lm, generations):
+    items, cache = generations
+    student, _ = prune_layers(tiny_lm.model, 2)
+    config = TrainConfig(loss="forward_kl", targets="cache", epochs=2, batch_size=3, lr=1e-3)
+    calls = []
+
+    def score(model):
+        calls.append(model.training)
+        return {"agreement": float(len(calls))}
+
+    result = train_student(student, None, tiny_lm.tokenizer, items, cache, config, progress=False, curve_points=2, score=score)
+    assert [p["step"] for p in result.curve] == [4, 8] and result.steps == 8  # 10 items / 3 a batch = 4 steps an epoch
+    assert calls == [False, False]  # scored in eval mode
+    assert result.curve[-1]["train_tokens"] == result.train_tokens
+    assert result.curve[0]["train_tokens"] == sum(len(item.completion_ids) for item in items)
