@@ -160,9 +160,11 @@ def test_bad_records_are_skipped_and_counted_before_the_teacher_runs(tiny_lm, tm
     assert stats.skipped == {"not valid JSON": 1, "not a JSON object": 1, "empty response": 1, "no response field": 1,
                              "duplicate record": 1, "a prompt that is not text": 1}
     assert stats.first_skipped_lines == [5, 6, 7]
-    held_out = Prompt.from_text(RECORDS[1]["instruction"]).uid
-    _, stats = plan_corpus(path, config(path), tiny_lm.tokenizer, exclude={held_out})
-    assert stats.skipped["held-out prompt"] == 1 and stats.records_used == 4
+    # held-out prompts as load_prompts reads them from the same file (the instruction alone), or with the context
+    with_context = Prompt.from_text(RECORDS[3]["instruction"] + "\n\n" + RECORDS[3]["context"]).uid
+    held_out = {Prompt.from_text(RECORDS[0]["instruction"]).uid, Prompt.from_text(RECORDS[1]["instruction"]).uid, with_context}
+    _, stats = plan_corpus(path, config(path), tiny_lm.tokenizer, exclude=held_out)
+    assert stats.skipped["held-out prompt"] == 4 and stats.records_used == 2  # the copy of record 1 as well
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran before the input was checked")

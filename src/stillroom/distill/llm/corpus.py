@@ -194,7 +194,9 @@ def corpus_targets(teacher: LoadedLM, corpus: CorpusConfig, root: Path, top_k: i
 
     Returns the used records as `Item`s in file order (each with its shard and row), the cache
     (`.sparse(item)`, `.bytes_per_token()`, `.folder`) and what the pass read, skipped and computed.
-    `exclude` holds `Prompt.uid`s to leave out (held-out prompts); they are counted as skipped.
+    `exclude` holds `Prompt.uid`s to leave out (held-out prompts, e.g. validation and test prompts read from the
+    same file with `load_prompts`): a record whose prompt, with or without its context, has one of them is
+    skipped and counted as "held-out prompt".
     """
     if top_k < 1:
         raise DataError("corpus targets need a top-k of at least 1", where="generation.top_k_cache",
@@ -310,7 +312,7 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             table.reject(line, "duplicate record", skip=True)
         elif corpus.max_prompt_tokens < len(item.prompt_ids):
             table.reject(line, f"prompt longer than {corpus.max_prompt_tokens} tokens", field=corpus.prompt_field, skip=True)
-        elif _prompt_uid(record, corpus) in exclude:
+        elif exclude and not exclude.isdisjoint(_prompt_uids(record, corpus)):
             table.reject(line, "held-out prompt", field=corpus.prompt_field, skip=True)
         else:
             seen_uids.add(item.uid)
@@ -382,8 +384,12 @@ def _prompt_text(record: dict, corpus: CorpusConfig) -> str:
     return f"{prompt}\n\n{context}" if context else str(prompt)
 
 
-def _prompt_uid(record: dict, corpus: CorpusConfig) -> str | None:
-    return None if corpus.text_field else Prompt.from_text(_prompt_text(record, corpus)).uid
+def _prompt_uids(record: dict, corpus: CorpusConfig) -> set[str]:
+    """`Prompt.uid`s a held-out prompt of this record may have: of the prompt with its context, and of the instruction
+    alone (as `load_prompts(path, prompt_field)` reads the same file)."""
+    if corpus.text_field:
+        return set()
+    return {Prompt.from_text(_prompt_text(record, corpus)).uid, Prompt.from_text(str(_text(record, corpus.prompt_field, "prompt", True)[0])).uid}
 
 
 def _to_item(record: dict, corpus: CorpusConfig, tokenizer, chat_template: bool,
