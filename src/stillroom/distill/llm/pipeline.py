@@ -435,10 +435,10 @@ def _generations(recipe: LLMRecipe, teacher: LoadedLM, folder: RunDir, train_pro
     gen = recipe.generation
     fingerprint = teacher_fingerprint(teacher.model, teacher.tokenizer, teacher.source)
     eval_settings = GenerationSettings(gen.max_new_tokens, False, 1.0, 1.0, max(1, min(gen.top_k_cache, 8)),
-                                       recipe.seed, recipe.teacher.chat_template)
+                                       recipe.seed, recipe.teacher.chat_template, gen.backend)
     eval_cache = GenerationCache.for_teacher(folder.path("generations", "eval"), fingerprint, eval_settings)
     notes = []
-    common = dict(batch_size=gen.batch_size, max_prompt_tokens=recipe.data.max_prompt_tokens)
+    common = dict(batch_size=gen.batch_size, max_prompt_tokens=recipe.data.max_prompt_tokens, kv_cache=gen.kv_cache)
     corpus = getattr(recipe.data, "corpus", None)
     skipped = 0
     if corpus is not None:
@@ -459,7 +459,7 @@ def _generations(recipe: LLMRecipe, teacher: LoadedLM, folder: RunDir, train_pro
                          f"(teacher forward), {stats.reused_records} records reused from the cache")
     else:
         train_settings = GenerationSettings(gen.max_new_tokens, gen.do_sample, gen.temperature, gen.top_p, gen.top_k_cache,
-                                            recipe.seed, recipe.teacher.chat_template)
+                                            recipe.seed, recipe.teacher.chat_template, gen.backend)
         train_cache = GenerationCache.for_teacher(folder.path("generations", "train"), fingerprint, train_settings)
         train_items, stats = generate(teacher.model, teacher.tokenizer, train_prompts, train_cache, train_settings,
                                       desc="teacher generation (train)", **common)
