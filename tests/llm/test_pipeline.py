@@ -229,3 +229,30 @@ def test_sample_metrics_catch_a_degenerate_answer():
     assert distinct_n(["a b a b a b"]) == pytest.approx(2 / 5)
     assert distinct_n(["the cat sat", "the cat ran"]) == pytest.approx(3 / 4)  # corpus-level: bigrams over all answers
     assert distinct_n(["one"]) == 1.0
+
+
+def test_corpus_targets_train_the_students_and_held_out_prompts_stay_generated(tmp_path, tiny_lm_dir, prompts_file):
+    corpus = tmp_path / "corpus.jsonl"
+    records = [{"instruction": f"Say number {i}.", "context": "" if i % 2 else "Numbers are fun.",
+                "response": f"The number is {i}, and {i} plus one is {i + 1}."} for i in range(10)]
+    records.insert(3, {"instruction": "No answer here.", "context": "", "response": ""})  # skipped and counted
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    recipe = tiny_recipe(tmp_path, tiny_lm_dir, prompts_file, name="corpus", samples=0,
+                         data={"path": str(prompts_file), "val_prompts": 3, "test_prompts": 4,
+                               "corpus": {"path": str(corpus), "max_seq_tokens": 96, "max_prompt_tokens": 64}},
+                         training={"epochs": 1, "batch_size": 4, "lr": 3e-3},
+                         variants=[{"name": "sft", "loss": "sft"}, {"name": "kd", "loss": "forward_kl", "targets": "cache"}],
+                         eval={"speed_new_tokens": 2, "speed_batches": [2], "threads": 1, "int8": False})
+    card = run(recipe)
+    folder = tmp_path / "runs" / "corpus"
+    assert not list((folder / "generations").glob("*/*/items.jsonl"))[1:]  # one generation cache: validation + test only
+    by_name = {row["name"]: row for row in card["rows"]}
+    from stillroom.distill.llm.teacher import load_causal_lm
+
+    tokenizer = load_causal_lm(tiny_lm_dir).tokenizer
+    response_tokens = sum(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) + 1  # + end-of-sequence
+                          for r in records if r["response"])
+    assert by_name["sft"]["train_tokens"] == by_name["kd"]["train_tokens"] == response_tokens
+    assert by_name["teacher"]["agreement"] == 1.0  # held-out rows are still the teacher's own greedy text
+    notes = " ".join(card["notes"])
+    assert "teacher-forced top-6 targets over the responses of 10 records" in notes and "1 records skipped" in notes
