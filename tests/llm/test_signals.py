@@ -93,4 +93,4 @@ def test_the_trainer_cannot_tell_live_from_dense(tiny_lm, tmp_path):
                                TrainConfig(targets=targets, **config), progress=False)
         losses[targets] = result.losses
     assert len(losses["dense"]) == 4
-    assert losses["dense"] == pytest.approx(losses["live"], rel=2e-3)
+    assert losses["dense"] == pytest.approx(losses["live"], rel=2e-3, abs=2e-5)  # the loop logs losses rounded to 5 decimals
