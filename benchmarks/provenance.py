@@ -196,6 +196,7 @@ def harvest(args, work: Path, data, teacher, ring) -> dict:
     from stillroom.guard.gateway.app import GatewayConfig, create_gateway_app
     from stillroom.guard.gateway.keys import KeyStore
     from stillroom.guard.gateway.store import read_frame
+    from stillroom.guard.provenance.records import JsonlRecords
     from stillroom.serve.app import create_app
     from stillroom.serve.engine import Engine
     from stillroom.serve.server import BackgroundServer
@@ -212,13 +213,8 @@ def harvest(args, work: Path, data, teacher, ring) -> dict:
         store.save()
         accounts_path.write_text(json.dumps({"campaign": accounts, "benign": benign}), encoding="utf-8")
     accounts = json.loads(accounts_path.read_text(encoding="utf-8"))
-    clean_path = work / "clean.jsonl"
-    clean = {}
-    if clean_path.exists():
-        for line in clean_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                clean[record["prompt"]] = record["response"]
+    clean_records = JsonlRecords(work / "clean.jsonl")
+    clean = {record["prompt"]: record["response"] for record in clean_records.read()}
     served = set()
     if log.exists():
         frame = read_frame(log, extra=True)
@@ -259,11 +255,10 @@ def harvest(args, work: Path, data, teacher, ring) -> dict:
                 answers = ask_all(plain.url, [{"body": {"messages": [{"role": "user", "content": row["prompt"]}],
                                                         "max_tokens": args.max_tokens, "temperature": args.temperature,
                                                         "seed": i}} for i, row in chunk])
-                with clean_path.open("a", encoding="utf-8") as handle:
-                    for (i, row), answer in zip(chunk, answers):
-                        handle.write(json.dumps({"prompt": row["prompt"],
-                                                 "response": answer["choices"][0]["message"]["content"]}) + "\n")
-                        clean[row["prompt"]] = answer["choices"][0]["message"]["content"]
+                done = [{"prompt": row["prompt"], "response": answer["choices"][0]["message"]["content"]}
+                        for (i, row), answer in zip(chunk, answers)]
+                clean_records.extend(done)
+                clean.update((r["prompt"], r["response"]) for r in done)
                 LOG.info("clean answers: %d/%d", min(at + 32, len(todo)), len(todo))
     finally:
         engine.close()
@@ -343,7 +338,7 @@ def quality_sweep(args, teacher, ring, data) -> dict:
         if row["response"]:
             prompt = encode_prompt(tok, Prompt.from_text(row["prompt"]))
             pairs.append((prompt, tok(row["response"], add_special_tokens=False)["input_ids"][:96]))
-    sums = [{"nll": 0.0, "same_top1": 0, "green": 0.0} for _ in settings]
+    sums = [{"nll": 0.0, "same_top1": 0, "green": 0.0, "green_plain": 0.0} for _ in settings]
     base_nll, count = 0.0, 0
     with torch.inference_mode():
         for at in range(0, len(pairs), 8):
@@ -359,22 +354,33 @@ def quality_sweep(args, teacher, ring, data) -> dict:
                 logp = torch.log_softmax(marked, -1)
                 acc["nll"] += float(-logp.gather(1, batch.labels[:, None]).sum())
                 acc["same_top1"] += int((marked.argmax(-1) == top).sum())
+                plain = torch.softmax(logits / args.temperature, -1)
                 sampled = torch.softmax(logits / args.temperature + s.bias * green.float(), -1)  # as the harvest samples
                 acc["green"] += float((sampled * green).sum())
+                acc["green_plain"] += float((plain * green).sum())  # which tokens happen to be green: the noise
             count += batch.tokens
+    from scipy.stats import norm
+
     harvest_n = {"committed_harvest_6333_pairs": 6333}
+    z_needed = float(norm.isf(1e-5 / len(ring.all_keys())))  # Holm-adjusted p < 1e-5 over every key of the file
     rows = []
     for s, processor, acc in zip(settings, processors, sums):
         gamma = processor.greenlist_size / vocab
-        share = acc["green"] / count
+        # the bias's own effect: green share sampled with it minus without it, at the same positions and green lists
+        # (the share without it is γ in expectation over keys; on 2,000 tokens its noise is larger than small δ's effect)
+        lift = (acc["green"] - acc["green_plain"]) / count
+        share = gamma + lift
         projected = {name: binomial_log10_sf(math.ceil(share * n), n, gamma) for name, n in harvest_n.items()}
+        needed = (z_needed * math.sqrt(gamma * (1 - gamma)) / lift) ** 2 if lift > 0 else math.inf
         rows.append({"gamma": s.greenlist_ratio, "bias": s.bias, "seeding_scheme": s.seeding_scheme,
                      "nll_ratio": acc["nll"] / base_nll, "agreement_drop": 1 - acc["same_top1"] / count,
-                     "expected_green_share": share, "projected_log10_p": projected,
+                     "green_lift": lift, "expected_green_share": share, "projected_log10_p": projected,
+                     "pairs_for_holm_p_below_1e-5": round(needed) if math.isfinite(needed) else None,
                      "meets_quality_targets": acc["nll"] / base_nll <= 1.05 and 1 - acc["same_top1"] / count <= 0.02})
-        LOG.info("gamma %.2f delta %.2f %s: NLL ratio %.4f, top-1 change %.4f, green share %.3f, projected log10 p %.1f",
-                 s.greenlist_ratio, s.bias, s.seeding_scheme, rows[-1]["nll_ratio"], rows[-1]["agreement_drop"], share,
-                 projected["committed_harvest_6333_pairs"])
+        LOG.info("gamma %.2f delta %.2f %s: NLL ratio %.4f, top-1 change %.4f, green share +%.4f, projected log10 p %.1f "
+                 "at 6,333 pairs, %s pairs for Holm p < 1e-5", s.greenlist_ratio, s.bias, s.seeding_scheme,
+                 rows[-1]["nll_ratio"], rows[-1]["agreement_drop"], lift, projected["committed_harvest_6333_pairs"],
+                 rows[-1]["pairs_for_holm_p_below_1e-5"])
 
     generated = []
     prompts = [r["prompt"] for r in data["harvest"]][:args.sweep_answers]
@@ -495,8 +501,10 @@ def main() -> None:
     from stillroom.distill.llm.teacher import load_causal_lm
     from stillroom.guard.provenance.alert import campaign_provenance
     from stillroom.guard.provenance.detect import Detector
+    from stillroom.distill.llm.config import TrainingConfig
     from stillroom.guard.provenance.keys import Keyring, WatermarkSettings
     from stillroom.guard.provenance.radioactivity import read_model
+    from stillroom.guard.provenance.records import JsonlRecords
     from stillroom.guard.risk import (RiskConfig, distil, items_from_interactions, measure_risk, read_interactions,
                                       reference_set, student_layers)
 
@@ -527,8 +535,10 @@ def main() -> None:
         meets = [r for r in sweep["settings"] if r["meets_quality_targets"]]
         line = ("watermark quality sweep (teacher-forced, %d tokens): settings meeting NLL ratio <= 1.05 and top-1 change "
                 "<= 0.02: %s" % (sweep["tokens"], ", ".join(f"gamma {r['gamma']} delta {r['bias']} ({r['seeding_scheme']}: "
-                                                          f"{r['agreement_drop']:.3f}, projected log10 p "
-                                                          f"{r['projected_log10_p']['committed_harvest_6333_pairs']:.1f})"
+                                                          f"top-1 change {r['agreement_drop']:.3f}, projected log10 p "
+                                                          f"{r['projected_log10_p']['committed_harvest_6333_pairs']:.1f} at "
+                                                          f"the harvest's 6,333 pairs, "
+                                                          f"{r['pairs_for_holm_p_below_1e-5']} pairs for p < 1e-5)"
                                                           for r in meets) or "none"))
         if args.quick:
             print(json.dumps(sweep, indent=1)[:3000])
@@ -544,25 +554,22 @@ def main() -> None:
     stage = cached(work / "harvest.json", lambda: harvest(args, work, data, teacher, ring))
     timings["harvest_s"] = time.perf_counter() - clock
     campaign = read_interactions(Path(stage["log"]), sorted(stage["accounts"]["campaign"]))
-    clean = {}
-    for line in (work / "clean.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        clean[record["prompt"]] = record["response"]
+    clean = {record["prompt"]: record["response"] for record in JsonlRecords(work / "clean.jsonl").read()}
     missing = [p for p in campaign["prompt"] if p not in clean]
     if missing:
         raise SystemExit(f"{len(missing)} campaign prompts have no clean answer; delete {work / 'harvest.json'} and rerun")
 
     clock = time.perf_counter()
-    risk_config = RiskConfig(shares=[0.25, 0.5, 1.0], layers=args.layers, epochs=args.epochs, lr=args.lr,
-                             eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads,
+    risk_config = RiskConfig(shares=[0.25, 0.5, 1.0], layers=args.layers,
+                             training=TrainingConfig(epochs=args.epochs, lr=args.lr), eval_prompts=args.eval, max_new_tokens=args.max_tokens, threads=args.threads,
                              layer_choice=args.layer_choice)
     campaign_items = items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens)
     risk_config.layer_indices = cached(work / f"layers-{train_key}.json",
                                        lambda: {"layers": student_layers(teacher, campaign_items, risk_config)})["layers"]
     LOG.info("risk-curve students keep teacher layers %s", risk_config.layer_indices)
     total_layers = int(teacher.model.config.num_hidden_layers)
-    suspect_config = RiskConfig(shares=[1.0], layers=args.suspect_layers or total_layers, epochs=args.suspect_epochs,
-                                lr=args.suspect_lr, max_new_tokens=args.max_tokens, threads=args.threads,
+    suspect_config = RiskConfig(shares=[1.0], layers=args.suspect_layers or total_layers,
+                                training=TrainingConfig(epochs=args.suspect_epochs, lr=args.suspect_lr), max_new_tokens=args.max_tokens, threads=args.threads,
                                 layer_indices=list(range(total_layers)) if not args.suspect_layers
                                 else risk_config.layer_indices if args.suspect_layers == args.layers else None)
     eval_prompts = [Prompt.from_text(r["prompt"]) for r in data["eval"]]
@@ -610,8 +617,7 @@ def main() -> None:
 
     clock = time.perf_counter()
     if args.assemble:
-        points = [json.loads(line) for line in (risk_dir / "points.jsonl").read_text().splitlines() if line.strip()] \
-            if (risk_dir / "points.jsonl").is_file() else []
+        points = JsonlRecords(risk_dir / "points.jsonl").read()
         risk = json.loads((risk_dir / "risk.json").read_text()) if (risk_dir / "risk.json").is_file() else {
             "curve": sorted(points, key=lambda p: p["interactions"]), "marginal_gain": None, "teacher": None,
             "reference": f"teacher's greedy answers to {len(reference)} held-out prompts",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stillroom.core.errors import DataError
+from stillroom.distill.llm.config import TrainingConfig
 from stillroom.distill.llm.prompts import Prompt
 from stillroom.distill.llm.teacher import LoadedLM
 from stillroom.guard import risk
@@ -47,7 +48,8 @@ def test_risk_curve_grows_with_the_harvest_and_resumes(tmp_path, monkeypatch):
     tokenizer = make_tokenizer()
     teacher = LoadedLM(make_model(tokenizer, layers=4), tokenizer, "tiny-teacher", "tiny")
     frame = risk.read_interactions(campaign_log(tmp_path), ["bot-1", "bot-2"])
-    config = risk.RiskConfig(shares=[0.5, 1.0], layers=2, epochs=1, batch_size=4, max_new_tokens=12, threads=1)
+    config = risk.RiskConfig(shares=[0.5, 1.0], layers=2, training=TrainingConfig(epochs=1, batch_size=4),
+                             max_new_tokens=12, threads=1)
     prompts = [Prompt.from_text(t.split("?")[0] + "?") for t in CORPUS[:4]]
     result = risk.measure_risk(frame, teacher, tmp_path / "out", config, prompts, progress=False)
     assert [p["interactions"] for p in result["curve"]] == [12, 24]
@@ -61,3 +63,16 @@ def test_risk_curve_grows_with_the_harvest_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(risk, "distil", no_training)
     again = risk.measure_risk(frame, teacher, tmp_path / "out", config, prompts, progress=False)
     assert again["curve"] == result["curve"]
+
+
+def test_risk_students_train_with_the_llm_recipes_training_section():
+    default = risk.RiskConfig()
+    assert isinstance(default.training, TrainingConfig) and default.training == TrainingConfig()  # the recipe's defaults
+    custom = risk.RiskConfig(training=TrainingConfig(epochs=3, lr=2e-4, warmup_ratio=0.1, grad_clip=0.5, batch_size=4),
+                             seed=7)
+    loop = risk.train_config(custom)
+    assert (loop.loss, loop.targets, loop.seed) == ("sft", "live", 7)
+    assert (loop.epochs, loop.lr, loop.warmup_ratio, loop.grad_clip, loop.batch_size) == (3, 2e-4, 0.1, 0.5, 4)
+    assert json.loads(json.dumps(custom.to_dict()))["training"]["lr"] == 2e-4  # a point's key hashes plain data
+    with pytest.raises(ValueError):
+        TrainingConfig(epochs=0)  # the recipe's own validation

@@ -13,11 +13,29 @@ import typer
 
 from stillroom.core.errors import RecipeError
 
+
+def _plain_argument_metavars() -> None:
+    """typer 0.29 prints an argument's Python type beside it (`LOG <list[str]>`) even when it has a metavar; an
+    argument given a metavar shows that alone, as click does (`{LOG}...` in the usage line)."""
+    from typer.core import TyperArgument
+
+    display_type_rich = TyperArgument.display_type_rich
+    if getattr(display_type_rich, "plain_metavar", False):
+        return
+
+    def plain(self, ctx):
+        return None if self.metavar is not None else display_type_rich(self, ctx)
+
+    plain.plain_metavar = True
+    TyperArgument.display_type_rich = plain
+
+
+_plain_argument_metavars()
 app = typer.Typer(help="Guard a model API: simulate traffic, calibrate on benign traffic, scan logs for distillation campaigns, evaluate.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 RECIPE = typer.Option(None, "--recipe", "-r", help="Recipe YAML file, or a built-in name. Default: guard.")
-SET = typer.Option([], "--set", help="Override any recipe key, e.g. --set calibration.target_fpr=0.0005. Repeatable.")
+SET = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key, e.g. --set calibration.target_fpr=0.0005. Repeatable.")
 QUICK = typer.Option(False, "--quick", help="Apply the recipe's quick preset (smaller traffic).")
 
 
@@ -65,7 +83,7 @@ def simulate(
 
 @app.command()
 def calibrate(
-    logs: list[str] = typer.Argument(..., help="Log files or folders of them (JSONL, CSV, Parquet, OpenAI-style): benign-only "
+    logs: list[str] = typer.Argument(..., metavar="LOG", help="Log files or folders of them (JSONL, CSV, Parquet, OpenAI-style): benign-only "
                                                "traffic, or, with --mode history, past traffic that may hold attacks."),
     out: Path = typer.Option(Path("calibration"), "--out", "-o", help="Folder to write the calibration to."),
     recipe: Optional[str] = RECIPE,
@@ -91,7 +109,7 @@ def calibrate(
 
 @app.command()
 def fields(
-    logs: list[str] = typer.Argument(..., help="Log files or folders of them to read (nothing is written)."),
+    logs: list[str] = typer.Argument(..., metavar="LOG", help="Log files or folders of them to read (nothing is written)."),
     recipe: Optional[str] = RECIPE,
     set_: list[str] = SET,
 ) -> None:
@@ -110,7 +128,7 @@ def fields(
 
 @app.command()
 def convert(
-    logs: list[str] = typer.Argument(..., help="Log files or folders of them (JSONL, CSV/TSV, Parquet, OpenAI-style), read as `scan` reads them."),
+    logs: list[str] = typer.Argument(..., metavar="LOG", help="Log files or folders of them (JSONL, CSV/TSV, Parquet, OpenAI-style), read as `scan` reads them."),
     out: Path = typer.Option(..., "--out", "-o", help="The dataset folder to write (day=YYYY-MM-DD/part-*.parquet, manifest.json, quarantine.jsonl)."),
     recipe: Optional[str] = RECIPE,
     set_: list[str] = SET,
@@ -141,10 +159,10 @@ def convert(
 
 @app.command()
 def scan(
-    logs: list[str] = typer.Argument(..., help="Log files or folders of them to scan (JSONL, CSV, Parquet, OpenAI-style)."),
+    logs: list[str] = typer.Argument(..., metavar="LOG", help="Log files or folders of them to scan (JSONL, CSV, Parquet, OpenAI-style)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", "-c", help="Calibration folder from `stillroom guard calibrate`."),
-    benign: list[str] = typer.Option([], "--benign", help="Or: benign-only logs to calibrate from first. Repeatable."),
-    history: list[str] = typer.Option([], "--history", help="Or: past traffic that may hold attacks, to calibrate on robustly. "
+    benign: list[str] = typer.Option([], "--benign", metavar="LOG", help="Or: benign-only logs to calibrate from first. Repeatable."),
+    history: list[str] = typer.Option([], "--history", metavar="LOG", help="Or: past traffic that may hold attacks, to calibrate on robustly. "
                                                             "Repeatable; sets calibration.history_logs."),
     calibration_mode: Optional[str] = typer.Option(
         None, "--calibration-mode", help="clean (--calibration/--benign: certified-benign traffic), history (--history: may hold "
@@ -234,6 +252,7 @@ def risk(
 
     Example: stillroom guard risk --log gateway/log.db --accounts acct-17,acct-18 --out risk/
     """
+    from stillroom.distill.llm.config import TrainingConfig
     from stillroom.guard.risk import RiskConfig, run_risk
 
     names = [a.strip() for a in accounts.split(",") if a.strip()]
@@ -241,7 +260,7 @@ def risk(
         share_list = [float(s) for s in shares.split(",") if s.strip()]
     except ValueError:
         raise RecipeError(f"--shares {shares!r} must be comma-separated numbers in (0, 1]", where="--shares") from None
-    result = run_risk(log, names, out, RiskConfig(shares=share_list, layers=layers, epochs=epochs), teacher, eval_prompts)
+    result = run_risk(log, names, out, RiskConfig(shares=share_list, layers=layers, training=TrainingConfig(epochs=epochs)), teacher, eval_prompts)
     for point in result["curve"]:
         typer.echo(f"{point['interactions']:>7,} interactions: agreement {point['agreement']:.3f}, NLL {point['nll']:.3f}")
     if result["marginal_gain"]:

@@ -13,10 +13,11 @@ Output: `risk.json` (the points and the slope) and `risk.png` (agreement and NLL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,27 +25,44 @@ import pandas as pd
 
 from stillroom.core.errors import DataError
 from stillroom.core.runs import LOG
+from stillroom.distill.llm.config import TrainingConfig
+from stillroom.guard.provenance.records import JsonlRecords
 
 
 @dataclass
 class RiskConfig:
+    """What the simulated attacker distils and how the curve is measured. The students train with the LLM recipe's
+    own training section (`training`: epochs, batch size, learning rate, schedule, checkpoints; its defaults are the
+    recipe's), SFT on the logged answers: what `stillroom distill --recipe llm` would do with the harvest."""
+
     shares: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
     layers: int = 6
     layer_choice: str = "influence"  # or "evenly"; as `stillroom distill --recipe llm` chooses them
     layer_indices: list[int] | None = None  # fixed layers (e.g. chosen once for several students)
-    epochs: int = 2
-    batch_size: int = 8
-    lr: float = 1e-3
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_prompts: int = 32
     max_new_tokens: int = 64
     seed: int = 0
-    checkpoint_every: int = 25
     threads: int = 2
 
     def __post_init__(self):
         if not self.shares or any(not 0 < s <= 1 for s in self.shares):
             raise DataError(f"shares {self.shares} must be in (0, 1]", where="--shares")
         self.shares = sorted(set(self.shares))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the training section as the recipe writes it): what a finished point's key is a hash of."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {"training": self.training.model_dump()}
+
+
+def train_config(config: RiskConfig):
+    """The LLM loop's `TrainConfig` for one student: SFT on the live answers, with the recipe's training section
+    (the fields both share; on-policy generation settings live elsewhere in the recipe and are not used by SFT)."""
+    from stillroom.distill.llm.train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    shared = {k: v for k, v in config.training.model_dump().items() if k in known}
+    return TrainConfig(loss="sft", targets="live", seed=config.seed, **shared)
 
 
 def read_interactions(path: Path | str, accounts: Sequence[str] | None = None) -> pd.DataFrame:
@@ -118,13 +136,11 @@ def distil(teacher, items, folder: Path, config: RiskConfig, desc: str = "studen
     """A student pruned from the teacher (its chosen layers, frozen tied embeddings), SFT on `items`;
     resumable from `folder`. Returns the trained model."""
     from stillroom.distill.llm.student import prune_layers
-    from stillroom.distill.llm.train import TrainConfig, train_student
+    from stillroom.distill.llm.train import train_student
 
     student, _ = prune_layers(teacher.model, student_layers(teacher, items, config))
     student.get_input_embeddings().weight.requires_grad_(False)
-    train_config = TrainConfig(loss="sft", targets="live", epochs=config.epochs, batch_size=config.batch_size,
-                               lr=config.lr, seed=config.seed, checkpoint_every=config.checkpoint_every)
-    train_student(student, None, teacher.tokenizer, items, None, train_config, checkpoints=folder, desc=desc,
+    train_student(student, None, teacher.tokenizer, items, None, train_config(config), checkpoints=folder, desc=desc,
                   progress=progress)
     return student.eval()
 
@@ -162,21 +178,16 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
     reference, cache = reference or reference_set(teacher, out / "reference", eval_prompts, config)
     items = items_from_interactions(frame, teacher.tokenizer, max_new_tokens=config.max_new_tokens)
     if not config.layer_indices:  # one choice of layers for every point of the curve
-        config = RiskConfig(**{**asdict(config), "layer_indices": student_layers(teacher, items, config)})
+        config = dataclasses.replace(config, layer_indices=student_layers(teacher, items, config))
     pad = teacher.tokenizer.pad_token_id
-    points_path = out / "points.jsonl"
-    done = {}
-    if points_path.exists():
-        for line in points_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                point = json.loads(line)
-                done[point["key"]] = point
+    points = JsonlRecords(out / "points.jsonl")
+    done = {point["key"]: point for point in points.read()}
     counts = sorted({max(8, round(share * len(items))) for share in config.shares})
-    points = []
+    measured = []
     for count in counts:
-        key = f"{count}-{hashlib.sha1(json.dumps([asdict(config), [i.uid for i in items[:count]]]).encode()).hexdigest()[:10]}"
+        key = f"{count}-{hashlib.sha1(json.dumps([config.to_dict(), [i.uid for i in items[:count]]]).encode()).hexdigest()[:10]}"
         if key in done:
-            points.append(done[key])
+            measured.append(done[key])
             continue
         model = (trained or {}).get(count)
         if model is None:
@@ -185,12 +196,11 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
         metrics = heldout_metrics(model, reference, cache, pad, batch_size=8, threads=config.threads)
         point = {"key": key, "interactions": count, "agreement": metrics["agreement"], "nll": metrics["nll"],
                  "train_tokens": sum(len(i.completion_ids) for i in items[:count])}
-        with points_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(point) + "\n")
         points.append(point)
+        measured.append(point)
         LOG.info("risk: %d interactions -> agreement %.3f, NLL %.3f", count, point["agreement"], point["nll"])
     teacher_self = heldout_metrics(teacher.model, reference, cache, pad, batch_size=8, threads=config.threads)
-    curve = [{k: p[k] for k in ("interactions", "agreement", "nll", "train_tokens")} for p in points]
+    curve = [{k: p[k] for k in ("interactions", "agreement", "nll", "train_tokens")} for p in measured]
     slope = None
     if len(curve) >= 2:
         a, b = curve[-2], curve[-1]
@@ -200,7 +210,7 @@ def measure_risk(frame: pd.DataFrame, teacher, out: Path, config: RiskConfig, ev
               "teacher": {"agreement": teacher_self["agreement"], "nll": teacher_self["nll"]},
               "reference": f"teacher's greedy answers to {len(reference)} held-out prompts",
               "student": f"teacher layers {config.layer_indices} ({config.layer_choice}), frozen embeddings, "
-                         f"SFT {config.epochs} epochs"}
+                         f"SFT {config.training.epochs} epochs at lr {config.training.lr}"}
     (out / "risk.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(curve, out / "risk.png", teacher_nll=teacher_self["nll"])
     return result
