@@ -1,19 +1,34 @@
-"""SmolLM2-135M-Instruct into a 6-layer student: SFT vs token-level KD (dense, sparse) vs on-policy, at equal tokens.
+"""SmolLM2-135M-Instruct (30 layers) into pruned students: offline KD on Dolly vs SFT, a frontier over student
+sizes, a budget curve, the TRL peer, teacher generation speed and int8, in one resumable run.
 
-    .venv/bin/python benchmarks/smollm2.py
+    .venv/bin/pip install -c constraints.txt -e ".[bench]"    # trl, for the peer rows
+    .venv/bin/python benchmarks/smollm2.py                     # the committed result's command: see its JSON
 
-Prompts: stillroom's built-in set plus the pools in ../shared/data/prompts
-(GSM8K train questions, HumanEval, MT-Bench and Vicuna first turns, MMLU
-questions with their choices), shuffled once and split into training,
-validation and held-out test prompts. The teacher's sampled completions (with
-the sparse top-64 cache) are the training data of every variant, for the same
-epochs, so the off-policy variants see exactly the same tokens; the on-policy
-variant replaces half of its batches by the student's own samples. The card is
-measured on the teacher's greedy completions of the test prompts.
+Data: ../shared/data/dolly15k (15,011 human-written instructions with responses, rows shuffled). The
+first `--val + --test + 8` records are held out: their instructions (with context) are the validation
+and test prompts, answered greedily by the teacher (agreement and NLL are measured on those answers).
+The training data is the teacher's teacher-forced top-k targets over the responses of the records
+after them (`data.corpus`, teacher-forward speed), up to `--budget` tokens.
 
-Runs through the same pipeline as `stillroom distill --recipe llm`, into
-runs/<name>/; a killed run resumes (generations and checkpoints are kept).
-Writes benchmarks/results/smollm2.json and a line in BENCHMARKS.md.
+Rows (each student pruned from the teacher by block influence, embeddings frozen, AdamW, cosine):
+- `kd-L<best>` forward KL on the sparse cache, `--budget` tokens, scored `--curve-points` times along
+  the run (the budget curve: points along ONE run's cosine schedule, not separate shorter runs);
+- `sft-L<best>`: cross-entropy on the same tokens (what a user without KD would do);
+- `kd-L<n>` for `--frontier-layers`: forward KL, `--small-budget` tokens (the frontier);
+- `kd-L<n>-sparse-small` / `kd-L<n>-live-small`: sparse cache vs the live teacher's full distribution
+  on `--dense-budget` tokens (the sparse-vs-dense check runs on a small budget);
+- teacher and exported student at dynamic int8.
+The exported ("best") student: highest validation agreement among students at >= 2x the teacher's
+b32 tok/s. Every model's tok/s is timed round-robin at the end, in the same process. Then TRL's
+GKDTrainer and SFTTrainer against stillroom's loop at the same small step count
+(`benchmarks/trl_peer.py`), and the teacher's generation tok/s with transformers' generate (before)
+and stillroom's compact loop (after), interleaved.
+
+Resumable: the run folder is runs/bench-smollm2-<commit>; a killed run resumes its generations, corpus
+targets and checkpoints, and every finished stage (pipeline card, generation timing, peer) is stored
+with the commit that measured it; a rerun of the same clean commit reuses those and lists them as
+`reused` under `stages`. Another commit starts a fresh folder. Writes benchmarks/results/smollm2.json
+and a line in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,81 +39,82 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import gzip  # noqa: E402
+import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import random  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED_DATA, write_result  # noqa: E402
+from _common import SHARED_DATA, STARTED, write_result  # noqa: E402
 
-from stillroom.core.runs import setup_console_logging  # noqa: E402
-from stillroom.distill.llm import pipeline  # noqa: E402
+from stillroom.core.runs import LOG, setup_console_logging  # noqa: E402
 from stillroom.distill.llm.config import LLMRecipe  # noqa: E402
-from stillroom.distill.llm.prompts import builtin_prompts  # noqa: E402
 
-TARGETS = {
-    "speedup_b32": (">=", 2.5),
-    "param_ratio": ("<=", 0.4),
-    "kd_minus_sft_agreement": (">", 0.0),
-    "cache_fraction_of_dense": ("<=", 0.005),
-    "abs_sparse_minus_dense_agreement": ("<=", 0.01),
+DOLLY = SHARED_DATA / "dolly15k" / "databricks-dolly-15k.jsonl"
+EXTRA_HELD_OUT = 8  # records held out beyond val + test: the prompt split needs a training share (unused with a corpus)
+
+TARGETS = {  # key: (op, bound, what)
+    "best_speedup_b32": (">=", 2.0, "best student's b32 tok/s over the teacher's"),
+    "best_agreement": (">=", 0.45, "best student's top-1 agreement (test)"),
+    "best_nll": ("<=", 2.0, "best student's held-out NLL (test)"),
+    "best_train_tokens": (">=", 500_000, "best student's training tokens"),
+    "samples_distinct_2": (">=", 0.6, "distinct-2 of the best student's 20 answers"),
+    "samples_max_repeat_run": ("<=", 2, "longest run of one repeated word in the 20 answers"),
+    "kd_step_speedup_vs_trl_gkd": (">=", 2.5, "TRL GKD s/step over stillroom KD s/step"),
+    "kd_minus_trl_gkd_agreement": (">=", 0.0, "stillroom KD agreement minus TRL GKD's, same steps"),
+    "cache_fraction_of_dense": ("<=", 0.005, "sparse cache bytes/token over dense fp16"),
+    "abs_sparse_minus_dense_agreement": ("<=", 0.01, "|sparse - live| agreement, small budget"),
+    "teacher_int8_agreement": (">=", 0.9, "int8 teacher's agreement with the float teacher"),
 }
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", type=int, default=192, help="training prompts")
+def arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=int, default=60_000, help="training tokens of the best-size KD and SFT students")
+    p.add_argument("--layers", type=int, default=10, help="layers of the best-size students (of 30)")
+    p.add_argument("--frontier-layers", type=int, nargs="*", default=[6, 15], help="other student sizes")
+    p.add_argument("--small-budget", type=int, default=30_000, help="training tokens of the other sizes")
+    p.add_argument("--dense-budget", type=int, default=6_000, help="training tokens of the sparse-vs-live pair")
+    p.add_argument("--dense-layers", type=int, default=6, help="layers of the sparse-vs-live pair")
+    p.add_argument("--curve-points", type=int, default=4, help="budget-curve points along the best-size KD run")
     p.add_argument("--val", type=int, default=24, help="validation prompts (pick the exported student)")
-    p.add_argument("--test", type=int, default=96, help="held-out test prompts")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--test", type=int, default=64, help="held-out test prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="teacher greedy answer length of held-out prompts")
+    p.add_argument("--max-seq-tokens", type=int, default=256, help="corpus: prompt + response tokens, longer cut")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top-k", type=int, default=64, help="top-k of the sparse cache")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--speed-repeats", type=int, default=2, help="time each speed this many times, keep the fastest")
-    p.add_argument("--name", default="bench-smollm2")
+    p.add_argument("--speed-repeats", type=int, default=2, help="round-robin timing rounds (each model's best kept)")
+    p.add_argument("--peer-steps", type=int, default=12, help="steps of each peer training (0: no peer rows)")
+    p.add_argument("--peer-layers", type=int, default=6, help="layers of the peer students")
+    p.add_argument("--gen-prompts", type=int, default=32, help="prompts timed for teacher generation before/after (0: skip)")
+    p.add_argument("--name", default=None, help="run name (default bench-smollm2-<commit>)")
     p.add_argument("--no-write", action="store_true", help="print the results without writing the JSON (exploration)")
-    return p.parse_args()
+    return p
 
 
-def shared_prompt_pool(per_source: int, seed: int = 0) -> list[dict[str, str]]:
-    """Prompts from ../shared/data/prompts, `per_source` from each pool, as {'prompt', 'source'} records."""
-    root = SHARED_DATA / "prompts"
-    if not root.exists():
-        sys.exit(f"needs the shared prompt pools in {root}")
-    rng = random.Random(seed)
-    pools: dict[str, list[str]] = {}
-    with (root / "gsm8k" / "train.jsonl").open(encoding="utf-8") as handle:
-        pools["gsm8k"] = [json.loads(line)["question"] for line in handle if line.strip()]
-    with gzip.open(root / "humaneval" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as handle:
-        pools["humaneval"] = ["Complete this Python function:\n\n" + json.loads(line)["prompt"] for line in handle if line.strip()]
-    chat = []
-    for name in ("mt_bench_question.jsonl", "vicuna_bench_question.jsonl"):
-        with (root / "mt_bench" / name).open(encoding="utf-8") as handle:
-            chat += [json.loads(line)["turns"][0] for line in handle if line.strip()]
-    pools["mt_bench"] = chat
-    mmlu = []
-    for path in sorted((root / "mmlu").glob("*_test.csv")):
-        with path.open(encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                choices = "\n".join(f"{letter}. {row[f'choice{i}']}" for i, letter in enumerate("ABCD"))
-                mmlu.append(f"{row['question']}\n{choices}\nAnswer with the letter of the correct choice, then explain briefly.")
-    pools["mmlu"] = mmlu
+def held_out_count(args) -> int:
+    return args.val + args.test + EXTRA_HELD_OUT
+
+
+def write_prompts(args) -> Path:
+    """The held-out Dolly records' prompts (instruction, then context after a blank line, as the corpus reads them)."""
+    if not DOLLY.exists():
+        sys.exit(f"needs the Dolly corpus at {DOLLY} (see ../shared/data/README.md)")
     records = []
-    for source, texts in pools.items():
-        for text in rng.sample(texts, min(per_source, len(texts))):
-            records.append({"prompt": text, "source": source})
-    return records
-
-
-def write_pool(path: Path, per_source: int) -> Path:
-    records = [{"prompt": p.turns[0][1], "source": "builtin"} for p in builtin_prompts().prompts]
-    records += shared_prompt_pool(per_source)
+    with DOLLY.open(encoding="utf-8") as handle:
+        for line in handle:
+            if len(records) == held_out_count(args):
+                break
+            record = json.loads(line)
+            context = (record.get("context") or "").strip()
+            records.append({"prompt": f"{record['instruction']}\n\n{context}" if context else record["instruction"],
+                            "source": f"dolly15k:{record.get('category')}"})
+    path = Path("runs") / f"{run_name(args)}-prompts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -106,80 +122,180 @@ def write_pool(path: Path, per_source: int) -> Path:
     return path
 
 
+def run_name(args) -> str:
+    return args.name or f"bench-smollm2-{STARTED['commit'][:10]}"
+
+
+def variants(args) -> list[dict]:
+    best = args.layers
+    out = [{"name": f"kd-L{best}", "loss": "forward_kl", "targets": "cache", "layers": best, "train_tokens": args.budget,
+            "curve_points": args.curve_points},
+           {"name": f"sft-L{best}", "loss": "sft", "layers": best, "train_tokens": args.budget}]
+    out += [{"name": f"kd-L{n}", "loss": "forward_kl", "targets": "cache", "layers": n, "train_tokens": args.small_budget}
+            for n in args.frontier_layers if n != best]
+    d = args.dense_layers
+    out += [{"name": f"kd-L{d}-sparse-small", "loss": "forward_kl", "targets": "cache", "layers": d,
+             "train_tokens": args.dense_budget},
+            {"name": f"kd-L{d}-live-small", "loss": "forward_kl", "targets": "live", "layers": d,
+             "train_tokens": args.dense_budget}]
+    return out
+
+
 def recipe_for(args, prompts: Path) -> LLMRecipe:
+    held_out = held_out_count(args)
     return LLMRecipe.model_validate({
-        "kind": "llm", "name": args.name, "output_dir": "runs", "seed": 0, "threads": args.threads,
-        "data": {"path": str(prompts), "train_prompts": args.train, "val_prompts": args.val, "test_prompts": args.test,
-                 "max_prompt_tokens": 384},
-        "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 16, "do_sample": True, "temperature": 0.7,
-                       "top_p": 0.95, "top_k_cache": args.top_k},
+        "kind": "llm", "name": run_name(args), "output_dir": "runs", "seed": 0, "threads": args.threads,
+        "data": {"path": str(prompts), "val_prompts": args.val, "test_prompts": args.test, "max_prompt_tokens": 384,
+                 "corpus": {"path": str(DOLLY), "prompt_field": "instruction", "context_field": "context",
+                            "response_field": "response", "max_seq_tokens": args.max_seq_tokens,
+                            "max_prompt_tokens": min(192, args.max_seq_tokens - 16),
+                            "max_tokens": max(args.budget, args.small_budget, args.dense_budget),
+                            "skip_records": held_out, "batch_size": 8}},
+        "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 32, "do_sample": False, "top_k_cache": args.top_k},
         "student": {"init": "prune", "layers": args.layers, "layer_choice": "influence", "freeze_embeddings": True},
-        "training": {"epochs": args.epochs, "batch_size": 8, "lr": args.lr, "checkpoint_every": 20},
-        "variants": [
-            {"name": "sft", "loss": "sft"},
-            {"name": "kd-forward_kl", "loss": "forward_kl", "targets": "live"},
-            {"name": "kd-forward_kl-sparse", "loss": "forward_kl", "targets": "cache"},
-            {"name": "kd-reverse_kl", "loss": "reverse_kl", "targets": "cache"},
-            {"name": "kd-jsd", "loss": "jsd", "targets": "cache"},
-            {"name": "on-policy", "loss": "forward_kl", "targets": "cache", "on_policy": 0.5},
-        ],
-        "eval": {"speed_new_tokens": 48, "speed_batches": [1, 32], "speed_calls_b1": 2, "threads": args.threads,
+        "training": {"epochs": 1, "batch_size": args.batch_size, "lr": args.lr, "checkpoint_every": 20},
+        "variants": variants(args),
+        "eval": {"speed_new_tokens": 48, "speed_batches": [1, 32], "speed_calls_b1": 1, "threads": args.threads,
                  "int8": True, "batch_size": 8, "speed_repeats": args.speed_repeats},
+        "export": "best", "export_min_speedup": 2.0, "samples": 20, "sample_new_tokens": 64,
     })
 
 
-def check(value: float | None, op: str, bound: float) -> bool | None:
+class Stages:
+    """Finished stages of this benchmark, stored with the commit that measured them; reused only for the same
+    clean commit, and then listed as reused (with when they were measured), never as measured now."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.record: dict[str, dict] = {}
+
+    def run(self, name: str, compute):
+        path = self.folder / f"{name}.json"
+        if path.exists() and not STARTED["dirty"]:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored["commit"] == STARTED["commit"]:
+                self.record[name] = {"status": "reused", "commit": stored["commit"], "measured_at": stored["measured_at"],
+                                     "seconds": stored["seconds"]}
+                LOG.info("stage %s: reused (measured at %s by this commit)", name, stored["measured_at"])
+                return stored["result"]
+        clock = time.perf_counter()
+        result = compute()
+        seconds = round(time.perf_counter() - clock, 1)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        path.write_text(json.dumps({"commit": STARTED["commit"], "dirty": STARTED["dirty"], "measured_at": now,
+                                    "seconds": seconds, "result": result}, default=str) + "\n", encoding="utf-8")
+        self.record[name] = {"status": "measured", "commit": STARTED["commit"], "measured_at": now, "seconds": seconds}
+        return result
+
+
+def generation_timing(recipe: LLMRecipe, n_prompts: int) -> dict:
+    """Teacher generation tok/s at batch 32: transformers' generate (before) vs the compact loop (after), interleaved."""
+    from stillroom.distill.llm.generate import GenerationSettings, compare_generation
+    from stillroom.distill.llm.prompts import load_prompts
+    from stillroom.distill.llm.teacher import load_causal_lm
+
+    teacher = load_causal_lm(recipe.teacher.path, gguf_file=recipe.teacher.gguf_file)
+    prompts = load_prompts(recipe.data.path, recipe.data.prompt_field).prompts[:n_prompts]
+    settings = GenerationSettings(max_new_tokens=64, do_sample=True, top_k_cache=recipe.generation.top_k_cache)
+    timings = compare_generation(teacher.model, teacher.tokenizer, prompts,
+                                 {"before": {"backend": "hf", "batch_size": 32}, "after": {"backend": "compact", "batch_size": 32}},
+                                 settings, rounds=2, threads=recipe.eval.threads)
+    return {"before": timings["before"], "after": timings["after"], "prompts": len(prompts),
+            "settings": "sampled (T 0.7, top-p 0.95), 64 new tokens at most, top-64 targets computed, batch 32, 2 interleaved rounds, best kept"}
+
+
+def check(value, op: str, bound: float):
     if value is None:
         return None
     return {">=": value >= bound, "<=": value <= bound, ">": value > bound}[op]
 
 
 def main() -> None:
-    args = parse_args()
+    args = arg_parser().parse_args()
+    started = time.perf_counter()
     setup_console_logging()
-    prompts = write_pool(Path("runs") / f"{args.name}-prompts.jsonl", per_source=150)
+    prompts = write_prompts(args)
     recipe = recipe_for(args, prompts)
-    card = pipeline.run(recipe)
+    stages = Stages(Path("runs") / recipe.name / "stages")
+
+    def pipeline_stage():
+        from stillroom.distill.llm import pipeline
+
+        return pipeline.run(recipe)
+
+    card = stages.run("pipeline", pipeline_stage)
+    gen = stages.run("generation_speed", lambda: generation_timing(recipe, args.gen_prompts)) if args.gen_prompts else None
+    peer = None
+    if args.peer_steps:
+        import trl_peer
+
+        peer = stages.run("peer", lambda: trl_peer.measure(recipe, args.peer_layers, args.peer_steps))
+
     summary = card["summary"]
-    rows = [{"name": r["name"], "nll": r["nll"], "agreement": r["agreement"], "tok_s_b1": r["tok_s_b1"],
-             "tok_s_b32": r["tok_s_b32"], "params": r["params"], "bytes": r["bytes"], "train_tokens": r.get("train_tokens")}
-            for r in card["rows"]]
+    keep = ("name", "layers", "train_tokens", "nll", "agreement", "val_agreement", "val_nll", "tok_s_b1", "tok_s_b32",
+            "params", "bytes", "steps", "training", "train_s")
+    rows = [{k: r.get(k) for k in keep} for r in card["rows"]]
     by_name = {r["name"]: r for r in rows}
+    best = by_name[summary["exported"]]
+    teacher = by_name["teacher"]
+    curve_name = f"kd-L{args.layers}"
     sparse_gap = summary.get("sparse_minus_dense_agreement")
     values = {
-        "speedup_b32": summary["speedup_b32"], "param_ratio": summary["param_ratio"],
-        "kd_minus_sft_agreement": summary.get("kd_minus_sft_agreement"),
+        "best_speedup_b32": best["tok_s_b32"] / teacher["tok_s_b32"],
+        "best_agreement": best["agreement"], "best_nll": best["nll"], "best_train_tokens": best["train_tokens"],
+        "samples_distinct_2": summary.get("samples_distinct_2"), "samples_max_repeat_run": summary.get("samples_max_repeat_run"),
+        "kd_step_speedup_vs_trl_gkd": peer["kd_step_speedup_vs_trl_gkd"] if peer else None,
+        "kd_minus_trl_gkd_agreement": peer["kd_minus_trl_gkd_agreement"] if peer else None,
         "cache_fraction_of_dense": summary.get("cache_fraction_of_dense"),
         "abs_sparse_minus_dense_agreement": abs(sparse_gap) if sparse_gap is not None else None,
+        "teacher_int8_agreement": summary.get("teacher_int8_agreement"),
     }
-    targets = {key: {"value": values[key], "target": f"{op} {bound}", "met": check(values[key], op, bound)}
-               for key, (op, bound) in TARGETS.items()}
+    targets = {key: {"value": values[key], "target": f"{op} {bound}", "what": what, "met": check(values[key], op, bound)}
+               for key, (op, bound, what) in TARGETS.items()}
     payload = {
         "rows": rows,
+        "best_student": summary["exported"],
         "best_kd": summary.get("best_kd"),
+        "kd_vs_sft": summary.get("kd_vs_sft"),
         "kd_minus_sft_agreement": summary.get("kd_minus_sft_agreement"),
-        "forward_kl_minus_sft_agreement": by_name["kd-forward_kl"]["agreement"] - by_name["sft"]["agreement"],
-        "speedup_b32": summary["speedup_b32"],
-        "speedup_b1": summary.get("speedup_b1"),
-        "param_ratio": summary["param_ratio"],
+        "kd_minus_sft_ci95": summary.get("kd_minus_sft_ci95"),
+        "peer": [{"name": r["name"], "s_per_step": r["s_per_step"], "agreement": r["agreement"], "nll": r["nll"],
+                  "steps": r["steps"]} for r in peer["rows"]] if peer else None,
+        "peer_setup": {k: v for k, v in peer.items() if k != "rows"} if peer else None,
+        "kd_step_speedup_vs_trl_gkd": values["kd_step_speedup_vs_trl_gkd"],
+        "budget_curve": card["budget_curve"].get(curve_name, []),
+        "budget_curve_kind": f"{args.curve_points} points along the single {curve_name} run (cosine schedule over its "
+                             f"{args.budget:,}-token budget), not separate runs with smaller budgets",
+        "frontier": card["frontier"],
+        "teacher_gen_tok_s_before": gen["before"]["tok_s"] if gen else None,
+        "teacher_gen_tok_s_after": gen["after"]["tok_s"] if gen else None,
+        "teacher_generation": gen,
+        "samples": card["samples"],
+        "speedup_b32": summary.get("speedup_b32"), "speedup_b1": summary.get("speedup_b1"),
+        "param_ratio": summary.get("param_ratio"),
         "cache_bytes_per_token": summary.get("cache_bytes_per_token"),
         "cache_fraction_of_dense": summary.get("cache_fraction_of_dense"),
+        "sparse_vs_dense": summary.get("sparse_vs_dense"),
         "sparse_minus_dense_agreement": sparse_gap,
-        "exported": summary.get("exported"),
+        "teacher_int8_agreement": summary.get("teacher_int8_agreement"),
         "targets": targets,
-        "settings": {"train_prompts": args.train, "val_prompts": args.val, "test_prompts": args.test,
-                     "max_new_tokens": args.max_new_tokens, "epochs": args.epochs, "layers": args.layers, "lr": args.lr,
-                     "top_k_cache": args.top_k, "threads": args.threads},
-        "student": card["meta"].get("student"),
+        "stages": stages.record,
+        "settings": {k: v for k, v in vars(args).items() if k != "no_write"},
         "timings_s": {k: v for k, v in card["meta"].items() if k.endswith("_s")},
+        "duration_s": round(time.perf_counter() - started, 1),
         "notes": card["notes"],
     }
     missed = [f"{k} {t['value']:.4g} (target {t['target']})" for k, t in targets.items() if t["met"] is False]
-    line = (f"best KD {payload['best_kd']} agreement {by_name[payload['best_kd']]['agreement']:.1%} vs SFT "
-            f"{by_name['sft']['agreement']:.1%} (KD-SFT {payload['kd_minus_sft_agreement']:+.3f}); sparse-dense "
-            f"{sparse_gap:+.3f}; speedup b32 {payload['speedup_b32']:.2f}x at param ratio {payload['param_ratio']:.2f}; "
-            f"cache {payload['cache_bytes_per_token']:.0f} B/token = {payload['cache_fraction_of_dense']:.4f} of dense fp16"
-            + (f"; missed: {', '.join(missed)}" if missed else "; all targets met"))
+    open_ = [k for k, t in targets.items() if t["met"] is None]
+    ci = summary.get("kd_minus_sft_ci95") or [float("nan")] * 2
+    line = (f"best student {best['name']} ({best['layers']} layers, {best['train_tokens']:,} tokens): agreement "
+            f"{best['agreement']:.1%}, NLL {best['nll']:.2f}, {values['best_speedup_b32']:.2f}x teacher b32; "
+            f"KD-SFT {summary.get('kd_minus_sft_agreement', float('nan')):+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] "
+            f"({summary.get('kd_vs_sft')}); KD step {values['kd_step_speedup_vs_trl_gkd'] or float('nan'):.2f}x TRL GKD; "
+            f"int8 teacher {values['teacher_int8_agreement'] or float('nan'):.1%}; cache "
+            f"{payload['cache_fraction_of_dense'] or float('nan'):.4f} of dense; {payload['duration_s'] / 60:.0f} min"
+            + (f"; missed: {', '.join(missed)}" if missed else "") + (f"; not measured: {', '.join(open_)}" if open_ else ""))
     print(json.dumps(payload, indent=2, default=str))
     print(line)
     if not args.no_write:

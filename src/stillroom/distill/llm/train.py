@@ -20,6 +20,7 @@ import json
 import math
 import random
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ class TrainResult:
     measured_seconds: float = 0.0
     """Training time spent by this process (`seconds` adds what a resumed checkpoint had)."""
     curve: list[dict] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each step this process ran (batch to batch: data, forward, backward, update, any checkpoint)."""
     """With `curve_points`: {step, train_tokens, **scores} at evenly spaced steps (`reused` when an earlier process scored it)."""
 
 
@@ -95,6 +98,8 @@ class TokenBatches:
         self.total_steps = total_steps
         self.last_step = 0
         """1 + the global index of the latest batch handed out (the step it trains)."""
+        self.handed_out: list[float] = []
+        """perf_counter() at each batch handed out: consecutive differences are step times."""
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.items)))
@@ -113,6 +118,7 @@ class TokenBatches:
     def batch(self, epoch: int, position: int, rank: int = 0, world: int = 1) -> Batch:
         config, step = self.config, epoch * self.steps_per_epoch + position
         self.last_step = step + 1
+        self.handed_out.append(time.perf_counter())
         order = self._order(epoch)
         chosen = [self.items[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
         chosen = chosen[rank::world] if world > 1 else chosen
@@ -181,9 +187,11 @@ def train_student(student, teacher, tokenizer, items: Sequence[Item], cache: Gen
         result = train(student, loss_fn, source, loop, evaluate, Path(checkpoints) if checkpoints else Path(scratch),
                        accelerator, teacher=signal, seed=config.seed, metric="step",
                        fingerprint=config.digest(items), desc=desc, step=TokenStep(student, loss_fn), progress=progress)
+    marks = source.handed_out + [time.perf_counter()]
     curve = [{key: value for key, value in record.items() if key not in ("epoch", "loss")} for record in result.history]
     return TrainResult(result.steps, int(result.totals.get("tokens", 0)), int(result.totals.get("on_policy", 0)),
-                       result.train_seconds, result.losses, result.resumed_from, result.measured_seconds, curve)
+                       result.train_seconds, result.losses, result.resumed_from, result.measured_seconds, curve,
+                       [b - a for a, b in zip(marks, marks[1:])] if source.handed_out else [])
 
 
 def steps_for_tokens(source: TokenBatches, budget: int) -> int:
