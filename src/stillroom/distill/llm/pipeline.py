@@ -289,11 +289,12 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     students: dict[str, tuple[Any, str]] = {}  # untrained students by their layers spec
 
     def untrained(layers) -> tuple[Any, str]:
+        layers = recipe.student.layers if layers is None else layers
         key = json.dumps(layers)
         if key not in students:
-            config = recipe.student if layers is None else recipe.student.model_copy(update={"layers": layers})
+            config = recipe.student.model_copy(update={"layers": layers})
             students[key] = build_student(config, teacher, train_prompts or val_prompts, recipe.teacher.chat_template)
-            LOG.info("student (%s layers): %s", layers if layers is not None else recipe.student.layers, students[key][1])
+            LOG.info("student (%s layers): %s", layers, students[key][1])
         return students[key]
 
     base_student, student_description = untrained(None)
