@@ -224,7 +224,7 @@ class Measurer:
     def int8_row(self, name: str, model, **extra: Any) -> tuple[dict[str, Any] | None, Any]:
         try:
             quantized = quantize_int8(model)
-            return self.row(f"{name}-int8", quantized, **extra), quantized
+            return self.row(f"{name}-int8", quantized, with_val=False, **extra), quantized
         except (RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
             self.notes.append(f"{name}-int8 did not run: dynamic int8 quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             LOG.warning(self.notes[-1])
@@ -313,8 +313,10 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     measurer = Measurer(recipe, tokenizer.pad_token_id, test_items, val_items, eval_cache,
                         [item.prompt_ids for item in test_items], notes=notes)
     clock = time.perf_counter()
-    rows = [measurer.row("teacher", teacher.model, layers=teacher.model.config.num_hidden_layers, train_tokens=None),
-            measurer.row("student-untrained", base_student, layers=base_student.config.num_hidden_layers, train_tokens=0)]
+    rows = [measurer.row("teacher", teacher.model, with_val=False, layers=teacher.model.config.num_hidden_layers,
+                         train_tokens=None),
+            measurer.row("student-untrained", base_student, with_val=False, layers=base_student.config.num_hidden_layers,
+                         train_tokens=0)]
     models: dict[str, Any] = {"teacher": teacher.model, "student-untrained": base_student}
     timings["eval_s"] = time.perf_counter() - clock
 
