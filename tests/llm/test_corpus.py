@@ -260,3 +260,15 @@ def test_real_teacher_on_real_dolly_records(tmp_path):
     # on human-written answers the teacher's top-1 guess is the next word far more often than chance
     hits = sum((cache.sparse(i).ids[:, 0] == torch.tensor(i.completion_ids)).sum().item() for i in items)
     assert hits / stats.tokens > 0.3
+
+
+def test_corpus_identity_hashes_content_not_path(corpus_file, tmp_path, monkeypatch):
+    copy = tmp_path / "copy" / "renamed.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(corpus_file.read_bytes())
+    assert corpus_module.corpus_identity(copy) == corpus_module.corpus_identity(corpus_file)
+    monkeypatch.setattr(corpus_module, "FULL_HASH_BYTES", 100)  # a large file: evenly spaced blocks
+    sampled = corpus_module.corpus_identity(corpus_file, block=16, blocks=8)
+    assert sampled["hashed"].startswith("sha1 of 8 blocks") and sampled == corpus_module.corpus_identity(copy, block=16, blocks=8)
+    copy.write_bytes(b" " + corpus_file.read_bytes()[1:])  # a change inside the first block
+    assert corpus_module.corpus_identity(copy, block=16, blocks=8) != sampled
