@@ -122,3 +122,36 @@ def test_an_incremental_scan_flags_what_the_full_scan_flags(dataset, calibrated,
     assert a["flagged"].sum() > 0
     assert (a["flagged"] == b["flagged"]).all() and (a["campaign"] == b["campaign"]).all()
     assert np.allclose(a["score"], b["score"], atol=1e-6)
+
+
+def test_the_content_sample_and_the_activity_come_over_as_integers_capped_and_counted(dataset, tmp_path):
+    """At a million accounts the per-(account, text) sample and the activity are tens of millions of rows: the engine
+    hands them over as positions and counts (`sampled_prompt_rows`, `activity_rows`), the same as the string frames."""
+    from stillroom.guard.ingest import EngineSettings, open_dataset
+    from stillroom.guard.signals.schedule import HOURS_OF_WEEK, schedule_vectors
+
+    out, _, _ = dataset
+    days = sorted(p.name.removeprefix("day=") for p in (out / "traffic").iterdir())[:10]
+    engine = open_dataset(_day_files(out, days), EngineSettings(threads=2, memory_limit="1GB", temp_directory=str(tmp_path / "spill")))
+    try:
+        accounts = engine.accounts().index[::-1]  # any order: positions are the caller's
+        limit = 20
+        texts, rows, text_ids, counts = engine.sampled_prompt_rows(limit, accounts)
+        ref_texts, ref = engine.sampled_prompt_counts(limit)
+        activity = engine.activity()
+        got = engine.activity_rows(accounts)
+        requests = engine.accounts()["requests"]
+    finally:
+        engine.close()
+    assert texts == sorted(texts) and set(texts) == set(ref_texts)
+    mine = pd.DataFrame({"account": accounts[rows], "prompt": np.asarray(texts, object)[text_ids], "c": counts})
+    theirs = pd.DataFrame({"account": ref["account"], "prompt": np.asarray(ref_texts, object)[ref["text_id"]], "c": ref["c"]})
+    key = ["account", "prompt"]
+    pd.testing.assert_frame_equal(mine.sort_values(key, ignore_index=True), theirs.sort_values(key, ignore_index=True))
+    # the cap is applied and every sampled request counted: min(requests, limit) per account
+    sampled = pd.Series(counts, index=accounts[rows]).groupby(level=0).sum()
+    assert (sampled.reindex(requests.index) == np.minimum(requests, limit)).all()
+    assert (requests > limit).sum() > 10  # the cap was exercised
+    vectors = schedule_vectors(got, accounts)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(accounts), HOURS_OF_WEEK + 12)
+    np.testing.assert_allclose(vectors, schedule_vectors(activity, accounts), atol=1e-6)

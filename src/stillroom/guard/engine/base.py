@@ -124,6 +124,35 @@ class Engine:
         return list(texts), pd.DataFrame({"account": frame["account"].to_numpy(), "text_id": codes.astype(np.int64),
                                           "c": frame["c"].to_numpy(np.int64)})
 
+    def sampled_prompt_rows(self, limit: int, accounts: pd.Index) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """`sampled_prompt_counts` for the accounts of `accounts`, as integers: the distinct sampled texts (sorted), and
+        per (account, text) the account's position in `accounts`, the text's position in the texts, and the count.
+        At a million accounts the sample is ~25M pairs: as strings in pandas that alone was several GB."""
+        self._account_rows(accounts)
+        self._create("sampled_counts", self.render(Q.SAMPLED_COUNTS_TABLE, limit=int(limit)))
+        try:
+            self._create("sampled_text_ids", self.render(Q.SAMPLED_TEXT_IDS))
+            texts = self._frame(self.render("SELECT norm FROM sampled_text_ids ORDER BY text_id"))["norm"].tolist()
+            rows = self._frame(self.render(Q.SAMPLED_ROWS))
+        finally:
+            for table in ("sampled_text_ids", "sampled_counts", "account_rows"):
+                self._drop(table)
+        return (texts, rows["pos"].to_numpy(np.int64), rows["text_id"].to_numpy(np.int64), rows["c"].to_numpy(np.int64))
+
+    def activity_rows(self, accounts: pd.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`activity()` for the accounts of `accounts`, as integers: (the account's position in `accounts`, the slot
+        0..179: hours of the week then 5-minute phases, requests)."""
+        self._account_rows(accounts)
+        try:
+            frame = self.query(Q.ACTIVITY_ROWS)
+        finally:
+            self._drop("account_rows")
+        return frame["pos"].to_numpy(np.int64), frame["slot"].to_numpy(np.int64), frame["requests"].to_numpy(np.int64)
+
+    def _account_rows(self, accounts: pd.Index) -> None:
+        self._put("account_rows", pd.DataFrame({"account": pd.Series(accounts.astype(str), dtype=object),
+                                                "pos": np.arange(len(accounts), dtype=np.int64)}))
+
     def activity(self) -> pd.DataFrame:
         """Requests per account by hour of the week (0..167, UTC) and by 5-minute phase of the hour (0..11): the
         raw material of the schedule signal. Columns account, kind ('hour' or 'phase'), slot, requests."""

@@ -48,17 +48,30 @@ def most_frequent(column: str) -> str:
 )"""
 
 
+# One window (each account's requests in time order: gaps, switches, the first 30); the templating counts (requests
+# whose prefix, suffix or whole normalised text the account repeats) are grouped aggregates joined back, not windows:
+# a window per key sorted the whole table four times, with every column, and was most of the scan at 3M requests.
 ACCOUNT_FEATURES = """
 WITH base AS (
-  SELECT *,
+  SELECT account, ts, t, capability, elicit, completion_tokens, length(prompt) AS prompt_chars, logprobs, top_logprobs,
+    temperature, max_tokens, n, ip, network, user_agent,
     t - lag(t) OVER w AS gap,
     CASE WHEN lag(capability) OVER w IS NULL THEN NULL ELSE CAST(capability <> lag(capability) OVER w AS INT) END AS switched,
-    row_number() OVER w AS rn,
-    count(*) OVER (PARTITION BY account, left(norm, 32)) AS prefix_count,
-    count(*) OVER (PARTITION BY account, right(norm, 32)) AS suffix_count,
-    count(*) OVER (PARTITION BY account, norm) AS same_count
+    row_number() OVER w AS rn
   FROM interactions
   WINDOW w AS (PARTITION BY account ORDER BY t)
+),
+prefixes AS (
+  SELECT account, sum(CASE WHEN c >= 3 THEN c ELSE 0 END) AS prefix_rows
+  FROM (SELECT account, left(norm, 32) AS k, count(*) AS c FROM interactions GROUP BY account, left(norm, 32)) GROUP BY account
+),
+suffixes AS (
+  SELECT account, sum(CASE WHEN c >= 3 THEN c ELSE 0 END) AS suffix_rows
+  FROM (SELECT account, right(norm, 32) AS k, count(*) AS c FROM interactions GROUP BY account, right(norm, 32)) GROUP BY account
+),
+repeats AS (
+  SELECT account, sum(CASE WHEN c >= 2 THEN c ELSE 0 END) AS same_rows
+  FROM (SELECT account, norm, count(*) AS c FROM interactions GROUP BY account, norm) GROUP BY account
 ),
 gaps AS (
   SELECT account, median(gap) AS median_gap FROM base WHERE gap IS NOT NULL GROUP BY account
@@ -95,10 +108,10 @@ SELECT
   sum(CAST(gap < 2 AS INT)) / (count(*) + 2.0) AS burst_share,
   sum(CAST(gap > 1800 AS INT)) / (count(*) + 2.0) AS session_break_share,
   sum(CAST(abs(gap - g.median_gap) <= 0.1 * g.median_gap AND g.median_gap > 5 AS INT)) / (count(*) + 2.0) AS regularity,
-  sum(CAST(prefix_count >= 3 AS INT)) / (count(*) + 2.0) AS prefix_share,
-  sum(CAST(suffix_count >= 3 AS INT)) / (count(*) + 2.0) AS suffix_share,
-  sum(CAST(same_count >= 2 AS INT)) / (count(*) + 2.0) AS duplicate_share,
-  greatest(sum(CAST(prefix_count >= 3 AS INT)), sum(CAST(suffix_count >= 3 AS INT))) / (count(*) + 2.0) AS template_share,
+  max(px.prefix_rows) / (count(*) + 2.0) AS prefix_share,
+  max(sx.suffix_rows) / (count(*) + 2.0) AS suffix_share,
+  max(rp.same_rows) / (count(*) + 2.0) AS duplicate_share,
+  greatest(max(px.prefix_rows), max(sx.suffix_rows)) / (count(*) + 2.0) AS template_share,
   count(DISTINCT capability) AS capabilities,
   max(ce.capability_entropy) AS capability_entropy,
   max(br.breadth30) AS breadth30,
@@ -107,7 +120,7 @@ SELECT
   sum(CAST(elicit AS INT)) / (count(*) + 2.0) AS elicit_share,
   ln(1 + avg(completion_tokens)) AS log_completion,
   sum(CAST(completion_tokens >= {long_answer} AS INT)) / (count(*) + 2.0) AS long_answer_share,
-  ln(1 + avg(length(prompt))) AS log_prompt_chars,
+  ln(1 + avg(prompt_chars)) AS log_prompt_chars,
   sum(CAST(logprobs AS INT)) / (count(*) + 2.0) AS logprobs_share,
   avg(top_logprobs) AS mean_top_logprobs,
   sum(CAST(temperature = 0 AS INT)) / (count(*) + 2.0) AS temp_zero_share,
@@ -130,6 +143,9 @@ LEFT JOIN breadth br ON br.account = b.account
 LEFT JOIN top_payment tp ON tp.account = b.account
 LEFT JOIN top_org tor ON tor.account = b.account
 LEFT JOIN top_country tc ON tc.account = b.account
+LEFT JOIN prefixes px ON px.account = b.account
+LEFT JOIN suffixes sx ON sx.account = b.account
+LEFT JOIN repeats rp ON rp.account = b.account
 GROUP BY b.account
 ORDER BY b.account
 """
@@ -201,6 +217,21 @@ SELECT account, norm AS prompt, count(*) AS c FROM (
   SELECT account, norm, row_number() OVER (PARTITION BY account ORDER BY md5(norm), t) AS r FROM interactions)
 WHERE r <= {limit} GROUP BY account, norm ORDER BY account, norm
 """
+# ... and the same sample as integers, for a scan of a million accounts (`Engine.sampled_prompt_rows`): each
+# account's row in `account_rows` (the caller's account order), each text's id (its rank among the distinct sampled
+# texts), the count. No account or prompt string crosses into Python per (account, text) pair.
+SAMPLED_COUNTS_TABLE = """
+SELECT account, norm, count(*) AS c FROM (
+  SELECT account, norm, row_number() OVER (PARTITION BY account ORDER BY md5(norm), t) AS r FROM interactions)
+WHERE r <= {limit} AND norm IS NOT NULL GROUP BY account, norm
+"""
+SAMPLED_TEXT_IDS = """
+SELECT norm, CAST(row_number() OVER (ORDER BY norm) - 1 AS BIGINT) AS text_id FROM (SELECT DISTINCT norm FROM sampled_counts)
+"""
+SAMPLED_ROWS = """
+SELECT a.pos, x.text_id, s.c FROM sampled_counts s
+JOIN account_rows a ON s.account = a.account JOIN sampled_text_ids x ON s.norm = x.norm
+"""
 
 # Requests per account by hour of the week (0..167, UTC, Sunday first) and by 5-minute phase of the hour (0..11).
 ACTIVITY = """
@@ -209,6 +240,16 @@ FROM interactions GROUP BY account, dayofweek(ts) * 24 + hour(ts)
 UNION ALL
 SELECT account, 'phase' AS kind, floor(minute(ts) / 5) AS slot, count(*) AS requests
 FROM interactions GROUP BY account, floor(minute(ts) / 5)
+"""
+# ACTIVITY by the row of each account in `account_rows`, the slot numbered 0..179 (hours of the week, then phases).
+ACTIVITY_ROWS = """
+SELECT a.pos, x.slot, x.requests FROM (
+  SELECT account, dayofweek(ts) * 24 + hour(ts) AS slot, count(*) AS requests
+  FROM interactions GROUP BY account, dayofweek(ts) * 24 + hour(ts)
+  UNION ALL
+  SELECT account, 168 + floor(minute(ts) / 5) AS slot, count(*) AS requests
+  FROM interactions GROUP BY account, floor(minute(ts) / 5)) x
+JOIN account_rows a ON x.account = a.account
 """
 
 SIZE = "SELECT count(*) AS n FROM interactions"

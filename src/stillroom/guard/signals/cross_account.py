@@ -167,8 +167,12 @@ def sampled_prompts(engine: FeatureEngine, accounts: pd.Index, limit: int) -> tu
     distinct texts once, and (account row, text id, count) triples, so that the cost is one embedding per distinct
     text plus a sparse sum, not one vector per sampled request (15M x 128 floats at 30M interactions).
 
-    Uses the engine's `sampled_prompt_counts(limit)` (the dedup done by the engine: columns account, text_id, c,
-    and the texts) where it has one, else dedups its `prompts_by_account(limit, sample=True)` here."""
+    Uses the engine's `sampled_prompt_rows(limit, accounts)` (the dedup and the account positions done by the engine,
+    as integers) where it has one, else its `sampled_prompt_counts(limit)`, else dedups its
+    `prompts_by_account(limit, sample=True)` here."""
+    as_rows = getattr(engine, "sampled_prompt_rows", None)
+    if callable(as_rows):
+        return as_rows(int(limit), accounts)
     counted = getattr(engine, "sampled_prompt_counts", None)
     if callable(counted):
         texts, triples = counted(int(limit))
@@ -233,9 +237,12 @@ class Content(DensityExcess):
         texts, rows, text_ids, counts = sampled_prompts(engine, accounts, self.max_prompts)
         vectors = default_encoder(self.encoder).encode(texts)  # each distinct text once
         weights = csr_matrix((counts.astype(np.float32), (rows, text_ids)), shape=(len(accounts), len(texts)))
-        total = np.asarray(weights @ vectors, dtype=np.float64) if len(texts) else np.zeros((len(accounts), default_encoder(self.encoder).dims))
-        sampled = np.bincount(rows, weights=counts, minlength=len(accounts)).astype(float)
-        return Profiles(accounts, total / np.maximum(sampled, 1)[:, None], sampled)
+        del rows, text_ids
+        # float32: at a million accounts a float64 copy of the means is another GB, and the neighbour search reads float32
+        total = np.asarray(weights @ vectors, dtype=np.float32) if len(texts) else np.zeros((len(accounts), default_encoder(self.encoder).dims), np.float32)
+        sampled = np.asarray(weights.sum(axis=1), dtype=float).ravel()
+        total /= np.maximum(sampled, 1)[:, None].astype(np.float32)
+        return Profiles(accounts, total, sampled)
 
     def vectors(self, profiles: Profiles) -> np.ndarray:
         """The account vectors the density test compares (see the class doc)."""
@@ -247,8 +254,9 @@ class Content(DensityExcess):
     def fit(self, benign: SignalInputs | Profiles) -> "Content":
         """Benign centre and scale of the account means, and the reference: benign accounts' vectors."""
         benign = benign.data if isinstance(benign, SignalInputs) else benign
-        self.center = benign.mean.mean(axis=0)
-        self.scale = np.maximum(benign.mean.std(axis=0), 1e-3) * np.sqrt(benign.mean.shape[1])
+        means = np.asarray(benign.mean, np.float64)
+        self.center = means.mean(axis=0)
+        self.scale = np.maximum(means.std(axis=0), 1e-3) * np.sqrt(means.shape[1])
         self._set_reference(self.vectors(benign))
         return self
 

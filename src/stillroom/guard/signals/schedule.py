@@ -33,18 +33,25 @@ PHASES = 12
 PHASE_WEIGHT = 0.5
 
 
-def schedule_vectors(activity: pd.DataFrame, accounts: pd.Index) -> np.ndarray:
-    """One schedule vector per account of `accounts` (rows in that order) from `Engine.activity()`."""
-    out = np.zeros((len(accounts), HOURS_OF_WEEK + PHASES))
-    if len(activity):
+def schedule_vectors(activity: "pd.DataFrame | tuple[np.ndarray, np.ndarray, np.ndarray]", accounts: pd.Index) -> np.ndarray:
+    """One schedule vector per account of `accounts` (rows in that order), float32, from `Engine.activity()` or from
+    `Engine.activity_rows(accounts)` (account position, slot 0..179, requests)."""
+    out = np.zeros((len(accounts), HOURS_OF_WEEK + PHASES), np.float32)
+    if isinstance(activity, tuple):
+        row, col, requests = activity
+    elif len(activity):
         row = accounts.get_indexer(activity["account"])
         keep = row >= 0
         act = activity[keep]
+        row = row[keep]
         col = act["slot"].to_numpy(int) + np.where(act["kind"].to_numpy() == "phase", HOURS_OF_WEEK, 0)
-        np.add.at(out, (row[keep], col), act["requests"].to_numpy(float))
+        requests = act["requests"].to_numpy(float)
+    else:
+        row = col = requests = np.zeros(0, np.int64)
+    np.add.at(out, (row, col), np.asarray(requests, np.float32))
     for block, weight in ((slice(0, HOURS_OF_WEEK), 1.0), (slice(HOURS_OF_WEEK, None), PHASE_WEIGHT)):
-        total = out[:, block].sum(axis=1, keepdims=True)
-        out[:, block] = np.sqrt(out[:, block] / np.maximum(total, 1)) * weight
+        total = out[:, block].sum(axis=1, keepdims=True, dtype=np.float64)
+        out[:, block] = (np.sqrt(out[:, block] / np.maximum(total, 1)) * weight).astype(np.float32)
     return out
 
 
@@ -66,7 +73,8 @@ class Schedule(DensityExcess):
     name = "schedule"
 
     def vectors(self, engine: Engine, accounts: pd.Index) -> ScheduleRows:
-        return ScheduleRows(accounts, schedule_vectors(engine.activity(), accounts))
+        rows = getattr(engine, "activity_rows", None)
+        return ScheduleRows(accounts, schedule_vectors(rows(accounts) if callable(rows) else engine.activity(), accounts))
 
     def inputs(self, engine: Engine, accounts: pd.DataFrame) -> SignalInputs:
         """The accounts' schedule vectors (`vectors`): one activity query."""
