@@ -101,7 +101,7 @@ def trl_train(kind: str, student, teacher, tokenizer, items, batch_size: int, lr
 def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) -> dict[str, Any]:
     """The four rows for `recipe`'s teacher, data and held-out set, students of `layers` layers, `steps` steps each."""
     from stillroom.core.runs import LOG, open_run
-    from stillroom.distill.llm import pipeline
+    from stillroom.distill.llm import pipeline, report
     from stillroom.distill.llm.prompts import load_prompts, split_prompts
     from stillroom.distill.llm.teacher import load_causal_lm
     from stillroom.distill.llm.train import TokenBatches, TrainConfig, train_student
@@ -141,7 +141,7 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
         else:
             times = trl_train(name.split("-")[1], student, copy.deepcopy(teacher.model).eval(), tokenizer, subset, batch,
                               lr, recipe.seed, threads)
-        stats = pipeline.item_stats(student, test_items, eval_cache, tokenizer.pad_token_id, recipe.eval.batch_size,
+        stats = report.item_stats(student, test_items, eval_cache, tokenizer.pad_token_id, recipe.eval.batch_size,
                                     threads).summary()
         timed = times[warmup:] or times
         rows.append({"name": name, "s_per_step": statistics.median(timed), "s_per_step_mean": statistics.fmean(timed),
