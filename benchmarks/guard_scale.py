@@ -16,7 +16,14 @@ largest size is also scanned with the client metadata stripped (ip, network, use
 blanked, calibrated the same way). At the smallest size the normal in-memory scan (pandas frame, `Guard.scan`)
 runs too and its alerts are compared with the dataset scan's (`smallest_size_check`).
 
-Rows are kept in `--work`/rows.json as they finish: a rerun (after a kill) never pays for a finished row again.
+Rows are kept in `--work`/rows.json as they finish, each with the commit that measured it: a rerun (after a kill)
+never pays for a finished row again, but a scan or calibration measured on another commit (or a dirty tree) is measured
+again; the datasets themselves are reused while their spec is the same (`simulate_stream` writes the same data), and the
+result marks every row `measured` or `reused` (with its commit).
+
+Each measured child runs under `--rss-cap` (GB, the whole process tree) and `--timeout` (s): past either, the tree is
+killed (so a blow-up cannot take the shared machine with it), and the attempt is a row too: how long it ran, its
+peak, and the last stage its log reached (the scan logs each stage as it finishes).
 Writes benchmarks/results/guard_scale.json and this benchmark's BENCHMARKS.md line after every row.
 """
 
@@ -34,7 +41,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_result  # noqa: E402
+from _common import STARTED, write_result  # noqa: E402
+
+COMMIT = STARTED["commit"] + ("+dirty" if STARTED["dirty"] else "")
 
 SIZES = {"300k": 300_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000, "30M": 30_000_000}
 TARGET_WALL_S, TARGET_RSS_MB, TARGET_RATIO, TARGET_RECALL, TARGET_FPR = 600, 8192, 40, 0.95, 0.001
@@ -55,11 +64,40 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def measured(argv: list[str], log: Path) -> dict[str, Any]:
-    """Run `argv` as a child process; its wall time and the peak RSS of its whole process tree (polled)."""
+class Stopped(RuntimeError):
+    """A measured child killed at the RSS cap or the timeout; `record` says how far it got."""
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record["stopped"])
+        self.record = record
+
+
+def _kill_tree(parent) -> None:
+    import psutil
+
+    try:
+        tree = [*parent.children(recursive=True), parent]
+    except psutil.Error:
+        return
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _last_stage(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.startswith("[stage]")]
+    return lines[-1] if lines else "(no stage finished)"
+
+
+def measured(argv: list[str], log: Path, rss_cap_mb: float | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run `argv` as a child process; its wall time and the peak RSS of its whole process tree (polled). Past
+    `rss_cap_mb` or `timeout_s` the tree is killed and `Stopped` raised with what was measured until then."""
     import psutil
 
     start = time.perf_counter()
+    stopped = None
     with log.open("w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_child_env())
         peak = 0
@@ -70,9 +108,20 @@ def measured(argv: list[str], log: Path) -> dict[str, Any]:
                 peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
             except psutil.Error:
                 pass
+            if rss_cap_mb and peak > rss_cap_mb * 2**20:
+                stopped = f"killed at the RSS cap ({rss_cap_mb / 1024:g} GB)"
+            elif timeout_s and time.perf_counter() - start > timeout_s:
+                stopped = f"killed at the timeout ({timeout_s:g} s)"
+            if stopped:
+                _kill_tree(parent)
+                proc.wait()
+                break
             time.sleep(0.25)
     wall = time.perf_counter() - start
     load = os.getloadavg()[1]  # the machine is shared: the 5-minute load average when the child finished
+    if stopped:
+        raise Stopped({"stopped": stopped, "wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1),
+                       "load_avg_5min": round(load, 2), "last_stage": _last_stage(log)})
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(argv[:4])} failed with exit code {proc.returncode}; its log ends:\n{tail}")
@@ -106,9 +155,16 @@ def child(args: argparse.Namespace) -> None:
     guard = Guard.load(args.calibration)
     tick = time.perf_counter()
     if args.child == "scan":
+        from stillroom.guard.pipeline import Stages
+
+        stages = _StageLog(tick)
         engine = _engine(args, settings)
+        stages.stage("features (the dataset is read and validated)")
         try:
-            result = guard.scan(engine)
+            with Stages("scan", enabled=False).watch(guard) as watched:
+                watched.stage = stages.stage  # each signal's input and score work, as it finishes
+                result = guard.scan(engine)
+            stages.stage("done")
             accounts = engine.dataset.rows if getattr(engine, "dataset", None) is not None else None
         finally:
             engine.close()
@@ -128,6 +184,19 @@ def child(args: argparse.Namespace) -> None:
         "timings": {k: round(float(v), 2) for k, v in result.timings.items()}, "rows": accounts,
         "campaigns": [sorted(scored.index[scored["campaign"] == c]) for c in sorted(set(scored["campaign"]) - {""})],
         "seconds": round(time.perf_counter() - tick, 1)}))
+
+
+class _StageLog:
+    """Prints `[stage] <seconds since start> <rss MB> <what finished>` as each stage of a scan finishes."""
+
+    def __init__(self, start: float):
+        self.start = start
+
+    def stage(self, name: str) -> None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss / 2**20
+        print(f"[stage] {time.perf_counter() - self.start:8.1f} s {rss:8.0f} MB  now: {name}", flush=True)
 
 
 def _engine(args: argparse.Namespace, settings):
@@ -151,12 +220,16 @@ class Bench:
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.work / "rows.json"
-        self.state: dict[str, Any] = json.loads(self.rows_path.read_text()) if self.rows_path.is_file() else {}
+        state: dict[str, Any] = json.loads(self.rows_path.read_text()) if self.rows_path.is_file() else {}
+        # a measurement belongs to the code that made it: rows of another commit are kept aside, not reused (datasets
+        # are: `simulate` rows stand for data reused by its spec)
+        self.state = {k: v for k, v in state.items() if k.startswith("simulate ") or v.get("commit") == COMMIT}
+        self.other_commits = {k: v for k, v in state.items() if k not in self.state}
         self.lock = threading.Lock()
 
     def save(self) -> None:
         tmp = self.rows_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        tmp.write_text(json.dumps({**self.other_commits, **self.state}, indent=1) + "\n")
         tmp.replace(self.rows_path)
 
     def python(self, *argv: str) -> list[str]:
@@ -165,11 +238,22 @@ class Bench:
                 "--threads", str(a.threads), "--memory-limit", a.memory_limit, "--engine", a.engine]
 
     def once(self, key: str, argv: list[str], log: str) -> dict[str, Any]:
-        """Run a measured child unless `key` finished before (then its stored record)."""
+        """Run a measured child unless `key` finished before on this commit (then its stored record, marked reused).
+        A child stopped at the RSS cap or the timeout is kept in `stopped` (and raises `Stopped`)."""
         if key in self.state:
+            self.state[key]["reused"] = self.state[key].get("measured_in") != STARTED["at"]
             return self.state[key]
+        if f"stopped {key}" in self.state and not self.args.retry_stopped:
+            raise Stopped(self.state[f"stopped {key}"])
         print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
-        record = measured(argv, self.work / log)
+        try:
+            record = measured(argv, self.work / log, rss_cap_mb=self.args.rss_cap * 1024, timeout_s=self.args.timeout)
+        except Stopped as stop:
+            self.state[f"stopped {key}"] = {**stop.record, "commit": COMMIT, "measured_in": STARTED["at"]}
+            self.save()
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {stop.record}", flush=True)
+            raise
+        record.update(commit=COMMIT, measured_in=STARTED["at"], reused=False)
         self.state[key] = record
         self.save()
         print(f"[{time.strftime('%H:%M:%S')}] {key}: {record}", flush=True)
@@ -181,6 +265,14 @@ class Bench:
         if not (path / "COMPLETE").is_file():
             self.state.pop(f"simulate {name}", None)
         extra = ["--benign-only"] if benign_only else []
+        if (path / "COMPLETE").is_file() and f"simulate {name}" not in self.state:  # written before: reused if the spec is the same
+            from dataclasses import asdict
+
+            from stillroom.guard.simulate_stream import ScaleSpec
+
+            done = json.loads((path / "COMPLETE").read_text())
+            if done.get("spec") == asdict(ScaleSpec.for_size(n, seed=seed, attacks=not benign_only)):
+                self.state[f"simulate {name}"] = {"wall_s": done["seconds"], "dataset": "reused", "interactions": done["interactions"]}
         self.once(f"simulate {name}", self.python("simulate", "--data", str(path), "--interactions", str(n), "--seed", str(seed), *extra),
                   f"simulate-{name}.log")
         return path
@@ -230,7 +322,8 @@ class Bench:
                 "peak_rss_mb": record["peak_rss_mb"], "interactions_per_s": round(record["interactions"] / record["wall_s"], 1),
                 "recall": record["recall"], "fpr": record["fpr"], "attack_accounts": record["attack_accounts"],
                 "recall_by_campaign": record["recall_by_campaign"], "timings": record["timings"],
-                "load_avg_5min": record.get("load_avg_5min")}
+                "load_avg_5min": record.get("load_avg_5min"), "commit": record.get("commit"),
+                "reused": bool(record.get("reused", False))}
 
     def check_smallest(self, n: int) -> dict[str, Any]:
         """The dataset scan's alerts against the normal in-memory scan's, at the smallest size."""
@@ -273,6 +366,8 @@ class Bench:
         payload = {
             "engine": a.engine, "threads": a.threads, "memory_limit": a.memory_limit, "sizes_asked": [label(n) for n in sizes],
             "largest_size_done": big, "rows": rows,
+            "stopped": {k.removeprefix("stopped "): v for k, v in self.state.items() if k.startswith("stopped ")},
+            "rss_cap_gb": a.rss_cap, "timeout_s": a.timeout,
             "recall_30m": at30["recall"] if at30 else None, "fpr_30m": at30["fpr"] if at30 else None,
             "stripped_recall_30m": stripped30["recall"] if stripped30 else None,
             "stripped_fpr_30m": stripped30["fpr"] if stripped30 else None,
@@ -309,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration-size", default="1M", help="benign calibration traffic (interactions)")
     p.add_argument("--no-memory-check", action="store_true", help="skip the in-memory scan at the smallest size")
     p.add_argument("--sample-check", default="300k", help="size at which the content sample (50 prompts) is compared with a full pass; 'none' skips")
+    p.add_argument("--rss-cap", type=float, default=10.0, help="GB: a child whose process tree passes this is killed (and recorded)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds: a child running longer is killed (and recorded)")
+    p.add_argument("--retry-stopped", action="store_true", help="measure again what was stopped at the cap or timeout on this commit")
+    p.add_argument("--no-stripped", action="store_true", help="skip the scan without client metadata at the largest size")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     for name in ("--data", "--out", "--calibration"):
         p.add_argument(name, default=None, help=argparse.SUPPRESS)
@@ -330,11 +429,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.sample_check != "none" and args.engine == "duckdb":
         extra["embedding_sample_check"] = bench.sample_check(size_of(args.sample_check))
         bench.result(sizes, extra)
+    done = []
     for n in sizes:
-        bench.scan(n)
+        try:
+            bench.scan(n)
+            done.append(n)
+        except Stopped:
+            bench.result(sizes, extra)
+            break  # a larger size would only be stopped later
         bench.result(sizes, extra)
-    if args.engine == "duckdb":
-        bench.scan(sizes[-1], strip=True)
+    if args.engine == "duckdb" and done and not args.no_stripped:
+        try:
+            bench.scan(done[-1], strip=True)
+        except Stopped:
+            pass
         bench.result(sizes, extra)
     print(json.dumps(json.loads((Path(__file__).resolve().parent / "results" / "guard_scale.json").read_text())["rows"], indent=1))
 
