@@ -150,6 +150,21 @@ def test_plain_text_mode(tiny_lm, tmp_path):
     assert torch.equal(cache.sparse(items[0]).ids, direct_targets(tiny_lm, items[0], 6).ids)
 
 
+def test_chat_records_answer_with_their_last_assistant_turn(tiny_lm, tmp_path):
+    chats = [[{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
+              {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Again?"},
+              {"role": "assistant", "content": "Hi again."}],
+             [{"role": "user", "content": "No answer yet."}]]
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in chats] + [RECORDS[0]])
+    items, cache, stats = corpus_targets(tiny_lm, config(path), tmp_path / "c", top_k=6, progress=False)
+    assert stats.skipped == {"'messages' that do not end with an assistant answer": 1}
+    assert [i.text for i in items] == ["Blue.", "Hi again.", RECORDS[0]["response"]]
+    turns = tuple((m["role"], m["content"]) for m in chats[1][:-1])
+    assert items[1].prompt_ids == encode_prompt(tiny_lm.tokenizer, Prompt(turns))
+    assert torch.equal(cache.sparse(items[1]).ids, direct_targets(tiny_lm, items[1], 6).ids)
+
+
 def test_bad_records_are_skipped_and_counted_before_the_teacher_runs(tiny_lm, tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "mixed.jsonl", RECORDS[:4], [
         "{broken", "[1, 2]", json.dumps({"instruction": "Empty?", "response": "  "}),

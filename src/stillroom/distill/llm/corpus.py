@@ -11,8 +11,10 @@ consume the items unchanged.
 - **Records.** Each record holds a prompt (`prompt_field`, plus an optional
   `context_field` appended after a blank line) and its `response_field`. The
   prompt goes through the teacher's chat template as in `encode_prompt`; the
-  response tokens plus the end-of-sequence token are the completion. In
-  plain-text mode (`text_field`) the first token of the text is the prompt
+  response tokens plus the end-of-sequence token are the completion. A
+  record with a chat `messages` list instead (and no prompt field) has the
+  turns before its last assistant turn as the prompt, that turn as the
+  response. In plain-text mode (`text_field`) the first token of the text is the prompt
   and every later token is a target.
 - **Streamed.** The file is read record by record (JSONL, CSV, TSV, each
   optionally gzipped, or Parquet in row batches; `stillroom.distill.llm.records`), never whole. Records are
@@ -57,7 +59,7 @@ from stillroom.core.io import BadRecord, Table, table_format
 from stillroom.core.runs import LOG
 from stillroom.distill.llm.config import CorpusConfig
 from stillroom.distill.llm.generate import GenerationCache, teacher_fingerprint, topk_targets
-from stillroom.distill.llm.prompts import Prompt, encode_prompt
+from stillroom.distill.llm.prompts import Prompt, encode_prompt, messages_to_prompt
 from stillroom.distill.llm.records import stream_records
 from stillroom.distill.llm.signals import make_batch
 from stillroom.distill.llm.teacher import LoadedLM
@@ -300,17 +302,19 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             _reject(table, record)
             continue
         seen_fields.update(map(str, record))
-        holders.update(name for name in fields if name in record)
+        chat = not corpus.text_field and corpus.prompt_field not in record and "messages" in record
+        holders.update(name for name in fields if name in record or chat)
         if stats.records_read == FIELD_GRACE_RECORDS:
             _check_fields(table, fields, holders, seen_fields, corpus)
-        item, problem, name = _to_item(record, corpus, tokenizer, chat_template, eos)
+        parsed, problem, name = _parse(record, corpus)
+        item = _to_item(parsed, tokenizer, chat_template, eos) if parsed is not None else None
         if item is None:
             table.reject(line, problem, field=name, hint=_hint(problem, name))
         elif item.uid in seen_uids:
             table.reject(line, "duplicate record", skip=True)
         elif corpus.max_prompt_tokens < len(item.prompt_ids):
             table.reject(line, f"prompt longer than {corpus.max_prompt_tokens} tokens", field=corpus.prompt_field, skip=True)
-        elif exclude and not exclude.isdisjoint(_prompt_uids(record, corpus)):
+        elif not exclude.isdisjoint(parsed.held_out_as):
             table.reject(line, "held-out prompt", field=corpus.prompt_field, skip=True)
         else:
             seen_uids.add(item.uid)
@@ -340,6 +344,8 @@ def _hint(problem: str, name: str | None) -> str:
         return f"every record needs a {name!r} field; if the column has another name, set it in data.corpus"
     if problem.startswith("empty "):
         return f"give every record a non-empty {name!r}, or leave the record out"
+    if name == "messages":
+        return "a chat record needs a 'messages' list of {role, content} turns ending with the assistant's answer"
     return f"{name!r} must be a string"
 
 
@@ -361,6 +367,17 @@ def _check_fields(table: Table, fields: list[str], holders: Counter, seen_fields
                          f"{sorted(seen_fields)[0]}")
 
 
+@dataclass(frozen=True)
+class _Record:
+    """One usable record: its prompt (None in plain-text mode) and the text the teacher reads after it."""
+
+    prompt: Prompt | None
+    text: str
+    held_out_as: frozenset[str] = frozenset()
+    """`Prompt.uid`s a held-out prompt of this record may have: with its context, and of the instruction alone
+    (as `load_prompts(path, prompt_field)` reads the same file)."""
+
+
 def _text(record: dict, name: str | None, what: str, required: bool) -> tuple[str | None, str]:
     """The stripped text of a field, or None and why it cannot be used; an optional field may be absent or empty."""
     if name is None or record.get(name) is None:
@@ -376,43 +393,47 @@ def _text(record: dict, name: str | None, what: str, required: bool) -> tuple[st
     return value, ""
 
 
-def _prompt_text(record: dict, corpus: CorpusConfig) -> str:
-    prompt, _ = _text(record, corpus.prompt_field, "prompt", True)
-    context, _ = _text(record, corpus.context_field, "context", False)
-    return f"{prompt}\n\n{context}" if context else str(prompt)
-
-
-def _prompt_uids(record: dict, corpus: CorpusConfig) -> set[str]:
-    """`Prompt.uid`s a held-out prompt of this record may have: of the prompt with its context, and of the instruction
-    alone (as `load_prompts(path, prompt_field)` reads the same file)."""
-    if corpus.text_field:
-        return set()
-    return {Prompt.from_text(_prompt_text(record, corpus)).uid, Prompt.from_text(str(_text(record, corpus.prompt_field, "prompt", True)[0])).uid}
-
-
-def _to_item(record: dict, corpus: CorpusConfig, tokenizer, chat_template: bool,
-             eos: int) -> tuple[Item | None, str, str | None]:
-    """The record as an unscored Item (whole response plus end-of-sequence), or why it cannot be one."""
+def _parse(record: dict, corpus: CorpusConfig) -> tuple[_Record | None, str, str | None]:
+    """The record's prompt and response (or plain text), or why it cannot be used and which field."""
     if corpus.text_field:
         text, problem = _text(record, corpus.text_field, "text", True)
-        if text is None:
-            return None, problem, corpus.text_field
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return (_Record(None, text), "", None) if text is not None else (None, problem, corpus.text_field)
+    if corpus.prompt_field not in record and record.get("messages") is not None:
+        return _parse_chat(record["messages"])
+    values = {}
+    for name, what, required in ((corpus.prompt_field, "prompt", True), (corpus.context_field, "context", False),
+                                 (corpus.response_field, "response", True)):
+        values[what], problem = _text(record, name, what, required)
+        if values[what] is None:
+            return None, problem, name
+    instruction = Prompt.from_text(values["prompt"])
+    prompt = Prompt.from_text(f"{values['prompt']}\n\n{values['context']}") if values["context"] else instruction
+    return _Record(prompt, values["response"], frozenset({prompt.uid, instruction.uid})), "", None
+
+
+def _parse_chat(messages) -> tuple[_Record | None, str, str | None]:
+    """A chat record: the turns before the last assistant turn are the prompt, that turn is the response."""
+    prompt, problem = messages_to_prompt(messages)
+    if prompt is None:
+        return None, problem, "messages"
+    last = (json.loads(messages) if isinstance(messages, str) else messages)[-1]
+    if last["role"] != "assistant" or not last["content"].strip():
+        return None, "'messages' that do not end with an assistant answer", "messages"
+    return _Record(prompt, last["content"].strip(), frozenset({prompt.uid})), "", None
+
+
+def _to_item(parsed: _Record, tokenizer, chat_template: bool, eos: int) -> Item:
+    """The record as an unscored Item: the prompt's tokens, then the response's and the end-of-sequence token."""
+    if parsed.prompt is None:  # plain text: the first token is the prompt
+        ids = list(tokenizer(parsed.text, add_special_tokens=True)["input_ids"])
         prompt_ids, completion_ids = ids[:1], ids[1:] + [eos]
-        uid_source: Any = ["text", text]
+        uid_source: Any = ["text", parsed.text]
     else:
-        for name, what, required in ((corpus.prompt_field, "prompt", True), (corpus.context_field, "context", False),
-                                     (corpus.response_field, "response", True)):
-            value, problem = _text(record, name, what, required)
-            if value is None:
-                return None, problem, name
-        text = _text(record, corpus.response_field, "response", True)[0]
-        prompt = Prompt.from_text(_prompt_text(record, corpus))
-        prompt_ids = encode_prompt(tokenizer, prompt, chat_template)
-        completion_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
-        uid_source = [prompt.turns, text]
+        prompt_ids = encode_prompt(tokenizer, parsed.prompt, chat_template)
+        completion_ids = list(tokenizer(parsed.text, add_special_tokens=False)["input_ids"]) + [eos]
+        uid_source = [parsed.prompt.turns, parsed.text]
     uid = hashlib.sha1(json.dumps(uid_source, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-    return Item(uid=uid, prompt_ids=prompt_ids, completion_ids=completion_ids, text=text, stopped=True), "", None
+    return Item(uid=uid, prompt_ids=prompt_ids, completion_ids=completion_ids, text=parsed.text, stopped=True)
 
 
 def _fit(item: Item, max_seq_tokens: int) -> tuple[Item, bool]:

@@ -116,7 +116,7 @@ def load_prompts(path: str | Path | None, prompt_field: str = "prompt", bad_reco
 def _to_prompt(record: Any, prompt_field: str) -> tuple[Prompt | None, str]:
     messages = record.get("messages")
     if messages is not None and prompt_field not in record:
-        return _messages_to_prompt(messages)
+        return messages_to_prompt(messages)
     if prompt_field not in record:
         return None, "no prompt field"
     text = record[prompt_field]
@@ -127,7 +127,9 @@ def _to_prompt(record: Any, prompt_field: str) -> tuple[Prompt | None, str]:
     return Prompt.from_text(text.strip()), ""
 
 
-def _messages_to_prompt(messages: Any) -> tuple[Prompt | None, str]:
+def messages_to_prompt(messages: Any) -> tuple[Prompt | None, str]:
+    """A chat `messages` list (or its JSON, from a CSV cell) as a Prompt of the turns before the final assistant
+    answers; or None and why it cannot be one."""
     if isinstance(messages, str):  # a CSV cell holding JSON
         try:
             messages = json.loads(messages)
