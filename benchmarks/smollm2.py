@@ -73,23 +73,25 @@ TARGETS = {  # key: (op, bound, what)
 def arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=int, default=60_000, help="training tokens of the best-size KD and SFT students")
+    p.add_argument("--budget", type=int, default=24_000, help="training tokens of the best-size KD and SFT students")
     p.add_argument("--layers", type=int, default=10, help="layers of the best-size students (of 30)")
     p.add_argument("--frontier-layers", type=int, nargs="*", default=[6, 15], help="other student sizes")
-    p.add_argument("--small-budget", type=int, default=30_000, help="training tokens of the other sizes")
-    p.add_argument("--dense-budget", type=int, default=6_000, help="training tokens of the sparse-vs-live pair")
+    p.add_argument("--small-budget", type=int, default=12_000, help="training tokens of the other sizes")
+    p.add_argument("--dense-budget", type=int, default=4_000, help="training tokens of the sparse-vs-live pair")
     p.add_argument("--dense-layers", type=int, default=6, help="layers of the sparse-vs-live pair")
     p.add_argument("--curve-points", type=int, default=4, help="budget-curve points along the best-size KD run")
-    p.add_argument("--val", type=int, default=24, help="validation prompts (pick the exported student)")
-    p.add_argument("--test", type=int, default=64, help="held-out test prompts")
+    p.add_argument("--val", type=int, default=16, help="validation prompts (pick the exported student)")
+    p.add_argument("--test", type=int, default=48, help="held-out test prompts")
     p.add_argument("--max-new-tokens", type=int, default=64, help="teacher greedy answer length of held-out prompts")
     p.add_argument("--max-seq-tokens", type=int, default=256, help="corpus: prompt + response tokens, longer cut")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up share of the steps (then cosine)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top-k", type=int, default=64, help="top-k of the sparse cache")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed-batches", type=int, nargs="+", default=[32], help="batch sizes timed (1 is slow here)")
     p.add_argument("--speed-repeats", type=int, default=2, help="round-robin timing rounds (each model's best kept)")
-    p.add_argument("--peer-steps", type=int, default=12, help="steps of each peer training (0: no peer rows)")
+    p.add_argument("--peer-steps", type=int, default=6, help="steps of each peer training (0: no peer rows)")
     p.add_argument("--peer-layers", type=int, default=6, help="layers of the peer students")
     p.add_argument("--gen-prompts", type=int, default=32, help="prompts timed for teacher generation before/after (0: skip)")
     p.add_argument("--name", default=None, help="run name (default bench-smollm2-<commit>)")
@@ -153,9 +155,10 @@ def recipe_for(args, prompts: Path) -> LLMRecipe:
                             "skip_records": held_out, "batch_size": 8}},
         "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 32, "do_sample": False, "top_k_cache": args.top_k},
         "student": {"init": "prune", "layers": args.layers, "layer_choice": "influence", "freeze_embeddings": True},
-        "training": {"epochs": 1, "batch_size": args.batch_size, "lr": args.lr, "checkpoint_every": 20},
+        "training": {"epochs": 1, "batch_size": args.batch_size, "lr": args.lr, "warmup_ratio": args.warmup_ratio,
+                     "checkpoint_every": 20},
         "variants": variants(args),
-        "eval": {"speed_new_tokens": 48, "speed_batches": [1, 32], "speed_calls_b1": 1, "threads": args.threads,
+        "eval": {"speed_new_tokens": 48, "speed_batches": args.speed_batches, "speed_calls_b1": 1, "threads": args.threads,
                  "int8": True, "batch_size": 8, "speed_repeats": args.speed_repeats},
         "export": "best", "export_min_speedup": 2.0, "samples": 20, "sample_new_tokens": 64,
     })

@@ -1,12 +1,12 @@
 """The peer rows of benchmarks/smollm2.py: TRL's GKDTrainer and SFTTrainer against stillroom's own loop.
 
     .venv/bin/pip install -c constraints.txt -e ".[bench]"     # trl 1.16.0, benchmark-only
-    .venv/bin/python benchmarks/trl_peer.py --steps 12          # after (or within) benchmarks/smollm2.py
+    .venv/bin/python benchmarks/trl_peer.py --steps 6           # after (or within) benchmarks/smollm2.py
 
 Four trainings from the SAME pruned student (the benchmark's own, embeddings frozen as in the
 benchmark), on the SAME training records (the first `steps x batch` corpus items of stillroom's
 epoch order, token for token: one collator feeds both TRL trainers), with the same batch size,
-AdamW, learning rate, cosine schedule with 5% warm-up, gradient clipping at 1.0 and step count:
+AdamW, learning rate, linear warm-up then cosine (the recipe's warm-up share), gradient clipping at 1.0 and step count:
 
 - `stillroom-kd`: forward KL on the sparse top-k cache (no teacher in the loop);
 - `trl-gkd`: `GKDTrainer(beta=0, lmbda=0)`: forward KL on the live teacher's full logits, off-policy
@@ -67,7 +67,8 @@ class _StepTimes:
         self.callback = Callback()
 
 
-def trl_train(kind: str, student, teacher, tokenizer, items, batch_size: int, lr: float, seed: int, threads: int):
+def trl_train(kind: str, student, teacher, tokenizer, items, batch_size: int, lr: float, warmup_ratio: float, seed: int,
+              threads: int):
     """Train `student` in place with TRL (`gkd` or `sft`) for one pass over `items`; the step times."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -79,7 +80,7 @@ def trl_train(kind: str, student, teacher, tokenizer, items, batch_size: int, lr
     timer = _StepTimes()
     with tempfile.TemporaryDirectory() as out:
         common = dict(output_dir=out, per_device_train_batch_size=batch_size, learning_rate=lr, max_steps=steps,
-                      lr_scheduler_type="cosine", warmup_steps=int(0.05 * steps), weight_decay=0.0, max_grad_norm=1.0,
+                      lr_scheduler_type="cosine", warmup_steps=int(warmup_ratio * steps), weight_decay=0.0, max_grad_norm=1.0,
                       optim="adamw_torch", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=seed,
                       dataloader_num_workers=0, remove_unused_columns=False,
                       dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
@@ -140,7 +141,7 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
             times = result.step_seconds
         else:
             times = trl_train(name.split("-")[1], student, copy.deepcopy(teacher.model).eval(), tokenizer, subset, batch,
-                              lr, recipe.seed, threads)
+                              lr, recipe.training.warmup_ratio, recipe.seed, threads)
         stats = report.item_stats(student, test_items, eval_cache, tokenizer.pad_token_id, recipe.eval.batch_size,
                                     threads).summary()
         timed = times[warmup:] or times
@@ -167,7 +168,7 @@ def main() -> None:
     from stillroom.core.runs import setup_console_logging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[smollm2.arg_parser(add_help=False)])
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps of each of the four trainings")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps of each of the four trainings")
     p.add_argument("--peer-layers", type=int, default=6, help="layers of the peer students")
     args = p.parse_args()
     setup_console_logging()
