@@ -81,7 +81,8 @@ def gateway(
                            cohorts=cohorts, watermark_keys=watermark_keys, watermark_model=watermark_model)
     app_ = create_gateway_app(config)
     typer.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; log {log}"
-               + ("" if calibration or self_calibrate else "; no calibration, so no campaign scans"), err=True)
+               + ("" if calibration or self_calibrate else "; no calibration, so no campaign scans")
+               + (f"; campaign alerts get the provenance test under {watermark_keys}" if watermark_keys else ""), err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
