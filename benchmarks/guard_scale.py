@@ -228,9 +228,14 @@ class Bench:
         self.lock = threading.Lock()
 
     def save(self) -> None:
-        tmp = self.rows_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self.other_commits, **self.state}, indent=1) + "\n")
-        tmp.replace(self.rows_path)
+        """Write the rows, merged with what another run on the same work folder wrote meanwhile (two sizes may run at
+        once, each in its own process; a row is only ever added, never rewritten by a run that did not measure it)."""
+        with self.lock:
+            disk = json.loads(self.rows_path.read_text()) if self.rows_path.is_file() else {}
+            merged = {**self.other_commits, **disk, **self.state}
+            tmp = self.rows_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(merged, indent=1) + "\n")
+            tmp.replace(self.rows_path)
 
     def python(self, *argv: str) -> list[str]:
         a = self.args
@@ -240,6 +245,10 @@ class Bench:
     def once(self, key: str, argv: list[str], log: str) -> dict[str, Any]:
         """Run a measured child unless `key` finished before on this commit (then its stored record, marked reused).
         A child stopped at the RSS cap or the timeout is kept in `stopped` (and raises `Stopped`)."""
+        if key not in self.state and self.rows_path.is_file():  # finished meanwhile by another run on this folder
+            disk = json.loads(self.rows_path.read_text()).get(key)
+            if disk is not None and disk.get("commit") == COMMIT:
+                self.state[key] = disk
         if key in self.state:
             self.state[key]["reused"] = self.state[key].get("measured_in") != STARTED["at"]
             return self.state[key]
