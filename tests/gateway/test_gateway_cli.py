@@ -63,3 +63,7 @@ def test_cli_keys_export_and_errors(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     code, out = run_cli(["guard", "gateway", "keys", "add", "bob", "--keys", str(tmp_path / "bad.json")], capsys)
     assert code == 2 and "not a gateway key file" in out.err
+    code, out = run_cli(["guard", "gateway", "--upstream", "http://127.0.0.1:9/v1", "--keys", str(tmp_path / "new.json"),
+                         "--log", str(tmp_path / "new.db"), "--watermark-keys", str(tmp_path / "no-wm.json")], capsys)
+    assert code == 2 and "no such watermark key file" in out.err and "keys init" in out.err
+    assert not (tmp_path / "new.json").exists()  # checked before anything is written

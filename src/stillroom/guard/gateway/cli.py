@@ -62,6 +62,10 @@ def gateway(
         raise StillroomError(f"--upstream {upstream!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
     if calibration is not None and self_calibrate:
         raise StillroomError("--calibration and --self-calibrate exclude each other", hint="give one of them")
+    if watermark_keys is not None:
+        from stillroom.guard.provenance.keys import Keyring
+
+        Keyring(watermark_keys)  # a missing or broken key file is an error now, before any file is written
     import uvicorn
 
     from stillroom.guard.gateway.app import GatewayConfig, create_gateway_app
