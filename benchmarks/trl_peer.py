@@ -6,7 +6,7 @@
 Four trainings from the SAME pruned student (the benchmark's own, embeddings frozen as in the
 benchmark), on the SAME training records (the first `steps x batch` corpus items of stillroom's
 epoch order, token for token: one collator feeds both TRL trainers), with the same batch size,
-AdamW, learning rate, linear warm-up then cosine (the recipe's warm-up share), gradient clipping at 1.0 and step count:
+AdamW, learning rate, linear warm-up (the recipe's share, at least one step) then cosine, gradient clipping at 1.0 and step count:
 
 - `stillroom-kd`: forward KL on the sparse top-k cache (no teacher in the loop);
 - `trl-gkd`: `GKDTrainer(beta=0, lmbda=0)`: forward KL on the live teacher's full logits, off-policy
@@ -120,6 +120,8 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
     base, student_description = pipeline.build_student(student_config, teacher, train_prompts or val_prompts,
                                                        recipe.teacher.chat_template)
     batch, lr, threads = recipe.training.batch_size, recipe.training.lr, recipe.eval.threads
+    # the recipe's warm-up share, but at least one warm-up step: a pruned student at full lr on step 1 falls apart
+    warmup_ratio = max(recipe.training.warmup_ratio, 1.0 / steps)
     order_config = TrainConfig(batch_size=batch, seed=recipe.seed)
     order = TokenBatches(train_items, None, tokenizer, order_config, 0)._order(0)
     subset = [train_items[i] for i in order[:steps * batch]]
@@ -133,7 +135,7 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
         if name.startswith("stillroom"):
             config = TrainConfig(loss="forward_kl" if name.endswith("kd") else "sft", targets="cache", epochs=1,
                                  batch_size=batch, lr=lr, weight_decay=recipe.training.weight_decay,
-                                 warmup_ratio=recipe.training.warmup_ratio, grad_clip=recipe.training.grad_clip,
+                                 warmup_ratio=warmup_ratio, grad_clip=recipe.training.grad_clip,
                                  seed=recipe.seed, checkpoint_every=10 ** 9)
             torch.set_num_threads(threads)
             result = train_student(student, teacher.model, tokenizer, subset, train_cache, config, desc=name,
@@ -141,7 +143,7 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
             times = result.step_seconds
         else:
             times = trl_train(name.split("-")[1], student, copy.deepcopy(teacher.model).eval(), tokenizer, subset, batch,
-                              lr, recipe.training.warmup_ratio, recipe.seed, threads)
+                              lr, warmup_ratio, recipe.seed, threads)
         stats = report.item_stats(student, test_items, eval_cache, tokenizer.pad_token_id, recipe.eval.batch_size,
                                     threads).summary()
         timed = times[warmup:] or times
@@ -151,7 +153,8 @@ def measure(recipe, layers, steps: int, warmup: int = 2, progress: bool = True) 
         LOG.info("peer %s: %.2f s/step (median of %d after %d warm-up), agreement %.3f, nll %.3f", name,
                  rows[-1]["s_per_step"], len(timed), warmup, stats["agreement"], stats["nll"])
     by_name = {r["name"]: r for r in rows}
-    return {"rows": rows, "layers": layers, "steps": steps, "batch_size": batch, "lr": lr, "warmup_steps_untimed": warmup,
+    return {"rows": rows, "layers": layers, "steps": steps, "batch_size": batch, "lr": lr, "warmup_ratio": warmup_ratio,
+            "untimed_steps": warmup,
             "student": student_description, "data": description,
             "subset_tokens": sum(len(i.completion_ids) for i in subset),
             "kd_step_speedup_vs_trl_gkd": by_name["trl-gkd"]["s_per_step"] / by_name["stillroom-kd"]["s_per_step"],
@@ -169,7 +172,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[smollm2.arg_parser(add_help=False)])
     p.add_argument("--steps", type=int, default=6, help="optimizer steps of each of the four trainings")
-    p.add_argument("--peer-layers", type=int, default=6, help="layers of the peer students")
+    p.add_argument("--peer-layers", type=int, default=10, help="layers of the peer students")
     args = p.parse_args()
     setup_console_logging()
     recipe = smollm2.recipe_for(args, smollm2.write_prompts(args))
