@@ -1,7 +1,9 @@
 """Tabular records from CSV, TSV, JSONL (each optionally .gz) and Parquet, with one policy for bad input.
 
-Every reader in stillroom (classifier data, unlabelled texts, LLM prompts) goes
-through `read_table`, so the same bad input gives the same message everywhere.
+Every reader in stillroom (classifier data, unlabelled texts, LLM prompts, LLM
+corpora) goes through `iter_table`, one record at a time (`read_table` collects
+its records into a `Table`), so the same bad input gives the same message
+everywhere and a file of any size can be streamed.
 
 The policy:
 
@@ -30,8 +32,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,6 +92,10 @@ class Table:
         skip = self.bad_records == "skip" if skip is None else skip
         self.rejected.append(BadRecord(line, reason, detail, field, column, hint, skip))
 
+    def add(self, bad: BadRecord) -> None:
+        """Record a bad record `iter_table` yielded, under the table's policy."""
+        self.reject(bad.line, bad.reason, detail=bad.detail, field=bad.field, column=bad.column, hint=bad.hint)
+
     @property
     def skipped(self) -> Counter:
         """Skipped records by reason."""
@@ -127,80 +133,125 @@ def table_format(path: Path) -> tuple[str | None, bool]:
     return (None if gzipped and kind == "parquet" else kind), gzipped
 
 
-def read_table(path: str | Path, *, bad_records: BadRecords = "error", delimiter: str | None = None,
-               max_cell_chars: int = MAX_CELL_CHARS, path_hint: str = "check the path") -> Table:
-    """Read a CSV, TSV, JSONL (optionally .gz) or Parquet file under the policy above.
-
-    `delimiter` overrides the one the suffix implies (',' for .csv, a tab for .tsv).
-    Call `check()` on the result once the caller has added its own rejections.
-    """
+def open_table(path: str | Path, *, bad_records: BadRecords = "error", path_hint: str = "check the path") -> Table:
+    """The checks every file passes before a record is read (it exists, is a file of a known type, is not
+    empty); an empty `Table` for `iter_table` to read and the caller to fill."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError("file not found", where=str(path), hint=path_hint)
     if path.is_dir():
         raise DataError("is a folder, not a data file", where=str(path), hint="point at a .csv, .tsv, .jsonl or .parquet file")
-    kind, gzipped = table_format(path)
+    kind, _ = table_format(path)
     if kind is None:
         raise DataError(f"unknown file type {''.join(path.suffixes) or '(no suffix)'!r}", where=str(path),
                         hint=f"use one of {', '.join(sorted(FORMATS))} (text formats may be gzipped: .jsonl.gz)")
     if path.stat().st_size == 0:
         raise DataError("the file is empty", where=str(path), hint="give a file with a header and at least one row")
-    table = Table(str(path), "row" if kind == "parquet" else "line", bad_records)
+    return Table(str(path), "row" if kind == "parquet" else "line", bad_records)
+
+
+def iter_table(table: Table, *, delimiter: str | None = None,
+               max_cell_chars: int = MAX_CELL_CHARS) -> Iterator[tuple[int, dict | BadRecord]]:
+    """The records of an `open_table` file, one at a time: `(line, row)`, or `(line, BadRecord)` for the caller
+    to `Table.add` (or to skip some other way). The file is never held whole; `table.columns` grows as columns
+    appear. File-level problems (not UTF-8, bad gzip or Parquet, no header, quoting the parser cannot get
+    past) raise `DataError` when the reader reaches them.
+
+    `delimiter` overrides the one the suffix implies (',' for .csv, a tab for .tsv).
+    """
+    path = Path(table.source)
+    kind, gzipped = table_format(path)
     if kind == "parquet":
-        _read_parquet(path, table, max_cell_chars)
-    else:
-        text = _decode(path, gzipped)
+        yield from _iter_parquet(path, table, max_cell_chars)
+        return
+    lines = _CountedLines(path, gzipped)
+    try:
         if kind == "jsonl":
-            _read_jsonl(text, table, max_cell_chars)
+            yield from _iter_jsonl(lines, table, max_cell_chars)
         else:
-            _read_delimited(text, table, delimiter or ("\t" if kind == "tsv" else ","), max_cell_chars)
+            yield from _iter_delimited(lines, table, delimiter or ("\t" if kind == "tsv" else ","), max_cell_chars)
+    finally:
+        lines.close()
+
+
+def read_table(path: str | Path, *, bad_records: BadRecords = "error", delimiter: str | None = None,
+               max_cell_chars: int = MAX_CELL_CHARS, path_hint: str = "check the path") -> Table:
+    """Read a CSV, TSV, JSONL (optionally .gz) or Parquet file whole under the policy above.
+
+    `delimiter` overrides the one the suffix implies (',' for .csv, a tab for .tsv).
+    Call `check()` on the result once the caller has added its own rejections.
+    """
+    table = open_table(path, bad_records=bad_records, path_hint=path_hint)
+    for line, row in iter_table(table, delimiter=delimiter, max_cell_chars=max_cell_chars):
+        if isinstance(row, BadRecord):
+            table.add(row)
+        else:
+            table.rows.append((line, row))
     if not table.rows and not table.rejected:
-        raise DataError("the file has no data rows", where=str(path), hint="add rows below the header")
+        raise DataError("the file has no data rows", where=table.source, hint="add rows below the header")
     return table
 
 
-def _decode(path: Path, gzipped: bool) -> str:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if gzipped else path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read the gzip file: {exc}", where=str(path), hint="check that the file is complete gzip") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(f"bytes {raw[exc.start : exc.end].hex(' ')} are not valid UTF-8",
-                        where=f"{path}, line {line}, column {column}",
-                        hint="re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
-
-
 class _CountedLines:
-    """The physical lines of a text, counting how many the parser has taken."""
+    """The physical lines of a (gzipped) UTF-8 file, decoded one at a time, counting how many the parser has taken.
 
-    def __init__(self, text: str):
-        self._lines = iter(io.StringIO(text, newline=""))
-        self.taken = 0
+    Lines end at \\n, \\r\\n or a lone \\r, and keep their ending (what the csv module expects).
+    """
+
+    def __init__(self, path: Path, gzipped: bool):
+        self.path, self.taken = path, 0
+        self._handle = gzip.open(path, "rb") if gzipped else path.open("rb")
+        self._raw_lines = 0  # lines ended by \\n, as a UTF-8 error names them
+        self._pending: list[str] = []
 
     def __iter__(self) -> Iterator[str]:
         return self
 
+    def close(self) -> None:
+        self._handle.close()
+
     def __next__(self) -> str:
-        line = next(self._lines)
+        while not self._pending:  # a line of only a byte-order mark has no pieces
+            self._pending = self._read()
         self.taken += 1
-        return line
+        return self._pending.pop()
+
+    def _read(self) -> list[str]:
+        """The next \\n-line, split at lone \\r, as a stack (the first piece last)."""
+        try:
+            raw = self._handle.readline()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"cannot read the gzip file: {exc}", where=str(self.path),
+                            hint="check that the file is complete gzip") from None
+        if not raw:
+            raise StopIteration
+        self._raw_lines += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"bytes {raw[exc.start:exc.end].hex(' ')} are not valid UTF-8",
+                            where=f"{self.path}, line {self._raw_lines}, column {exc.start + 1}",
+                            hint="re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
+        if self._raw_lines == 1:
+            text = text.removeprefix("\ufeff")
+        pieces = _LONE_CR.split(text) if "\r" in text else [text]
+        return [piece for piece in reversed(pieces) if piece]
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
 def _newlines(text: str) -> int:
     return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
-def _too_long(table: Table, line: int, name: str, length: int, limit: int) -> None:
-    table.reject(line, f"a cell longer than {limit:,} characters", detail=f"{length:,} characters", field=name,
-                 hint="shorten or split that text; a cell this long is usually a quoting error that swallowed the lines after it")
+def _too_long(line: int, name: str, length: int, limit: int) -> BadRecord:
+    return BadRecord(line, f"a cell longer than {limit:,} characters", f"{length:,} characters", field=name,
+                     hint="shorten or split that text; a cell this long is usually a quoting error that swallowed the lines after it")
 
 
-def _read_delimited(text: str, table: Table, delimiter: str, max_cell_chars: int) -> None:
-    lines = _CountedLines(text)
+def _iter_delimited(lines: _CountedLines, table: Table, delimiter: str,
+                    max_cell_chars: int) -> Iterator[tuple[int, dict | BadRecord]]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
@@ -218,13 +269,14 @@ def _read_delimited(text: str, table: Table, delimiter: str, max_cell_chars: int
             long = next((i for i, cell in enumerate(cells) if len(cell) > max_cell_chars), None)
             if long is not None:  # before the field count: an unclosed quote makes both, and the length says why
                 line = start + sum(_newlines(cell) for cell in cells[:long])
-                _too_long(table, line, header[long] if long < len(header) else f"#{long + 1}", len(cells[long]), max_cell_chars)
+                yield line, _too_long(line, header[long] if long < len(header) else f"#{long + 1}", len(cells[long]),
+                                      max_cell_chars)
                 continue
             if len(cells) != len(header):
-                table.reject(start, f"has {len(cells)} fields but the header has {len(header)}",
-                             hint="quote fields that contain the delimiter, and give every column a value")
+                yield start, BadRecord(start, f"has {len(cells)} fields but the header has {len(header)}",
+                                       hint="quote fields that contain the delimiter, and give every column a value")
                 continue
-            table.rows.append((start, dict(zip(header, cells))))
+            yield start, dict(zip(header, cells))
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):
             raise DataError(f"a cell longer than {_PARSER_CELL_LIMIT:,} characters, where the parser stops",
@@ -250,42 +302,44 @@ def _check_header(table: Table, header: list[str], delimiter: str) -> None:
                               f"re-save it with ',' as the separator (e.g. pandas: read_csv(sep={other!r}).to_csv)"))
 
 
-def _check_cells(table: Table, number: int, row: dict, max_cell_chars: int) -> bool:
+def _long_cell(number: int, row: dict, max_cell_chars: int) -> BadRecord | None:
     for name, value in row.items():
         if isinstance(value, str) and len(value) > max_cell_chars:
-            _too_long(table, number, str(name), len(value), max_cell_chars)
-            return False
-    return True
+            return _too_long(number, str(name), len(value), max_cell_chars)
+    return None
 
 
-def _read_jsonl(text: str, table: Table, max_cell_chars: int) -> None:
-    for number, line in enumerate(_CountedLines(text), start=1):
+def _iter_jsonl(lines: _CountedLines, table: Table, max_cell_chars: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    for line in lines:
+        number = lines.taken
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            table.reject(number, "not valid JSON", detail=exc.msg, column=exc.colno, hint="each line must be one JSON object")
+            yield number, BadRecord(number, "not valid JSON", exc.msg, column=exc.colno, hint="each line must be one JSON object")
             continue
         if not isinstance(row, dict):
-            table.reject(number, "not a JSON object", detail=f"a JSON {type(row).__name__}",
-                         hint='each line must be one JSON object, e.g. {"text": "...", "label": "..."}')
+            yield number, BadRecord(number, "not a JSON object", f"a JSON {type(row).__name__}",
+                                    hint='each line must be one JSON object, e.g. {"text": "...", "label": "..."}')
             continue
         for name in row:
             if name not in table.columns:
                 table.columns.append(name)
-        if _check_cells(table, number, row, max_cell_chars):
-            table.rows.append((number, row))
+        yield number, _long_cell(number, row, max_cell_chars) or row
 
 
-def _read_parquet(path: Path, table: Table, max_cell_chars: int) -> None:
+def _iter_parquet(path: Path, table: Table, max_cell_chars: int, rows_per_batch: int = 4096) -> Iterator[tuple[int, dict | BadRecord]]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        table.columns = list(parquet.schema_arrow.names)
+        batches = parquet.iter_batches(batch_size=rows_per_batch)
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield number, _long_cell(number, row, max_cell_chars) or row
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DataError(f"cannot read Parquet: {exc}", where=str(path), hint="check that the file is complete Parquet") from None
-    table.columns = list(parquet.column_names)
-    for number, row in enumerate(parquet.to_pylist(), start=1):
-        if _check_cells(table, number, row, max_cell_chars):
-            table.rows.append((number, row))

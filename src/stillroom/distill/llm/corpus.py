@@ -55,12 +55,11 @@ import torch
 from tqdm.auto import tqdm
 
 from stillroom.core.errors import DataError
-from stillroom.core.io import BadRecord, Table, table_format
+from stillroom.core.io import BadRecord, Table, iter_table, open_table
 from stillroom.core.runs import LOG
 from stillroom.distill.llm.config import CorpusConfig
 from stillroom.distill.llm.generate import GenerationCache, teacher_fingerprint, topk_targets
 from stillroom.distill.llm.prompts import Prompt, encode_prompt, messages_to_prompt
-from stillroom.distill.llm.records import stream_records
 from stillroom.distill.llm.signals import make_batch
 from stillroom.distill.llm.teacher import LoadedLM
 from stillroom.distill.types import Item, SparseTargets
@@ -280,16 +279,15 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
     `bad_records: error`) the first unusable record; counts every skipped record by reason.
     """
     path = Path(path).expanduser()
-    table = Table(str(path), "row" if table_format(path)[0] == "parquet" else "line", corpus.bad_records)
+    table = open_table(path, bad_records=corpus.bad_records, path_hint="check data.corpus.path")
     stats = CorpusStats(str(path))
     fields = [corpus.text_field] if corpus.text_field else [corpus.prompt_field, corpus.response_field]
-    seen_fields: set[str] = set()
     holders = Counter()
     eos = tokenizer.eos_token_id
     seen_uids: set[str] = set()
     planned: list[Item] = []
     exclude = set(exclude)
-    records = stream_records(path, table)
+    records = iter_table(table)
     for number, (line, record) in enumerate(records):
         if number < corpus.skip_records:
             stats.offset_records += 1
@@ -299,13 +297,12 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             break
         stats.records_read += 1
         if isinstance(record, BadRecord):
-            _reject(table, record)
+            table.add(record)
             continue
-        seen_fields.update(map(str, record))
         chat = not corpus.text_field and corpus.prompt_field not in record and "messages" in record
         holders.update(name for name in fields if name in record or chat)
         if stats.records_read == FIELD_GRACE_RECORDS:
-            _check_fields(table, fields, holders, seen_fields, corpus)
+            _check_fields(table, fields, holders, corpus)
         parsed, problem, name = _parse(record, corpus)
         item = _to_item(parsed, tokenizer, chat_template, eos) if parsed is not None else None
         if item is None:
@@ -327,7 +324,7 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
         if table.rejected and not table.rejected[-1].skip:
             table.check()  # bad_records: error stops at the first bad record, before any teacher work
     records.close()  # stopped at the budget: close the file now
-    _check_fields(table, fields, holders, seen_fields, corpus)
+    _check_fields(table, fields, holders, corpus)
     stats.skipped = table.skipped
     stats.first_skipped_lines = table.first_skipped_lines
     if not planned:
@@ -349,22 +346,18 @@ def _hint(problem: str, name: str | None) -> str:
     return f"{name!r} must be a string"
 
 
-def _reject(table: Table, bad: BadRecord) -> None:
-    table.reject(bad.line, bad.reason, detail=bad.detail, field=bad.field, column=bad.column, hint=bad.hint)
-
-
-def _check_fields(table: Table, fields: list[str], holders: Counter, seen_fields: set[str], corpus: CorpusConfig) -> None:
-    if not seen_fields:
+def _check_fields(table: Table, fields: list[str], holders: Counter, corpus: CorpusConfig) -> None:
+    if not table.columns:
         return
     missing = next((name for name in fields if not holders[name]), None)
     if missing is None:
         return
     setting = {corpus.text_field: "text_field", corpus.prompt_field: "prompt_field",
                corpus.response_field: "response_field"}[missing]
-    found = ", ".join(sorted(seen_fields))
+    found = ", ".join(sorted(map(str, table.columns)))
     raise DataError(f"no record holds a {missing!r} field (fields found: {found})", where=f"{table.source}, field {missing!r}",
                     hint=f"set data.corpus.{setting} to the column that holds it, e.g. --set data.corpus.{setting}="
-                         f"{sorted(seen_fields)[0]}")
+                         f"{sorted(map(str, table.columns))[0]}")
 
 
 @dataclass(frozen=True)
