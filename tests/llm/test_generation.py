@@ -106,3 +106,139 @@ def test_long_prompts_are_skipped_and_counted(tiny_lm, tmp_path):
     items, stats = generate(tiny_lm.model, tiny_lm.tokenizer, [long, *PROMPTS[:2]], open_cache(tmp_path, tiny_lm),
                             SETTINGS, batch_size=4, max_prompt_tokens=64, progress=False)
     assert stats.skipped_long_prompts == 1 and len(items) == 2
+
+
+# --- backends: the compact loop against transformers' generate ---------------------------------------------------
+
+from stillroom.core.errors import StillroomError  # noqa: E402
+from stillroom.distill.llm.generate import compare_generation, next_tokens, time_generation  # noqa: E402
+
+from .llm_fixtures import make_model, make_tokenizer  # noqa: E402
+
+VARIED = PROMPTS + [Prompt.from_text(t) for t in (
+    "Write a long story about a dragon who learns to bake bread in a small village by the sea.", "Hi.",
+    "List the planets of the solar system, from the closest to the sun to the farthest one.")]
+
+
+@pytest.fixture(scope="module")
+def chatty_lm():
+    """A tiny Llama with large random weights, so greedy decoding writes varied tokens (the fixture's small init
+    repeats one token), and end-of-sequence set to two tokens it writes often, so rows stop at different steps."""
+    from types import SimpleNamespace
+
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer, seed=1)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0, 0.3)
+    lm = SimpleNamespace(model=model, tokenizer=tokenizer, source="chatty")
+    probe = GenerationSettings(max_new_tokens=14, do_sample=False, top_k_cache=0, backend="hf")
+    items, _ = generate(model, tokenizer, VARIED, open_cache_for(lm, probe), probe, batch_size=len(VARIED), progress=False)
+    counts = torch.bincount(torch.tensor([t for item in items for t in item.completion_ids[1:10]]))
+    frequent = counts.topk(2).indices.tolist()
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *frequent]
+    return lm
+
+
+def open_cache_for(lm, settings, root=None):
+    import tempfile
+    from pathlib import Path
+
+    return open_cache(Path(root or tempfile.mkdtemp()), lm, settings)
+
+
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_compact_backend_writes_what_hf_generate_writes_under_greedy(chatty_lm, tmp_path, kv_cache):
+    """Token ids equal, the stored top-k equal within fp16, rows that stop early included, prompts of 5 to 30 tokens."""
+    lm = chatty_lm
+    settings = {"max_new_tokens": 14, "do_sample": False, "top_k_cache": 6}
+    hf = GenerationSettings(**settings, backend="hf")
+    compact = GenerationSettings(**settings, backend="compact")
+    ref_cache, new_cache = open_cache(tmp_path / "hf", lm, hf), open_cache(tmp_path / "new", lm, compact)
+    reference, _ = generate(lm.model, lm.tokenizer, VARIED, ref_cache, hf, batch_size=4, progress=False)
+    fast, stats = generate(lm.model, lm.tokenizer, VARIED, new_cache, compact, batch_size=4, progress=False,
+                           kv_cache=kv_cache)
+    lengths = [len(item.completion_ids) for item in reference]
+    assert sum(item.stopped for item in reference) >= 3 and len(set(lengths)) >= 3  # early stops at different steps
+    assert len({len(item.prompt_ids) for item in reference}) >= 5
+    assert [i.completion_ids for i in fast] == [i.completion_ids for i in reference]
+    assert [i.stopped for i in fast] == [i.stopped for i in reference]
+    assert stats.generated_tokens == sum(lengths)
+    for ref_item, new_item in zip(reference, fast):
+        a, b = ref_cache.sparse(ref_item), new_cache.sparse(new_item)
+        assert torch.equal(a.ids, b.ids)
+        assert torch.allclose(a.logprobs, b.logprobs, atol=2e-3) and torch.allclose(a.log_tail, b.log_tail, atol=2e-3)
+
+
+def test_the_backend_is_part_of_the_cache_key(tiny_lm, tmp_path):
+    a = open_cache(tmp_path, tiny_lm, GenerationSettings(backend="hf"))
+    b = open_cache(tmp_path, tiny_lm, GenerationSettings(backend="compact"))
+    assert a.folder != b.folder and json.loads((b.folder / "meta.json").read_text())["format"] == 2
+    with pytest.raises(StillroomError, match="backend"):
+        GenerationSettings(backend="vllm")
+    with pytest.raises(StillroomError, match="KV cache"):
+        generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, b, GenerationSettings(), kv_cache="paged", progress=False)
+
+
+def test_compact_sampling_is_seeded_per_prompt_not_per_batch(chatty_lm, tmp_path):
+    """Each row draws from its own generator (run seed + prompt hash): the batch size does not change a sample,
+    and another run seed does."""
+    lm = chatty_lm
+    settings = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=0.9, top_k_cache=3, seed=5)
+    by_two, _ = generate(lm.model, lm.tokenizer, VARIED, open_cache(tmp_path / "a", lm, settings), settings,
+                         batch_size=2, progress=False)
+    all_at_once, _ = generate(lm.model, lm.tokenizer, VARIED, open_cache(tmp_path / "b", lm, settings), settings,
+                              batch_size=len(VARIED), progress=False, kv_cache="static")
+    assert [i.completion_ids for i in by_two] == [i.completion_ids for i in all_at_once]
+    other = GenerationSettings(**{**settings.key(), "seed": 6})
+    reseeded, _ = generate(lm.model, lm.tokenizer, VARIED, open_cache(tmp_path / "c", lm, other), other,
+                           batch_size=2, progress=False)
+    assert [i.completion_ids for i in reseeded] != [i.completion_ids for i in by_two]
+
+
+@pytest.mark.parametrize("backend", ["hf", "compact"])
+def test_each_backend_resumes_a_killed_run_exactly(tiny_lm, tmp_path, backend):
+    settings = GenerationSettings(**{**SETTINGS.key(), "backend": backend})
+    reference, _ = generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path / "ref", tiny_lm, settings),
+                            settings, batch_size=2, progress=False)
+    with killed_on_call(gen, "_generate_batch", 2), pytest.raises(KeyboardInterrupt):
+        generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path / "run", tiny_lm, settings), settings,
+                 batch_size=2, progress=False)
+    items, stats = generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path / "run", tiny_lm, settings),
+                            settings, batch_size=2, progress=False)
+    assert stats.reused_items == 2 and stats.generated_items == len(PROMPTS) - 2
+    assert [i.completion_ids for i in items] == [i.completion_ids for i in reference]
+
+
+def test_nucleus_sampling_draws_only_inside_the_nucleus():
+    generators = [torch.Generator().manual_seed(i) for i in range(400)]
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(400, 1)
+    nucleus = GenerationSettings(do_sample=True, temperature=1.0, top_p=0.7)
+    drawn = next_tokens(logits, nucleus, generators)
+    assert set(drawn.tolist()) == {0, 1}  # 0.5 + 0.3 hold 0.7; token 2 starts past it
+    everything = next_tokens(logits, GenerationSettings(do_sample=True, temperature=1.0, top_p=1.0), generators)
+    assert set(everything.tolist()) == {0, 1, 2, 3}
+    flat = torch.zeros(1000, 1000)
+    flat[:, 600:] = 5.0  # 400 tokens hold 0.99 of the mass, the 256 first candidates only 0.63 < top_p
+    many = [torch.Generator().manual_seed(i) for i in range(1000)]
+    wide = next_tokens(flat, GenerationSettings(do_sample=True, temperature=1.0, top_p=0.9), many).tolist()
+    assert all(t >= 600 for t in wide) and len(set(wide)) > 256  # the whole row was sorted: a nucleus of ~364
+    assert torch.equal(next_tokens(logits, GenerationSettings(do_sample=False), generators), torch.zeros(400).long())
+
+
+def test_time_generation_counts_the_tokens_generate_writes(tiny_lm, tmp_path):
+    settings = GenerationSettings(max_new_tokens=6, do_sample=False, top_k_cache=4)
+    items, _ = generate(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, open_cache(tmp_path, tiny_lm, settings), settings,
+                        batch_size=3, progress=False)
+    timing = time_generation(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, settings, batch_size=3, threads=1)
+    assert timing.prompts == len(PROMPTS) and timing.tokens == sum(len(i.completion_ids) for i in items)
+    assert timing.seconds > 0 and timing.tokens_per_second > 0
+    both = compare_generation(tiny_lm.model, tiny_lm.tokenizer, PROMPTS,
+                              {"before": {"backend": "hf", "batch_size": 4}, "after": {"batch_size": 8}}, settings,
+                              rounds=2, threads=1)
+    assert both["before"]["backend"] == "hf" and both["after"]["backend"] == "compact"
+    assert len(both["after"]["tok_s_rounds"]) == 2 and both["before"]["tokens"] == both["after"]["tokens"]
+    with pytest.raises(StillroomError, match="no prompt"):
+        time_generation(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, settings, max_prompt_tokens=2, threads=1)
