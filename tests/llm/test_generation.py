@@ -242,3 +242,17 @@ def test_time_generation_counts_the_tokens_generate_writes(tiny_lm, tmp_path):
     assert len(both["after"]["tok_s_rounds"]) == 2 and both["before"]["tokens"] == both["after"]["tokens"]
     with pytest.raises(StillroomError, match="no prompt"):
         time_generation(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, settings, max_prompt_tokens=2, threads=1)
+
+
+def test_heldout_metrics_per_item_add_up_and_the_teacher_agrees_with_itself(chatty_lm, tmp_path):
+    from stillroom.distill.llm.evaluate import heldout_item_metrics, heldout_metrics
+
+    lm = chatty_lm
+    greedy = GenerationSettings(max_new_tokens=8, do_sample=False, top_k_cache=2)
+    cache = open_cache(tmp_path, lm, greedy)
+    items, _ = generate(lm.model, lm.tokenizer, VARIED, cache, greedy, batch_size=4, progress=False)
+    per = heldout_item_metrics(lm.model, items, cache, lm.tokenizer.pad_token_id, batch_size=3, threads=1)
+    assert per["tokens"] == [len(i.completion_ids) for i in items] and per["agree"] == per["tokens"]
+    total = heldout_metrics(lm.model, items, cache, lm.tokenizer.pad_token_id, batch_size=5, threads=1)
+    assert total["agreement"] == 1.0 and total["eval_tokens"] == sum(per["tokens"])
+    assert total["nll"] == pytest.approx(sum(per["nll"]) / sum(per["tokens"]), rel=1e-5)

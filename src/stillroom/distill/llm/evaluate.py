@@ -22,20 +22,35 @@ from stillroom.distill.types import Item
 from stillroom.distill.llm.train import logits_at, make_batch
 
 
-def heldout_metrics(model, items: Sequence[Item], cache: GenerationCache, pad_id: int, batch_size: int = 8,
-                    threads: int = 2) -> dict[str, float]:
-    """NLL of the teacher's tokens and top-1 agreement with the teacher's argmax, over all completion tokens."""
-    total_nll, agree, count = 0.0, 0, 0
+def heldout_item_metrics(model, items: Sequence[Item], cache: GenerationCache, pad_id: int, batch_size: int = 8,
+                         threads: int = 2) -> dict[str, list]:
+    """Per item, teacher-forced on its completion: summed NLL of the teacher's tokens (`nll`), positions where the
+    model's top-1 is the teacher's top-1 (`agree`), and completion tokens (`tokens`)."""
+    per: dict[str, list] = {"nll": [], "agree": [], "tokens": []}
     with cpu_threads(threads), torch.inference_mode():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             batch = make_batch([(item.prompt_ids, item.completion_ids) for item in chunk], pad_id)
             logits = logits_at(model, batch).float()
             teacher_top1 = torch.cat([cache.sparse(item).ids[:, 0] for item in chunk])
-            total_nll += float(torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum"))
-            agree += int((logits.argmax(-1) == teacher_top1).sum())
-            count += batch.tokens
-    return {"nll": total_nll / count, "agreement": agree / count, "eval_tokens": count}
+            nll = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+            agree = (logits.argmax(-1) == teacher_top1).long()
+            offset = 0
+            for item in chunk:
+                n = len(item.completion_ids)
+                per["nll"].append(float(nll[offset:offset + n].sum()))
+                per["agree"].append(int(agree[offset:offset + n].sum()))
+                per["tokens"].append(n)
+                offset += n
+    return per
+
+
+def heldout_metrics(model, items: Sequence[Item], cache: GenerationCache, pad_id: int, batch_size: int = 8,
+                    threads: int = 2) -> dict[str, float]:
+    """NLL of the teacher's tokens and top-1 agreement with the teacher's argmax, over all completion tokens."""
+    per = heldout_item_metrics(model, items, cache, pad_id, batch_size, threads)
+    count = sum(per["tokens"])
+    return {"nll": sum(per["nll"]) / count, "agreement": sum(per["agree"]) / count, "eval_tokens": count}
 
 
 def generation_speed(model, pad_id: int, prompts: Sequence[Sequence[int]], batch: int, new_tokens: int = 48,
