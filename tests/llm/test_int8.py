@@ -64,6 +64,10 @@ def test_tied_head_stays_float_and_shares_the_embeddings(tied, scheme, int8_type
     assert "28 of 29 Linear layers" in summary.note() and "tied" in summary.note()
     assert serialized_bytes(quantized) < serialized_bytes(model)
     assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)  # the float model is left as it was
+    with torch.inference_mode():  # transformers' generate runs on it, as the card's speed rows need
+        out = quantized.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                 pad_token_id=0)
+    assert out.shape == (1, 7)
 
 
 def test_per_token_int8_agrees_with_float_and_a_quantized_head_is_counted(tied):
