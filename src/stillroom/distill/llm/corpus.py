@@ -100,6 +100,8 @@ class CorpusStats:
     """What one pass over the corpus read, used, skipped, and what the teacher computed."""
 
     source: str
+    unit: str = "line"
+    """How the file numbers its records: line, or row for Parquet."""
     records_read: int = 0
     """Records looked at after the offset (used + skipped)."""
     records_used: int = 0
@@ -139,7 +141,7 @@ class CorpusStats:
         if not self.skipped:
             return "none"
         reasons = ", ".join(f"{reason} ({n})" for reason, n in self.skipped.most_common())
-        return f"{reasons}; first at line {', '.join(map(str, self.first_skipped_lines))}"
+        return f"{reasons}; first at {self.unit} {', '.join(map(str, self.first_skipped_lines))}"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -202,7 +204,7 @@ def corpus_targets(teacher: LoadedLM, corpus: CorpusConfig, root: Path, top_k: i
                         hint="set generation.top_k_cache > 0 to train from the corpus")
     path = Path(corpus.path).expanduser()
     settings = CorpusSettings.of(corpus, top_k, chat_template)
-    planned, stats = plan_corpus(path, corpus, teacher.tokenizer, chat_template, exclude)
+    planned, stats = plan_corpus(path, corpus, teacher.tokenizer, chat_template, exclude, progress)
     cache = CorpusCache.for_corpus(root, teacher_fingerprint(teacher.model, teacher.tokenizer, teacher.source),
                                    settings, corpus_identity(path))
     stats.truncated_tail_lines, stats.removed_orphan_shards = cache.truncated_tail_lines, cache.removed_orphan_shards
@@ -272,7 +274,7 @@ def forward_topk(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, t
 
 
 def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool = True,
-                exclude: Collection[str] = ()) -> tuple[list[Item], CorpusStats]:
+                exclude: Collection[str] = (), progress: bool = False) -> tuple[list[Item], CorpusStats]:
     """Read, check and tokenize records in file order until the budget; the items have no shard yet.
 
     Raises `DataError` for a file that cannot be used, a field no record holds, or (with
@@ -280,14 +282,15 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
     """
     path = Path(path).expanduser()
     table = open_table(path, bad_records=corpus.bad_records, path_hint="check data.corpus.path")
-    stats = CorpusStats(str(path))
+    stats = CorpusStats(str(path), table.unit)
     fields = [corpus.text_field] if corpus.text_field else [corpus.prompt_field, corpus.response_field]
     holders = Counter()
-    eos = tokenizer.eos_token_id
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     seen_uids: set[str] = set()
     planned: list[Item] = []
     exclude = set(exclude)
     records = iter_table(table)
+    bar = tqdm(total=corpus.max_tokens, desc="reading the corpus", unit="tok", disable=not progress, leave=False)
     for number, (line, record) in enumerate(records):
         if number < corpus.skip_records:
             stats.offset_records += 1
@@ -307,6 +310,8 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
         item = _to_item(parsed, tokenizer, chat_template, eos) if parsed is not None else None
         if item is None:
             table.reject(line, problem, field=name, hint=_hint(problem, name))
+        elif not item.completion_ids:
+            table.reject(line, "text of one token", field=corpus.text_field, skip=True)
         elif item.uid in seen_uids:
             table.reject(line, "duplicate record", skip=True)
         elif corpus.max_prompt_tokens < len(item.prompt_ids):
@@ -321,9 +326,11 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             stats.tokens += len(item.completion_ids)
             stats.prompt_tokens += len(item.prompt_ids)
             planned.append(item)
+            bar.update(len(item.completion_ids))
         if table.rejected and not table.rejected[-1].skip:
             table.check()  # bad_records: error stops at the first bad record, before any teacher work
     records.close()  # stopped at the budget: close the file now
+    bar.close()
     _check_fields(table, fields, holders, corpus)
     stats.skipped = table.skipped
     stats.first_skipped_lines = table.first_skipped_lines
@@ -415,15 +422,15 @@ def _parse_chat(messages) -> tuple[_Record | None, str, str | None]:
     return _Record(prompt, last["content"].strip(), frozenset({prompt.uid})), "", None
 
 
-def _to_item(parsed: _Record, tokenizer, chat_template: bool, eos: int) -> Item:
+def _to_item(parsed: _Record, tokenizer, chat_template: bool, eos: list[int]) -> Item:
     """The record as an unscored Item: the prompt's tokens, then the response's and the end-of-sequence token."""
     if parsed.prompt is None:  # plain text: the first token is the prompt
         ids = list(tokenizer(parsed.text, add_special_tokens=True)["input_ids"])
-        prompt_ids, completion_ids = ids[:1], ids[1:] + [eos]
+        prompt_ids, completion_ids = ids[:1], ids[1:] + eos
         uid_source: Any = ["text", parsed.text]
     else:
         prompt_ids = encode_prompt(tokenizer, parsed.prompt, chat_template)
-        completion_ids = list(tokenizer(parsed.text, add_special_tokens=False)["input_ids"]) + [eos]
+        completion_ids = list(tokenizer(parsed.text, add_special_tokens=False)["input_ids"]) + eos
         uid_source = [parsed.prompt.turns, parsed.text]
     uid = hashlib.sha1(json.dumps(uid_source, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
     return Item(uid=uid, prompt_ids=prompt_ids, completion_ids=completion_ids, text=parsed.text, stopped=True)
