@@ -64,3 +64,21 @@ def test_a_calibration_too_small_for_the_scan_warns_and_says_how_much_is_needed(
     result = guard.scan(big)
     assert result.timings["blocks"] >= 3
     assert any("blocks" in w and "calibrate on at least" in w for w in result.warnings)
+
+
+def test_robust_calibration_beyond_its_account_cap_works_on_a_counted_sample_of_whole_customers():
+    from stillroom.guard.config import CalibrationConfig
+    from stillroom.guard.features import customer_key
+
+    day, _ = simulate(SimulateConfig(seed=5, benign=Populations(chat=600, apps=20, evals=3, labelers=6, researchers=20), campaigns=[]))
+    cap = 250
+    guard = Guard(calibration=CalibrationConfig(max_robust_accounts=cap)).fit(day, robust=True)
+    sample = guard.baseline["robust_sample"]
+    assert sample["of"] == day["account"].nunique() and 0.5 * cap <= sample["accounts"] <= 1.5 * cap
+    assert guard.baseline["calibration_accounts"] == sample["accounts"] == len(guard._calibration_accounts)
+    assert any("sample of" in w and "max_robust_accounts" in w for w in guard.warnings)
+    feats = guard.scan(day).accounts
+    kept = set(guard._calibration_accounts)
+    customers = pd.Series(customer_key(feats), index=feats.index)
+    assert all(customers[customers == c].index.isin(list(kept)).all() for c in set(customers[list(kept)]))  # whole customers
+    assert "robust_sample" not in Guard().fit(day, robust=True).baseline  # under the cap: every account

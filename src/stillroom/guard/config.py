@@ -200,6 +200,8 @@ class CalibrationConfig(Schema):
     max_excluded_share: float = Field(0.3, gt=0, le=1, description="robust calibration leaving out more of the accounts warns")
     self_scan_share: float = Field(0.9, gt=0, le=1, description="a scan whose accounts are this share of a robust "
                                                                 "calibration's is its self-scan (each fold against the other)")
+    max_robust_accounts: int = Field(100_000, ge=100, description="robust calibration on more accounts than this uses a "
+                                     "sample of about this many, whole customers (its wide neighbour lists are O(n·K), K up to 1,000)")
 
 
 class SignalsConfig(Schema):

@@ -127,10 +127,14 @@ class Guard:
         inputs = self._inputs(engine, feats)
         self.warnings = []
         excluded = pd.Index([])
+        every = len(feats)
         if robust:
+            feats = self._robust_sample(feats)
             excluded = calibration.reference_free_suspects(self, engine, feats, inputs)
         calibration.calibrate(self, engine, feats.drop(excluded), inputs, cross_fit=robust)
         self.baseline.update({"robust": robust, "excluded": int(len(excluded)), "calibration_accounts": int(len(feats))})
+        if len(feats) < every:
+            self.baseline["robust_sample"] = {"accounts": int(len(feats)), "of": every}
         if len(excluded) > self.calibration_cfg.max_excluded_share * len(feats):
             self.warnings.append(f"robust calibration left out {len(excluded):,} of {len(feats):,} accounts "
                                  f"({len(excluded) / len(feats):.0%}): the calibration traffic is mostly unusual; "
@@ -143,6 +147,21 @@ class Guard:
         self._calibration_accounts = feats.index
         self.fitted = True
         return self
+
+    def _robust_sample(self, feats: pd.DataFrame) -> pd.DataFrame:
+        """The accounts a robust calibration works on: all of them, or beyond `calibration.max_robust_accounts` a sample
+        of about that many, whole customers (a hash of the customer key), counted in `baseline["robust_sample"]` and
+        warned about. Its
+        wide neighbour lists hold K (up to 1,000) pairs per account: 1e9 pairs at a million accounts."""
+        cap = self.calibration_cfg.max_robust_accounts
+        if len(feats) <= cap:
+            return feats
+        share = cap / len(feats)
+        keep = np.array([zlib.crc32(str(key).encode()) / 2**32 < share for key in customer_key(feats)])
+        sample = feats[keep]
+        self.warnings.append(f"robust calibration used a sample of {len(sample):,} of {len(feats):,} accounts "
+                             f"(calibration.max_robust_accounts {cap:,}); calibrate on a clean period for all of them")
+        return sample
 
     def _inputs(self, engine: Engine, feats: pd.DataFrame) -> dict[str, SignalInputs]:
         """What each signal reads from the engine (`Signal.inputs`), computed once per traffic for all its accounts:
