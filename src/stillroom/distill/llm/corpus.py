@@ -14,15 +14,16 @@ consume the items unchanged.
   response tokens plus the end-of-sequence token are the completion. A
   record with a chat `messages` list instead (and no prompt field) has the
   turns before its last assistant turn as the prompt, that turn as the
-  response. In plain-text mode (`text_field`) the first token of the text is the prompt
-  and every later token is a target.
+  response. In plain-text mode (`text_field`) the first token of the text is
+  the prompt and every later token is a target.
 - **Streamed.** The file is read record by record (JSONL, CSV, TSV, each
-  optionally gzipped, or Parquet in row batches; `stillroom.distill.llm.records`), never whole. Records are
-  taken in file order after `skip_records`, until their response tokens reach
-  `max_tokens`; a response longer than `max_seq_tokens` (with its prompt) is
-  cut and counted.
-- **Validated first.** Every record is read, checked and tokenized before the
-  teacher runs. A file that cannot be used is a `DataError` naming the file,
+  optionally gzipped, or Parquet in row batches), never whole, by
+  `stillroom.core.io.iter_table`, the parser and bad-input policy every reader
+  shares. Records are taken in file order after `skip_records`, until their
+  response tokens reach `max_tokens`; a response longer than `max_seq_tokens`
+  (with its prompt) is cut and counted.
+- **Validated first.** Every record up to the budget is read, checked and
+  tokenized before the teacher runs. A file that cannot be used is a `DataError` naming the file,
   line and field. A record that cannot be used (bad JSON, an empty response,
   ...) is skipped and counted by reason, or, with `bad_records: error`,
   stops the run. So is a duplicate, a prompt over `max_prompt_tokens`, or a
