@@ -45,6 +45,7 @@ def test_tiny_pipeline_end_to_end_and_rerun(tmp_path, tiny_lm_dir, prompts_file)
     assert names[:2] == ["teacher", "student-untrained"]
     assert names[2:7] == ["sft", "fkl", "fkl-sparse", "rkl", "onpolicy"]
     assert "teacher-int8" in names and f"{card['summary']['exported']}-int8" in names
+    assert any("teacher-int8: int8 on" in note and "output head: float (tied" in note for note in card["notes"])
     by_name = {row["name"]: row for row in card["rows"]}
     assert by_name["teacher"]["agreement"] == 1.0  # the teacher agrees with its own argmax
     for row in card["rows"]:

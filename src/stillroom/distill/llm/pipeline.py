@@ -91,6 +91,7 @@ class Measurer:
     speed_prompts: list[list[int]]
     notes: list[str] = field(default_factory=list)
     per_item: dict[str, ItemStats] = field(default_factory=dict)
+    int8_notes: dict[str, str] = field(default_factory=dict)
 
     def stats(self, model, items: Sequence[Item]) -> ItemStats:
         return item_stats(model, items, self.eval_cache, self.pad_id, self.recipe.eval.batch_size, self.recipe.eval.threads)
@@ -115,10 +116,14 @@ class Measurer:
         return row
 
     def int8_row(self, name: str, model, **extra: Any) -> tuple[dict[str, Any] | None, Any]:
+        """The model with int8 Linear layers (per-channel weights, one activation scale per token; a tied head
+        stays float), measured like the others; what was quantized goes into the card's note."""
         try:
-            quantized = quantize_int8(model)
+            quantized = quantize_int8(model, scheme="per_token")
+            if getattr(quantized, "int8_summary", None) is not None:
+                self.int8_notes[name] = quantized.int8_summary.note()
             return self.row(f"{name}-int8", quantized, with_val=False, **extra), quantized
-        except (RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
+        except (RuntimeError, NotImplementedError, AttributeError, TypeError, ValueError) as exc:
             self.notes.append(f"{name}-int8 did not run: dynamic int8 quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             LOG.warning(self.notes[-1])
             return None, None
@@ -272,7 +277,8 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
         summary.update(samples_distinct_2=samples["distinct_2"], samples_max_repeat_run=samples["max_repeat_run"])
     timings["total_s"] = time.perf_counter() - started
     card = build_card(recipe, rows, summary, measurer.notes, teacher, student_description, export_name, timings,
-                 data_description, frontier(recipe, rows), curves, samples)
+                 data_description, frontier(recipe, rows), curves, samples,
+                 "; ".join(f"{name}-int8: {note}" for name, note in measurer.int8_notes.items()) or None)
     paths = card.write(folder.root)
     write_model_card(folder.model, card, teacher.source, "text-generation",
                      LM_USAGE.format(folder=folder.model, example="What is the capital of France?"))

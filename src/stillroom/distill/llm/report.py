@@ -13,11 +13,11 @@ import torch
 
 from stillroom.core.card import Card, Column
 from stillroom.core.measure import cpu_threads
+from stillroom.distill.llm.evaluate import heldout_item_metrics
 from stillroom.core.runs import git_commit
 from stillroom.distill.llm.config import LLMRecipe
 from stillroom.distill.llm.generate import GenerationCache, left_pad, sparse_bytes_per_token
 from stillroom.distill.llm.prompts import Prompt, encode_prompt
-from stillroom.distill.llm.signals import logits_at, make_batch
 from stillroom.distill.types import Item
 
 COLUMNS_BEFORE_SPEED = [Column("name", "model"), Column("layers", "layers"), Column("nll", "held-out NLL", "{:.3f}"),
@@ -66,24 +66,8 @@ class ItemStats:
 
 def item_stats(model, items: Sequence[Item], cache: GenerationCache, pad_id: int, batch_size: int = 8,
                threads: int = 2) -> ItemStats:
-    """`evaluate.heldout_metrics`, kept per item: teacher-forced on the teacher's greedy completions."""
-    stats = ItemStats([], [], [])
-    with cpu_threads(threads), torch.inference_mode():
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            batch = make_batch([(item.prompt_ids, item.completion_ids) for item in chunk], pad_id)
-            logits = logits_at(model, batch).float()
-            teacher_top1 = torch.cat([cache.sparse(item).ids[:, 0] for item in chunk])
-            nll = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
-            agree = (logits.argmax(-1) == teacher_top1).long()
-            offset = 0
-            for item in chunk:
-                n = len(item.completion_ids)
-                stats.nll.append(float(nll[offset:offset + n].sum()))
-                stats.agree.append(int(agree[offset:offset + n].sum()))
-                stats.tokens.append(n)
-                offset += n
-    return stats
+    """`evaluate.heldout_item_metrics` as an `ItemStats`: teacher-forced on the teacher's greedy completions."""
+    return ItemStats(**heldout_item_metrics(model, items, cache, pad_id, batch_size, threads))
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], tokens: Sequence[int], rounds: int = 2000,
@@ -255,14 +239,14 @@ def _num(value, fmt: str) -> str:
 
 
 def build_card(recipe, rows, summary, notes, teacher, student_description, export_name, timings, data_description,
-          frontier_rows, curves, samples) -> LLMCard:
+               frontier_rows, curves, samples, int8_note: str | None = None) -> LLMCard:
     speed = [Column(f"tok_s_b{b}", f"tok/s b{b}", "{:.1f}") for b in recipe.eval.speed_batches]
     notes = list(notes)
     notes.append(f"NLL and agreement: teacher-forced on the teacher's greedy completions of {recipe.data.test_prompts} "
                  f"held-out prompts (val agreement: {recipe.data.val_prompts} other prompts); tok/s: greedy, exactly "
                  f"{recipe.eval.speed_new_tokens} new tokens a prompt, {recipe.eval.threads} CPU threads, every model "
                  f"timed in the same {recipe.eval.speed_repeats} round(s), round-robin, its fastest kept. "
-                 + _int8_note())
+                 + _int8_note(int8_note))
     budgets = sorted({(r["layers"], r["train_tokens"]) for r in rows if r["name"] in {v.name for v in recipe.variants}})
     notes.append(f"Training data: {data_description}. Each student starts from the untrained student of its size "
                  f"(default: {student_description}); (layers, training tokens) of the variants: "
@@ -291,12 +275,7 @@ def build_card(recipe, rows, summary, notes, teacher, student_description, expor
     )
 
 
-def _int8_note() -> str:
-    from stillroom.core import measure
-
-    describe = getattr(measure, "describe_int8", None)  # gen13's summary of what quantize_int8 changes, where present
-    if describe is not None:
-        return f"int8 rows: {describe()}"
-    return "int8 rows quantize the model's Linear layers to dynamic int8 (stillroom.core.measure.quantize_int8)."
-
-
+def _int8_note(int8_note: str | None) -> str:
+    if int8_note:
+        return f"int8 rows: {int8_note}."
+    return "No int8 rows."
