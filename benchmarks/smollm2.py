@@ -24,10 +24,15 @@ GKDTrainer and SFTTrainer against stillroom's loop at the same small step count
 (`benchmarks/trl_peer.py`), and the teacher's generation tok/s with transformers' generate (before)
 and stillroom's compact loop (after), interleaved.
 
+The int8 teacher is checked in its own stage (`quantize_int8(scheme="per_token")` against the float
+teacher on the test set, both timed at b32); `teacher_int8_agreement` comes from it (the pipeline's
+teacher-int8 row is kept beside it).
+
 Resumable: the run folder is runs/bench-smollm2-<commit>; a killed run resumes its generations, corpus
 targets and checkpoints, and every finished stage (pipeline card, generation timing, peer) is stored
 with the commit that measured it; a rerun of the same clean commit reuses those and lists them as
-`reused` under `stages`. Another commit starts a fresh folder. Writes benchmarks/results/smollm2.json
+`reused` under `stages`. Another commit starts a fresh folder, unless `--stages-from COMMIT` names an
+earlier commit whose finished stages it may reuse (each listed with the commit that measured it). Writes benchmarks/results/smollm2.json
 and a line in BENCHMARKS.md.
 """
 
@@ -95,6 +100,10 @@ def arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--peer-layers", type=int, default=10, help="layers of the peer students")
     p.add_argument("--gen-prompts", type=int, default=32, help="prompts timed for teacher generation before/after (0: skip)")
     p.add_argument("--name", default=None, help="run name (default bench-smollm2-<commit>)")
+    p.add_argument("--stages-from", default=None, metavar="COMMIT",
+                   help="also reuse the finished stages that this earlier commit measured (its run folder), listed as "
+                        "reused from that commit; the stages it lacks are measured now")
+    p.add_argument("--no-int8-check", action="store_true", help="skip the int8-teacher stage")
     p.add_argument("--no-write", action="store_true", help="print the results without writing the JSON (exploration)")
     return p
 
@@ -125,7 +134,7 @@ def write_prompts(args) -> Path:
 
 
 def run_name(args) -> str:
-    return args.name or f"bench-smollm2-{STARTED['commit'][:10]}"
+    return args.name or f"bench-smollm2-{(args.stages_from or STARTED['commit'])[:10]}"
 
 
 def variants(args) -> list[dict]:
@@ -168,8 +177,8 @@ class Stages:
     """Finished stages of this benchmark, stored with the commit that measured them; reused only for the same
     clean commit, and then listed as reused (with when they were measured), never as measured now."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, earlier: str | None = None):
+        self.folder, self.earlier = folder, earlier
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record: dict[str, dict] = {}
 
@@ -177,10 +186,13 @@ class Stages:
         path = self.folder / f"{name}.json"
         if path.exists() and not STARTED["dirty"]:
             stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored["commit"] == STARTED["commit"]:
-                self.record[name] = {"status": "reused", "commit": stored["commit"], "measured_at": stored["measured_at"],
+            same = stored["commit"] == STARTED["commit"]
+            earlier = bool(self.earlier) and stored["commit"].startswith(self.earlier) and not stored.get("dirty")
+            if same or earlier:
+                status = "reused" if same else "reused from an earlier commit (--stages-from)"
+                self.record[name] = {"status": status, "commit": stored["commit"], "measured_at": stored["measured_at"],
                                      "seconds": stored["seconds"]}
-                LOG.info("stage %s: reused (measured at %s by this commit)", name, stored["measured_at"])
+                LOG.info("stage %s: %s, measured at %s by %s", name, status, stored["measured_at"], stored["commit"][:10])
                 return stored["result"]
         clock = time.perf_counter()
         result = compute()
@@ -208,6 +220,40 @@ def generation_timing(recipe: LLMRecipe, n_prompts: int) -> dict:
             "settings": "sampled (T 0.7, top-p 0.95), 64 new tokens at most, top-64 targets computed, batch 32, 2 interleaved rounds, best kept"}
 
 
+def int8_check(recipe: LLMRecipe) -> dict:
+    """The teacher at int8 (`quantize_int8(scheme="per_token")`: per-channel weights, one activation scale per token,
+    tied head float) against the float teacher on the run's test set, and both timed at b32, interleaved."""
+    import torch
+
+    from stillroom.core.measure import quantize_int8
+    from stillroom.core.runs import open_run
+    from stillroom.distill.llm import pipeline, report
+    from stillroom.distill.llm.evaluate import generation_speed
+    from stillroom.distill.llm.prompts import load_prompts, split_prompts
+    from stillroom.distill.llm.teacher import load_causal_lm
+
+    torch.set_num_threads(recipe.threads or 2)
+    teacher = load_causal_lm(recipe.teacher.path, gguf_file=recipe.teacher.gguf_file)
+    folder = open_run(recipe.output_dir, recipe.name)  # the caches of the pipeline stage are reused
+    prompts = load_prompts(recipe.data.path, recipe.data.prompt_field)
+    train_p, val_p, test_p = split_prompts(prompts.prompts, recipe.data.test_prompts, recipe.data.val_prompts,
+                                           recipe.data.train_prompts, recipe.seed)
+    _, _, eval_cache, _, test_items, _, _ = pipeline._generations(recipe, teacher, folder, train_p, val_p, test_p)
+    pad, threads = teacher.tokenizer.pad_token_id, recipe.eval.threads
+    quantized = quantize_int8(teacher.model, scheme="per_token")
+    out = {"scheme": "per_token", "summary": quantized.int8_summary.as_dict(), "note": quantized.int8_summary.note()}
+    for name, model in (("float", teacher.model), ("int8", quantized)):
+        stats = report.item_stats(model, test_items, eval_cache, pad, recipe.eval.batch_size, threads).summary()
+        out[name] = {"agreement": stats["agreement"], "nll": stats["nll"], "tok_s_b32": 0.0}
+    speed_prompts = [item.prompt_ids for item in test_items]
+    for _ in range(recipe.eval.speed_repeats):
+        for name, model in (("float", teacher.model), ("int8", quantized)):
+            out[name]["tok_s_b32"] = max(out[name]["tok_s_b32"], generation_speed(model, pad, speed_prompts, 32, 48, 1, threads))
+    LOG.info("int8 teacher (per_token): agreement %.3f, nll %.3f, b32 %.1f tok/s (float %.1f)", out["int8"]["agreement"],
+             out["int8"]["nll"], out["int8"]["tok_s_b32"], out["float"]["tok_s_b32"])
+    return out
+
+
 def check(value, op: str, bound: float):
     if value is None:
         return None
@@ -220,7 +266,7 @@ def main() -> None:
     setup_console_logging()
     prompts = write_prompts(args)
     recipe = recipe_for(args, prompts)
-    stages = Stages(Path("runs") / recipe.name / "stages")
+    stages = Stages(Path("runs") / recipe.name / "stages", args.stages_from)
 
     def pipeline_stage():
         from stillroom.distill.llm import pipeline
@@ -235,6 +281,7 @@ def main() -> None:
 
         peer = stages.run("peer", lambda: trl_peer.measure(recipe, args.peer_layers, args.peer_steps))
 
+    int8 = None if args.no_int8_check else stages.run("int8_teacher", lambda: int8_check(recipe))
     summary = card["summary"]
     keep = ("name", "layers", "train_tokens", "nll", "agreement", "val_agreement", "val_nll", "tok_s_b1", "tok_s_b32",
             "params", "bytes", "steps", "training", "train_s")
@@ -252,7 +299,7 @@ def main() -> None:
         "kd_minus_trl_gkd_agreement": peer["kd_minus_trl_gkd_agreement"] if peer else None,
         "cache_fraction_of_dense": summary.get("cache_fraction_of_dense"),
         "abs_sparse_minus_dense_agreement": abs(sparse_gap) if sparse_gap is not None else None,
-        "teacher_int8_agreement": summary.get("teacher_int8_agreement"),
+        "teacher_int8_agreement": int8["int8"]["agreement"] if int8 else summary.get("teacher_int8_agreement"),
     }
     targets = {key: {"value": values[key], "target": f"{op} {bound}", "what": what, "met": check(values[key], op, bound)}
                for key, (op, bound, what) in TARGETS.items()}
@@ -281,7 +328,9 @@ def main() -> None:
         "cache_fraction_of_dense": summary.get("cache_fraction_of_dense"),
         "sparse_vs_dense": summary.get("sparse_vs_dense"),
         "sparse_minus_dense_agreement": sparse_gap,
-        "teacher_int8_agreement": summary.get("teacher_int8_agreement"),
+        "teacher_int8_agreement": values["teacher_int8_agreement"],
+        "teacher_int8_agreement_pipeline_row": summary.get("teacher_int8_agreement"),
+        "int8_teacher": int8,
         "targets": targets,
         "stages": stages.record,
         "settings": {k: v for k, v in vars(args).items() if k != "no_write"},
