@@ -265,40 +265,45 @@ def harvest(args, work: Path, data, teacher, ring) -> dict:
     return {"log": str(log), "accounts": {group: sorted(names) for group, names in accounts.items()}}  # no keys
 
 
-def quality_cost(teacher, key, rows, chat_template: bool = True, biases=(0.5, 1.0, 2.0, 4.0)) -> dict:
-    """NLL ratio and top-1 change of the watermarked teacher against the plain one, on held-out human answers."""
+def teacher_forced(teacher, rows, chat_template: bool = True, batch_size: int = 8):
+    """The teacher read on held-out human answers (their first 96 tokens), `batch_size` texts at a time: yields each
+    batch, its logits at the answer positions [N, V] and the token before each position (what lefthash seeds from)."""
     from stillroom.distill.llm.prompts import Prompt, encode_prompt
-    from stillroom.distill.llm.train import logits_at, make_batch
-    from stillroom.guard.provenance.detect import GreenList
+    from stillroom.distill.llm.signals import logits_at, make_batch
 
     tok = teacher.tokenizer
-    pairs = []
-    for row in rows:
-        if not row["response"]:
-            continue
-        prompt = encode_prompt(tok, Prompt.from_text(row["prompt"]), chat_template)
-        pairs.append((prompt, tok(row["response"], add_special_tokens=False)["input_ids"][:96]))
-    greens = GreenList(key, int(teacher.model.config.vocab_size))
-    sums = {b: {"nll": 0.0, "same_top1": 0} for b in biases}
-    base_nll, count = 0.0, 0
+    pairs = [(encode_prompt(tok, Prompt.from_text(row["prompt"]), chat_template),
+              tok(row["response"], add_special_tokens=False)["input_ids"][:96]) for row in rows if row["response"]]
     with torch.inference_mode():
-        for at in range(0, len(pairs), 8):
-            chunk = pairs[at:at + 8]
+        for at in range(0, len(pairs), batch_size):
+            chunk = pairs[at:at + batch_size]
             batch = make_batch(chunk, tok.pad_token_id)
             logits = logits_at(teacher.model, batch).float()
             previous = torch.cat([torch.tensor((list(p) + list(c))[len(p) - 1:len(p) + len(c) - 1]) for p, c in chunk])
-            mask = torch.stack([greens._mask_after(int(t)) for t in previous]).float()
-            base = torch.log_softmax(logits, -1)
-            base_nll += float(-base.gather(1, batch.labels[:, None]).sum())
-            top = logits.argmax(-1)
-            for b in biases:
-                marked = torch.log_softmax(logits + b * mask, -1)
-                sums[b]["nll"] += float(-marked.gather(1, batch.labels[:, None]).sum())
-                sums[b]["same_top1"] += int((marked.argmax(-1) == top).sum())
-            count += batch.tokens
+            yield batch, logits, previous
+
+
+def quality_cost(teacher, key, rows, chat_template: bool = True, biases=(0.5, 1.0, 2.0, 4.0)) -> dict:
+    """NLL ratio and top-1 change of the watermarked teacher against the plain one, on held-out human answers."""
+    from stillroom.guard.provenance.detect import GreenList
+
+    greens = GreenList(key, int(teacher.model.config.vocab_size))
+    sums = {b: {"nll": 0.0, "same_top1": 0} for b in biases}
+    base_nll, count, texts = 0.0, 0, 0
+    for batch, logits, previous in teacher_forced(teacher, rows, chat_template):
+        mask = torch.stack([greens._mask_after(int(t)) for t in previous]).float()
+        base = torch.log_softmax(logits, -1)
+        base_nll += float(-base.gather(1, batch.labels[:, None]).sum())
+        top = logits.argmax(-1)
+        for b in biases:
+            marked = torch.log_softmax(logits + b * mask, -1)
+            sums[b]["nll"] += float(-marked.gather(1, batch.labels[:, None]).sum())
+            sums[b]["same_top1"] += int((marked.argmax(-1) == top).sum())
+        count += batch.tokens
+        texts += batch.input_ids.shape[0]
     sweep = {str(b): {"nll_ratio": sums[b]["nll"] / base_nll, "agreement_drop": 1 - sums[b]["same_top1"] / count}
              for b in biases}
-    return {"tokens": count, "texts": len(pairs), "teacher_nll": base_nll / count, "by_bias": sweep}
+    return {"tokens": count, "texts": texts, "teacher_nll": base_nll / count, "by_bias": sweep}
 
 
 def _pairs(spec: str) -> list[tuple[float, float]]:
@@ -311,7 +316,7 @@ def quality_sweep(args, teacher, ring, data) -> dict:
     Teacher-forced on held-out human answers, each setting's own transformers WatermarkLogitsProcessor biases the
     teacher's logits at every position: `nll_ratio` and `agreement_drop` as in `quality_cost`, and the expected green
     share of a token sampled as the harvest samples (temperature first, then +δ), which projects the text test's
-    log10 p at the committed harvest's size (6,333 distinct pairs, and at --harvest answers of --max-tokens). For the
+    log10 p at the committed harvest's size (6,333 distinct pairs) and the pairs Holm p < 1e-5 would take. For the
     settings in --sweep-generate, real answers to harvest prompts are generated through `stillroom serve`'s engine and
     given the text test under every cohort key (Holm), and their z is scaled by sqrt(n) to the harvest's size.
     """
@@ -319,8 +324,6 @@ def quality_sweep(args, teacher, ring, data) -> dict:
     import dataclasses
     import math
 
-    from stillroom.distill.llm.prompts import Prompt, encode_prompt
-    from stillroom.distill.llm.signals import logits_at, make_batch
     from stillroom.guard.provenance.detect import Detector, binomial_log10_sf, watermark_processor
     from stillroom.guard.provenance.keys import WatermarkSettings
     from stillroom.serve.app import _complete
@@ -333,19 +336,11 @@ def quality_sweep(args, teacher, ring, data) -> dict:
                 for b in map(float, args.sweep_biases.split(","))]
     settings += [WatermarkSettings(g, b, "selfhash") for g, b in _pairs(args.sweep_selfhash)]
     processors = [watermark_processor(dataclasses.replace(base, settings=s), vocab) for s in settings]
-    pairs = []
-    for row in data["quality"] or data["probe"]:
-        if row["response"]:
-            prompt = encode_prompt(tok, Prompt.from_text(row["prompt"]))
-            pairs.append((prompt, tok(row["response"], add_special_tokens=False)["input_ids"][:96]))
     sums = [{"nll": 0.0, "same_top1": 0, "green": 0.0, "green_plain": 0.0} for _ in settings]
-    base_nll, count = 0.0, 0
+    base_nll, count, texts = 0.0, 0, 0
     with torch.inference_mode():
-        for at in range(0, len(pairs), 8):
-            chunk = pairs[at:at + 8]
-            batch = make_batch(chunk, tok.pad_token_id)
-            logits = logits_at(teacher.model, batch).float()
-            previous = torch.cat([torch.tensor((list(p) + list(c))[len(p) - 1:len(p) + len(c) - 1]) for p, c in chunk])
+        for batch, logits, previous in teacher_forced(teacher, data["quality"] or data["probe"]):
+            texts += batch.input_ids.shape[0]
             base_nll += float(-torch.log_softmax(logits, -1).gather(1, batch.labels[:, None]).sum())
             top = logits.argmax(-1)
             for s, processor, acc in zip(settings, processors, sums):
@@ -415,7 +410,7 @@ def quality_sweep(args, teacher, ring, data) -> dict:
                      generated[-1]["attributed"])
     finally:
         engine.close()
-    return {"texts": len(pairs), "tokens": count, "teacher_nll": base_nll / count, "temperature": args.temperature,
+    return {"texts": texts, "tokens": count, "teacher_nll": base_nll / count, "temperature": args.temperature,
             "settings": rows, "generated": generated, "keys": len(ring.all_keys())}
 
 
