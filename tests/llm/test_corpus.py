@@ -251,8 +251,11 @@ def test_csv_gzip_and_parquet_read_the_same_records(tiny_lm, corpus_file, tmp_pa
 
 
 def test_recipe_takes_a_corpus_section():
-    recipe = LLMRecipe(data={"corpus": {"path": "dolly.jsonl", "max_tokens": 500_000}})
+    from stillroom.core.recipe import load_recipe
+
+    recipe = load_recipe(LLMRecipe, "llm", ["data.corpus.path=dolly.jsonl", "data.corpus.max_tokens=500000"], default="llm")
     assert recipe.data.corpus.response_field == "response" and recipe.data.corpus.max_tokens == 500_000
+    assert LLMRecipe().data.corpus is None  # the default stays the teacher's own generations
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         CorpusConfig(path="x.jsonl", max_seq_tokens=64, max_prompt_tokens=64)
 
