@@ -203,7 +203,7 @@ def test_bad_files_name_file_line_and_field(tiny_lm, tmp_path):
     assert error.value.where.endswith("field 'instruction'") and "prompt_field" in error.value.hint
     with pytest.raises(DataError) as error:
         plan_corpus(wrong, config(wrong, prompt_field="prompt"), tokenizer)
-    assert "'response'" in error.value.message and "response_field=answer" in error.value.hint
+    assert "'response'" in error.value.message and "data.corpus.response_field" in error.value.hint
 
     half = write_jsonl(tmp_path / "half.jsonl", RECORDS[:2] + [{"instruction": "Where is it?", "context": "x"}])
     with pytest.raises(DataError) as error:

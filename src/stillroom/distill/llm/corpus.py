@@ -364,8 +364,7 @@ def _check_fields(table: Table, fields: list[str], holders: Counter, corpus: Cor
                corpus.response_field: "response_field"}[missing]
     found = ", ".join(sorted(map(str, table.columns)))
     raise DataError(f"no record holds a {missing!r} field (fields found: {found})", where=f"{table.source}, field {missing!r}",
-                    hint=f"set data.corpus.{setting} to the column that holds it, e.g. --set data.corpus.{setting}="
-                         f"{sorted(map(str, table.columns))[0]}")
+                    hint=f"set data.corpus.{setting} to the column that holds it (--set data.corpus.{setting}=NAME)")
 
 
 @dataclass(frozen=True)
