@@ -125,6 +125,17 @@ def test_budget_then_a_larger_budget_reuses_the_first_pass(tiny_lm, corpus_file,
     assert offset == full[5:] and third.offset_records == 5 and third.computed_records == 0
 
 
+def test_the_budget_stops_reading_the_file(tiny_lm, tmp_path):
+    """Streamed: a budget met early never reads the rest (here a line that is not UTF-8, which a whole read rejects)."""
+    path = tmp_path / "big.jsonl"
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in RECORDS).encode()
+                     + b'{"instruction": "caf\xe9", "response": "x"}\n')
+    items, stats = plan_corpus(path, config(path, max_tokens=30), tiny_lm.tokenizer)
+    assert stats.budget_reached and len(items) < len(RECORDS)
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        plan_corpus(path, config(path), tiny_lm.tokenizer)
+
+
 def test_other_teacher_settings_or_corpus_get_their_own_folder(tiny_lm, corpus_file, tmp_path):
     _, a, _ = corpus_targets(tiny_lm, config(corpus_file), tmp_path, top_k=6, progress=False)
     _, b, _ = corpus_targets(tiny_lm, config(corpus_file), tmp_path, top_k=5, progress=False)
