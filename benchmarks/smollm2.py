@@ -104,6 +104,10 @@ def arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="also reuse the finished stages that this earlier commit measured (its run folder), listed as "
                         "reused from that commit; the stages it lacks are measured now")
     p.add_argument("--no-int8-check", action="store_true", help="skip the int8-teacher stage")
+    p.add_argument("--extend-budget", type=int, default=0,
+                   help="budget-curve extension: one more best-size KD run on this many tokens (more corpus records "
+                        "scored, the same held-out set), scored at --extend-points points (0: none)")
+    p.add_argument("--extend-points", type=int, default=4)
     p.add_argument("--no-write", action="store_true", help="print the results without writing the JSON (exploration)")
     return p
 
@@ -254,6 +258,43 @@ def int8_check(recipe: LLMRecipe) -> dict:
     return out
 
 
+def budget_extension(recipe: LLMRecipe, layers: int, tokens: int, points: int) -> dict:
+    """What more data buys: the best-size KD variant again, on `tokens` corpus tokens (the corpus pass scores the
+    records past the main budget; those before it are reused), scored on validation and test at `points` points."""
+    import torch
+
+    from stillroom.core.runs import open_run
+    from stillroom.distill.llm import pipeline
+    from stillroom.distill.llm.prompts import load_prompts, split_prompts
+    from stillroom.distill.llm.teacher import load_causal_lm
+    from stillroom.distill.llm.train import train_student
+
+    torch.set_num_threads(recipe.threads or 2)
+    corpus = recipe.data.corpus.model_copy(update={"max_tokens": tokens})
+    variant = {"name": f"kd-L{layers}-extend", "loss": "forward_kl", "targets": "cache", "layers": layers,
+               "train_tokens": tokens, "curve_points": points}
+    longer = recipe.model_copy(update={"data": recipe.data.model_copy(update={"corpus": corpus}),
+                                       "variants": [type(recipe.variants[0]).model_validate(variant)]})
+    teacher = load_causal_lm(recipe.teacher.path, gguf_file=recipe.teacher.gguf_file)
+    folder = open_run(recipe.output_dir, recipe.name)
+    prompts = load_prompts(recipe.data.path, recipe.data.prompt_field)
+    train_p, val_p, test_p = split_prompts(prompts.prompts, recipe.data.test_prompts, recipe.data.val_prompts,
+                                           recipe.data.train_prompts, recipe.seed)
+    items, cache, eval_cache, val_items, test_items, _, description = pipeline._generations(
+        longer, teacher, folder, train_p, val_p, test_p)
+    base, student_description = pipeline.build_student(recipe.student.model_copy(update={"layers": layers}), teacher,
+                                                       train_p or val_p, recipe.teacher.chat_template)
+    student = pipeline.with_training_setup(base, recipe.student)
+    measurer = pipeline.Measurer(recipe, teacher.tokenizer.pad_token_id, test_items, val_items, eval_cache, [])
+    result = train_student(student, teacher.model, teacher.tokenizer, items, cache,
+                           pipeline._train_config(longer, longer.variants[0]),
+                           checkpoints=folder.checkpoints / variant["name"], desc=variant["name"],
+                           curve_points=points, score=measurer.scores)
+    return {"name": variant["name"], "layers": layers, "train_tokens": result.train_tokens, "steps": result.steps,
+            "curve": result.curve, "data": description, "student": student_description,
+            "train_s": round(result.seconds, 1), "resumed_from_step": result.resumed_from}
+
+
 def check(value, op: str, bound: float):
     if value is None:
         return None
@@ -282,6 +323,9 @@ def main() -> None:
         peer = stages.run("peer", lambda: trl_peer.measure(recipe, args.peer_layers, args.peer_steps))
 
     int8 = None if args.no_int8_check else stages.run("int8_teacher", lambda: int8_check(recipe))
+    extension = (stages.run(f"budget_extension_{args.extend_budget}",
+                            lambda: budget_extension(recipe, args.layers, args.extend_budget, args.extend_points))
+                 if args.extend_budget else None)
     summary = card["summary"]
     keep = ("name", "layers", "train_tokens", "nll", "agreement", "val_agreement", "val_nll", "tok_s_b1", "tok_s_b32",
             "params", "bytes", "steps", "training", "train_s")
@@ -317,6 +361,7 @@ def main() -> None:
         "budget_curve": card["budget_curve"].get(curve_name, []),
         "budget_curve_kind": f"{args.curve_points} points along the single {curve_name} run (cosine schedule over its "
                              f"{args.budget:,}-token budget), not separate runs with smaller budgets",
+        "budget_curve_extension": extension,
         "frontier": card["frontier"],
         "teacher_gen_tok_s_before": gen["before"]["tok_s"] if gen else None,
         "teacher_gen_tok_s_after": gen["after"]["tok_s"] if gen else None,
