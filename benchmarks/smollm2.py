@@ -100,9 +100,9 @@ def arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--peer-layers", type=int, default=10, help="layers of the peer students")
     p.add_argument("--gen-prompts", type=int, default=32, help="prompts timed for teacher generation before/after (0: skip)")
     p.add_argument("--name", default=None, help="run name (default bench-smollm2-<commit>)")
-    p.add_argument("--stages-from", default=None, metavar="COMMIT",
-                   help="also reuse the finished stages that this earlier commit measured (its run folder), listed as "
-                        "reused from that commit; the stages it lacks are measured now")
+    p.add_argument("--stages-from", nargs="+", default=None, metavar="COMMIT",
+                   help="also reuse the finished stages that these earlier commits measured (the first one's run folder), "
+                        "each listed with the commit that measured it; the stages they lack are measured now")
     p.add_argument("--no-int8-check", action="store_true", help="skip the int8-teacher stage")
     p.add_argument("--extend-budget", type=int, default=0,
                    help="budget-curve extension: one more best-size KD run on this many tokens (more corpus records "
@@ -138,7 +138,7 @@ def write_prompts(args) -> Path:
 
 
 def run_name(args) -> str:
-    return args.name or f"bench-smollm2-{(args.stages_from or STARTED['commit'])[:10]}"
+    return args.name or f"bench-smollm2-{(args.stages_from[0] if args.stages_from else STARTED['commit'])[:10]}"
 
 
 def variants(args) -> list[dict]:
@@ -181,8 +181,8 @@ class Stages:
     """Finished stages of this benchmark, stored with the commit that measured them; reused only for the same
     clean commit, and then listed as reused (with when they were measured), never as measured now."""
 
-    def __init__(self, folder: Path, earlier: str | None = None):
-        self.folder, self.earlier = folder, earlier
+    def __init__(self, folder: Path, earlier: list[str] | None = None):
+        self.folder, self.earlier = folder, earlier or []
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record: dict[str, dict] = {}
 
@@ -191,7 +191,7 @@ class Stages:
         if path.exists() and not STARTED["dirty"]:
             stored = json.loads(path.read_text(encoding="utf-8"))
             same = stored["commit"] == STARTED["commit"]
-            earlier = bool(self.earlier) and stored["commit"].startswith(self.earlier) and not stored.get("dirty")
+            earlier = any(stored["commit"].startswith(c) for c in self.earlier) and not stored.get("dirty")
             if same or earlier:
                 status = "reused" if same else "reused from an earlier commit (--stages-from)"
                 self.record[name] = {"status": status, "commit": stored["commit"], "measured_at": stored["measured_at"],
