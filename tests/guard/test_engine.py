@@ -104,6 +104,15 @@ def test_every_query_gives_the_same_result_on_spark(spark_engines):
     pd.testing.assert_frame_equal(duck.activity().sort_values(key, ignore_index=True), spark.activity().sort_values(key, ignore_index=True),
                                   check_dtype=False)
     assert duck.sampled_prompt_counts(20)[0] == spark.sampled_prompt_counts(20)[0]
+    accounts = duck.accounts().index
+    pairs = []
+    for e in (duck, spark):  # the integer hand-over: the same texts, and the same (account, text, count) triples
+        texts, rows, text_ids, counts = e.sampled_prompt_rows(20, accounts)
+        pairs.append((texts, pd.DataFrame({"p": rows, "t": text_ids, "c": counts}).sort_values(["p", "t"], ignore_index=True)))
+    assert pairs[0][0] == pairs[1][0]
+    pd.testing.assert_frame_equal(pairs[0][1], pairs[1][1], check_dtype=False)
+    rows = [pd.DataFrame(dict(zip("psr", e.activity_rows(accounts)))).sort_values(list("psr"), ignore_index=True) for e in (duck, spark)]
+    pd.testing.assert_frame_equal(*rows, check_dtype=False)
     assert duck.size() == spark.size() and duck.columns() == spark.columns()
     members = sorted(duck.accounts().index)[:12]
     assert duck.evidence({"C1": members[:6], "C2": members[6:]}, members[:3], 3) == \
