@@ -221,6 +221,11 @@ def test_bad_files_name_file_line_and_field(tiny_lm, tmp_path):
         plan_corpus(half, config(half, bad_records="error"), tokenizer)
     assert error.value.where == f"{half}, line 3, field 'response'" and "no response field" in error.value.message
 
+    torn = write_jsonl(tmp_path / "torn.jsonl", RECORDS[:2], extra_lines=['{"instruction": "cut off'])
+    with pytest.raises(DataError) as error:  # the last record is bad: no later record would have raised it
+        plan_corpus(torn, config(torn, bad_records="error"), tokenizer)
+    assert error.value.where.startswith(f"{torn}, line 3") and "not valid JSON" in error.value.message
+
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(json.dumps(RECORDS[0]).encode() + b"\n" + '{"instruction": "caf\xe9"}'.encode("latin-1") + b"\n")
     with pytest.raises(DataError) as error:

@@ -291,6 +291,7 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
     planned: list[Item] = []
     exclude = set(exclude)
     records = iter_table(table)
+    fields_checked = False
     bar = tqdm(total=corpus.max_tokens, desc="reading the corpus", unit="tok", disable=not progress, leave=False)
     for number, (line, record) in enumerate(records):
         if number < corpus.skip_records:
@@ -300,13 +301,16 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             stats.budget_reached = True
             break
         stats.records_read += 1
+        if stats.records_read > FIELD_GRACE_RECORDS and not fields_checked:  # a wrong field name, early
+            _check_fields(table, fields, holders, corpus)
+            fields_checked = True
         if isinstance(record, BadRecord):
             table.add(record)
+            if not table.rejected[-1].skip:
+                table.check()  # bad_records: error stops at the first bad record
             continue
         chat = not corpus.text_field and corpus.prompt_field not in record and "messages" in record
         holders.update(name for name in fields if name in record or chat)
-        if stats.records_read == FIELD_GRACE_RECORDS:
-            _check_fields(table, fields, holders, corpus)
         parsed, problem, name = _parse(record, corpus)
         item = _to_item(parsed, tokenizer, chat_template, eos) if parsed is not None else None
         if item is None:
@@ -332,6 +336,7 @@ def plan_corpus(path: Path, corpus: CorpusConfig, tokenizer, chat_template: bool
             table.check()  # bad_records: error stops at the first bad record, before any teacher work
     records.close()  # stopped at the budget: close the file now
     bar.close()
+    table.check()
     _check_fields(table, fields, holders, corpus)
     stats.skipped = table.skipped
     stats.first_skipped_lines = table.first_skipped_lines
