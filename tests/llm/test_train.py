@@ -79,6 +79,10 @@ def test_changed_settings_never_resume_a_stale_checkpoint(tiny_lm, generations, 
     with pytest.raises(StillroomError, match="checkpoint of a different run"):
         train_student(other, tiny_lm.model, tiny_lm.tokenizer, items, cache,
                       TrainConfig(loss="sft", epochs=1, batch_size=5, lr=1e-4), tmp_path / "ck", progress=False)
+    with pytest.raises(StillroomError, match="checkpoint of a different run"):  # same settings, another student
+        train_student(other, tiny_lm.model, tiny_lm.tokenizer, items, cache,
+                      TrainConfig(loss="sft", epochs=1, batch_size=5, student="layers [1] of 2"), tmp_path / "ck",
+                      progress=False)
 
 
 def test_on_policy_batches_are_the_students_samples_scored_by_the_teacher(tiny_lm, generations, monkeypatch):

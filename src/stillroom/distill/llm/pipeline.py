@@ -147,7 +147,7 @@ class Measurer:
                      ", ".join(f"{n} {rows[n][f'tok_s_b{max(config.speed_batches)}']:.1f}" for n in models))
 
 
-def _train_config(recipe: LLMRecipe, variant: VariantConfig) -> TrainConfig:
+def _train_config(recipe: LLMRecipe, variant: VariantConfig, student: str = "") -> TrainConfig:
     tokens = variant.train_tokens or (None if variant.epochs else recipe.training.train_tokens)
     return TrainConfig(loss=variant.loss, targets=variant.targets, on_policy=variant.on_policy,
                        temperature=recipe.training.temperature, beta=recipe.training.beta,
@@ -157,7 +157,7 @@ def _train_config(recipe: LLMRecipe, variant: VariantConfig) -> TrainConfig:
                        checkpoint_every=recipe.training.checkpoint_every,
                        onpolicy_max_new_tokens=recipe.generation.max_new_tokens,
                        onpolicy_temperature=recipe.training.onpolicy_temperature,
-                       onpolicy_warmup=recipe.training.onpolicy_warmup, max_tokens=tokens)
+                       onpolicy_warmup=recipe.training.onpolicy_warmup, max_tokens=tokens, student=student)
 
 
 def run(recipe: LLMRecipe) -> dict[str, Any]:
@@ -221,9 +221,11 @@ def run(recipe: LLMRecipe) -> dict[str, Any]:
     curves: dict[str, list[dict[str, Any]]] = {}
     for variant in recipe.variants:
         clock = time.perf_counter()
-        student_model, _ = untrained(variant.layers)
+        student_model, student_how = untrained(variant.layers)
         student = with_training_setup(student_model, recipe.student)
-        config = _train_config(recipe, variant)
+        identity = (f"{student_how}; freeze_embeddings {recipe.student.freeze_embeddings}; lora {recipe.student.lora}; "
+                    f"teacher {train_cache.meta['teacher']['weights']}")
+        config = _train_config(recipe, variant, student=identity)
         result = train_student(student, teacher.model, tokenizer, train_items, train_cache, config,
                                checkpoints=folder.checkpoints / variant.name, desc=variant.name,
                                curve_points=variant.curve_points, score=measurer.scores)

@@ -60,6 +60,9 @@ class TrainConfig:
     onpolicy_warmup: float = 0.5
     max_tokens: int | None = None
     """Stop at the first step where the teacher-text tokens seen reach this budget (epochs then only bound nothing)."""
+    student: str = ""
+    """What the untrained student is and which teacher it learns from: part of the resume fingerprint, so a
+    checkpoint of another student (other layers, init, LoRA) or teacher is refused, never resumed."""
 
     def digest(self, items: Sequence[Item]) -> str:
         settings = {k: v for k, v in self.__dict__.items() if k != "checkpoint_every"}  # cadence may change on resume
