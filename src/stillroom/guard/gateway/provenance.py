@@ -97,7 +97,12 @@ class AlertProvenance:
             job.result(timeout=timeout)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel the tests not yet started; wait for the running one, so its result is written before the store closes
+        (the alerts of a cancelled test keep `pending`, and the log says how many)."""
+        cancelled = sum(job.cancel() for job in self.jobs)
+        if cancelled:
+            LOG.warning("shutdown: %d campaign provenance tests not started; their alerts stay pending", cancelled)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, campaign: dict[str, Any], since: float | None, as_of: float) -> dict[str, Any]:
         try:
@@ -106,8 +111,13 @@ class AlertProvenance:
             LOG.exception("provenance test of campaign %s failed", campaign.get("id"))
             result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         campaign["provenance"] = result
-        self.store.write_sync(UPDATE_EVIDENCE, [{"provenance": json.dumps(result, default=str),
-                                                 "campaign": campaign["id"], "as_of": as_of}])
+        try:
+            self.store.write_sync(UPDATE_EVIDENCE, [{"provenance": json.dumps(result, default=str),
+                                                     "campaign": campaign["id"], "as_of": as_of}])
+        except Exception:
+            LOG.exception("the provenance result of campaign %s could not be written; its alerts stay pending",
+                          campaign.get("id"))
+            raise
         return result
 
     def test(self, members: Sequence[str], since: float | None) -> dict[str, Any]:
