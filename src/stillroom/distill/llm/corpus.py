@@ -175,21 +175,6 @@ class CorpusCache(GenerationCache):
             path.unlink()
         return len(orphans)
 
-    def write_shard(self, items: list[Item], targets: list[SparseTargets], vocab_size: int) -> list[Item]:
-        """Write one shard for `items` (their targets in order), then append the items that point into it."""
-        index_dtype = torch.uint16 if vocab_size <= 65536 else torch.int32
-        name = f"{items[0].uid}-{len(items)}.safetensors"
-        self._write_shard(name, {"logprobs": torch.cat([t.logprobs for t in targets]).half(),
-                                 "ids": torch.cat([t.ids for t in targets]).to(index_dtype),
-                                 "log_tail": torch.cat([t.log_tail for t in targets]).half()})
-        placed, row = [], 0
-        for item in items:
-            placed.append(replace(item, topk_shard=name, topk_row=row))
-            row += len(item.completion_ids)
-        self._append(placed)
-        return placed
-
-
 def corpus_targets(teacher: LoadedLM, corpus: CorpusConfig, root: Path, top_k: int, chat_template: bool = True,
                    progress: bool = True, *, exclude: Collection[str] = ()) -> tuple[list[Item], CorpusCache, CorpusStats]:
     """The teacher's sparse top-k targets over the corpus's responses, computed once and cached under `root`.

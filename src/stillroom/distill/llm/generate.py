@@ -43,7 +43,7 @@ import os
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -183,6 +183,20 @@ class GenerationCache:
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
 
+    def write_shard(self, items: Sequence[Item], targets: Sequence[SparseTargets], vocab_size: int) -> list[Item]:
+        """Write one shard for `items` (their targets in order), then append the items, pointing into it."""
+        index_dtype = torch.uint16 if vocab_size <= 65536 else torch.int32
+        name = f"{items[0].uid}-{len(items)}.safetensors"
+        self._write_shard(name, {"logprobs": torch.cat([t.logprobs for t in targets]).half(),
+                                 "ids": torch.cat([t.ids for t in targets]).to(index_dtype),
+                                 "log_tail": torch.cat([t.log_tail for t in targets]).half()})
+        placed, row = [], 0
+        for item in items:
+            placed.append(replace(item, topk_shard=name, topk_row=row))
+            row += len(item.completion_ids)
+        self._append(placed)
+        return placed
+
     def sparse(self, item: Item) -> SparseTargets:
         """The sparse top-k targets of one item, read lazily from its shard."""
         if item.topk_shard is None:
@@ -297,23 +311,11 @@ def _generate_batch(model, tokenizer, batch, settings: GenerationSettings, eos: 
                     kv_cache: str = "dynamic") -> list[Item]:
     uids = [prompt.uid for _, prompt, _ in batch]
     rows = decode_batch(model, [ids for _, _, ids in batch], uids, settings, eos, tokenizer.pad_token_id, kv_cache)
-    shard_name = None
-    offsets = [0] * len(batch)
+    items = [Item(uid=prompt.uid, prompt_ids=list(ids), completion_ids=decoded.tokens,
+                  text=tokenizer.decode(decoded.tokens, skip_special_tokens=True), stopped=decoded.stopped)
+             for (_, prompt, ids), decoded in zip(batch, rows)]
     if settings.top_k_cache > 0:
-        index_dtype = torch.uint16 if model.config.vocab_size <= 65536 else torch.int32
-        position = 0
-        for row, decoded in enumerate(rows):
-            offsets[row] = position
-            position += len(decoded.tokens)
-        shard_name = f"{uids[0]}-{len(batch)}.safetensors"
-        cache._write_shard(shard_name, {"logprobs": torch.cat([r.top.logprobs for r in rows]).half(),
-                                        "ids": torch.cat([r.top.ids for r in rows]).to(index_dtype),
-                                        "log_tail": torch.cat([r.top.log_tail for r in rows]).half()})
-    items = []
-    for row, ((_, prompt, ids), decoded) in enumerate(zip(batch, rows)):
-        items.append(Item(uid=prompt.uid, prompt_ids=list(ids), completion_ids=decoded.tokens,
-                          text=tokenizer.decode(decoded.tokens, skip_special_tokens=True), stopped=decoded.stopped,
-                          topk_shard=shard_name, topk_row=offsets[row]))
+        return cache.write_shard(items, [decoded.top for decoded in rows], model.config.vocab_size)
     cache._append(items)
     return items
 
