@@ -16,6 +16,10 @@
    open weights (teacher-forced reading of its top-1 predictions on fixed held-out text, deduplicated
    (context, prediction) pairs), and black box (its sampled answers to held-out prompts through
    `stillroom serve`, text test). The unwatermarked teacher is a second clean model for the open-weights mode.
+   Supervised (Sander et al.'s setting the provider really has: its log holds what the campaign asked and was
+   served): each model is also read on the campaign's prompts + served watermarked answers (those in that student's
+   mix), with the copy filter that keeps a clean model's null exact, and answers the campaign's own prompts (black
+   box). The clean teacher and the ρ = 0 student are tested the same way, on the same texts, under every key.
 4. Quality cost of the watermark on the teacher: on held-out human answers (Dolly), the NLL of the watermarked
    next-token distribution over the unwatermarked one, and how often the watermark changes the top-1 token.
 5. Risk curve (`stillroom guard risk`'s code): students from the first 25%, 50%, 100% of the campaign's
@@ -56,7 +60,8 @@ RHOS = (1.0, 0.25, 0.05)
 HARVEST_SETTINGS = ["harvest", "accounts", "benign", "max_tokens", "temperature", "bias", "gamma", "cohorts", "quick"]
 TRAIN_SETTINGS = ["layers", "layer_choice", "epochs", "lr"]
 RADIO_SETTINGS = ["suspect_layers", "suspect_lr", "suspect_epochs"]
-TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens", "probe_harvest", "blackbox_answers"]
+TEST_SETTINGS = ["probe", "blackbox", "eval", "probe_tokens", "probe_harvest", "blackbox_answers", "supervised_temperature"]
+SUPERVISED_FILTER = "probe"  # the copy filter of the supervised reading's headline figure (exact null); "text" reported too
 
 
 def parse_args():
@@ -88,6 +93,9 @@ def parse_args():
     p.add_argument("--suspect-lr", type=float, default=3e-4, help="learning rate of the tested students")
     p.add_argument("--suspect-epochs", type=int, default=1, help="epochs of the tested students over their data")
     p.add_argument("--blackbox-answers", type=int, default=40, help="of the --blackbox prompts, how many each suspect answers")
+    p.add_argument("--supervised-temperature", type=float, default=0.7,
+                   help="black-box-supervised: the temperature each suspect answers the campaign's logged prompts at (the "
+                        "harvest's own); the clean teacher's control answers are the unwatermarked answers at --temperature")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -455,36 +463,74 @@ def task_cost(teacher, key, rows) -> dict:
             "accuracy_watermarked": right["watermarked"] / n, "answers_changed": changed / n}
 
 
+def watermarked_rows(count: int, rho: float, seed: int = 0) -> list[int]:
+    """Which of the campaign's `count` rows keep their watermarked answer in the ρ mix (sorted)."""
+    return sorted(random.Random(seed).sample(range(count), round(rho * count)))
+
+
 def mixed_items(campaign, clean: dict, rho: float, tokenizer, max_tokens: int, seed: int = 0):
     """The campaign's prompts, each answered by its watermarked answer for a share ρ of them, else the clean one."""
     from stillroom.guard.risk import items_from_interactions
 
     frame = campaign.copy()
-    chosen = set(random.Random(seed).sample(range(len(frame)), round(rho * len(frame))))
+    chosen = set(watermarked_rows(len(frame), rho, seed))
     frame["response"] = [r if i in chosen else clean[p] for i, (p, r) in enumerate(zip(frame["prompt"], frame["response"]))]
     return items_from_interactions(frame, tokenizer, max_new_tokens=max_tokens), len(chosen)
 
 
-def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts, args, folder: Path) -> dict:
-    """Both radioactivity tests of one student (cached)."""
-    from stillroom.guard.provenance.radioactivity import black_box, generate_via_api, read_model
+def test_student(name: str, model, tokenizer, detector, probe, blackbox_prompts, served, args, folder: Path) -> dict:
+    """Both radioactivity tests of one student (cached): unsupervised (held-out probe texts and prompts) and the raw
+    material of the supervised ones, scored later per ρ subset: its top-1 predictions teacher-forced on the campaign's
+    served (watermarked) texts, and its sampled answers to the campaign's logged prompts."""
+    from stillroom.guard.provenance.radioactivity import black_box, generate_via_api, read_model, read_texts
     from stillroom.serve.app import create_app
     from stillroom.serve.engine import Engine
     from stillroom.serve.server import BackgroundServer
 
     def run():
-        opened = read_model(model, probe, detector, tokenizer.pad_token_id, batch_size=8, progress=True)
+        # the held-out probe carries no watermark of any key: no copy filter needed (first_windows "off")
+        opened = read_model(model, probe, detector, tokenizer.pad_token_id, batch_size=8, progress=True,
+                            first_windows="off")
+        readings = read_texts(model, served["sequences"], tokenizer.pad_token_id, batch_size=8,
+                              marked_from=served["marked_from"], progress=True)
         engine = Engine(model, tokenizer, name, max_batch=16, default_max_tokens=args.max_tokens)
         try:
             with BackgroundServer(create_app(engine)) as server:
                 texts = generate_via_api(server.url + "/v1", blackbox_prompts, max_tokens=args.max_tokens,
                                          temperature=1.0, progress=True)
+                supervised = generate_via_api(server.url + "/v1", served["prompts"], max_tokens=args.max_tokens,
+                                              temperature=args.supervised_temperature, progress=True)
         finally:
             engine.close()
         closed = black_box(texts, tokenizer, detector)
-        return {"open-weights": opened.to_dict(), "black-box": closed.to_dict(), "answers": texts[:3]}
+        return {"open-weights": opened.to_dict(), "black-box": closed.to_dict(), "answers": texts[:3],
+                "supervised_predictions": [r.predictions for r in readings], "supervised_answers": supervised}
 
     return cached(folder / f"{name}.json", run)
+
+
+def supervised_tests(readings_by_model: dict, answers_by_model: dict, subsets_by_model: dict, detector, tokenizer) -> dict:
+    """Score every (model, ρ subset) in both supervised modes, under every key: open weights with the copy filters
+    "probe" (exact) and "text" (and "off", the unfiltered reading, to show what the filter removes), black box as the
+    text test. All pair sets are collected first and the green lists computed once for their union."""
+    from stillroom.guard.provenance.detect import pairs_of
+    from stillroom.guard.provenance.radioactivity import scored_pairs
+
+    jobs: dict[tuple, list] = {}
+    for model, readings in readings_by_model.items():
+        for rho, rows in subsets_by_model[model].items():
+            for flt in ("probe", "text", "off"):
+                jobs[(model, "open-weights-supervised", rho, flt)] = scored_pairs([readings[i] for i in rows],
+                                                                                  detector.width, flt)
+    for model, answers in answers_by_model.items():
+        for rho, rows in subsets_by_model[model].items():
+            sequences = [tokenizer(answers[i], add_special_tokens=False)["input_ids"] for i in rows]
+            jobs[(model, "black-box-supervised", rho, "dedup")] = [p for q in sequences for p in pairs_of(q, detector.width)]
+    union = list(dict.fromkeys(p for pairs in jobs.values() for p in pairs))
+    LOG.info("supervised tests: %d pair sets, %d distinct pairs, %d keys", len(jobs), len(union), len(detector.greens))
+    for greens in detector.greens:  # fills each key's (previous, token) memo once
+        greens.green(union)
+    return {job: detector.test_pairs(pairs, mode=job[1]).to_dict() for job, pairs in jobs.items()}
 
 
 def main() -> None:
@@ -498,7 +544,7 @@ def main() -> None:
     from stillroom.guard.provenance.detect import Detector
     from stillroom.distill.llm.config import TrainingConfig
     from stillroom.guard.provenance.keys import Keyring, WatermarkSettings
-    from stillroom.guard.provenance.radioactivity import read_model
+    from stillroom.guard.provenance.radioactivity import Reading, read_model, read_texts
     from stillroom.guard.provenance.records import JsonlRecords
     from stillroom.guard.risk import (RiskConfig, distil, items_from_interactions, measure_risk, read_interactions,
                                       reference_set, student_layers)
@@ -578,6 +624,11 @@ def main() -> None:
     probe += [encode_prompt(tok, Prompt.from_text(p)) + tok(clean[p], add_special_tokens=False)["input_ids"][:args.max_tokens]
               for p in list(campaign["prompt"])[:args.probe_harvest]]
     blackbox_prompts = [r["prompt"] for r in data["blackbox"]][:args.blackbox_answers]
+    # the supervised probe: what the provider's log says the campaign asked and was served (watermarked), tokenized as
+    # the students were trained on it; only the answer part carries the watermark (the prompt is the attacker's)
+    served = {"sequences": [list(i.prompt_ids) + list(i.completion_ids) for i in campaign_items],
+              "marked_from": [len(i.prompt_ids) for i in campaign_items], "prompts": [str(p) for p in campaign["prompt"]]}
+    subsets = {str(rho): watermarked_rows(len(campaign_items), rho) for rho in RHOS}
     timings["reference_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -585,7 +636,11 @@ def main() -> None:
     timings["quality_s"] = time.perf_counter() - clock
     tasks = cached(work / f"tasks-{args.tasks}.json", lambda: task_cost(teacher, key, mmlu_rows(args.tasks)))
     teacher_open = cached(work / "tests" / test_key / "teacher-open.json",
-                          lambda: read_model(teacher.model, probe, detector, tok.pad_token_id, progress=True).to_dict())
+                          lambda: read_model(teacher.model, probe, detector, tok.pad_token_id, progress=True,
+                                             first_windows="off").to_dict())
+    teacher_supervised = cached(work / "tests" / test_key / "teacher-supervised.json", lambda: {"supervised_predictions": [
+        r.predictions for r in read_texts(teacher.model, served["sequences"], tok.pad_token_id, batch_size=8,
+                                          marked_from=served["marked_from"], progress=True)]})
 
     students: dict[str, dict] = {}
     models = {}
@@ -601,9 +656,11 @@ def main() -> None:
         model = None
         if not done:
             model = distil(teacher, items, work / "students" / suspect_key / name, suspect_config, desc=name)
-        result = test_student(name, model, tok, detector, probe, blackbox_prompts, args, work / "tests" / test_key)
+        result = test_student(name, model, tok, detector, probe, blackbox_prompts, served, args,
+                              work / "tests" / test_key)
         students[name] = {"rho": rho, "watermarked_answers": marked, "answers": len(items), **result}
-        if model is not None and rho == 1.0 and suspect_config.layer_indices == risk_config.layer_indices:
+        if model is not None and rho == 1.0 and suspect_config.layer_indices == risk_config.layer_indices \
+                and (args.suspect_epochs, args.suspect_lr) == (args.epochs, args.lr):
             models[len(items)] = model  # the same student is the risk curve's last point
         timings[f"{name}_s"] = time.perf_counter() - clock
         LOG.info("%s: open-weights log10 p %.1f (key %s), black-box log10 p %.1f (key %s)", name,
@@ -617,9 +674,6 @@ def main() -> None:
             "curve": sorted(points, key=lambda p: p["interactions"]), "marginal_gain": None, "teacher": None,
             "reference": f"teacher's greedy answers to {len(reference)} held-out prompts",
             "student": f"teacher layers {risk_config.layer_indices}; curve incomplete"}
-    elif not models and (work / "students" / train_key / "rho-1.00").is_dir():  # the first attempt's 6-layer student
-        models[len(campaign)] = distil(teacher, items_from_interactions(campaign, tok, max_new_tokens=args.max_tokens),
-                                       work / "students" / train_key / "rho-1.00", risk_config, desc="rho-1.00 (6 layers)")
     if not args.assemble:
         risk = measure_risk(campaign, teacher, risk_dir, risk_config, eval_prompts, trained=models,
                             reference=reference_pair)
@@ -633,17 +687,66 @@ def main() -> None:
 
     p_student = {mode: {str(rho): true_key(students[f"rho-{rho:.2f}"][mode]) if f"rho-{rho:.2f}" in students else None
                         for rho in RHOS} for mode in ("open-weights", "black-box")}
-    controls = [("teacher", "open-weights", teacher_open)]
+    controls = [("teacher", "open-weights", "unsupervised probe", teacher_open)]
     if "rho-0.00" in students:
-        controls += [("rho-0.00", "open-weights", students["rho-0.00"]["open-weights"]),
-                     ("rho-0.00", "black-box", students["rho-0.00"]["black-box"])]
-    control_p = [{"model": m, "mode": mode, "key_id": s["key_id"], "p": s["p_value"]}
-                 for m, mode, test in controls for s in test["scores"]]
+        controls += [("rho-0.00", "open-weights", "unsupervised probe", students["rho-0.00"]["open-weights"]),
+                     ("rho-0.00", "black-box", "held-out prompts", students["rho-0.00"]["black-box"])]
+
+    # the supervised setting: every model read on the campaign's served texts of each ρ subset, and answering its prompts
+    def readings_of(predictions):
+        return [Reading(seq, pred, start) for seq, pred, start in
+                zip(served["sequences"], predictions, served["marked_from"])]
+
+    readings_by_model = {"teacher": readings_of(teacher_supervised["supervised_predictions"])}
+    answers_by_model = {"teacher": [clean[p] for p in served["prompts"]]}  # the unwatermarked teacher's answers
+    subsets_by_model = {"teacher": subsets}
+    for name, student in students.items():
+        readings_by_model[name] = readings_of(student["supervised_predictions"])
+        answers_by_model[name] = student["supervised_answers"]
+        subsets_by_model[name] = subsets if name == "rho-0.00" else {str(student["rho"]): subsets[str(student["rho"])]}
+    clock = time.perf_counter()
+    supervised = supervised_tests(readings_by_model, answers_by_model, subsets_by_model, detector, tok)
+    timings["supervised_scoring_s"] = time.perf_counter() - clock
+
+    def supervised_of(model: str, mode: str, rho: str, flt: str):
+        return supervised.get((model, mode, rho, flt))
+
+    for mode, flt in (("open-weights-supervised", SUPERVISED_FILTER), ("black-box-supervised", "dedup")):
+        p_student[mode] = {str(rho): None if supervised_of(f"rho-{rho:.2f}", mode, str(rho), flt) is None
+                           else true_key(supervised_of(f"rho-{rho:.2f}", mode, str(rho), flt)) for rho in RHOS}
+    p_student_text_filter = {str(rho): None if supervised_of(f"rho-{rho:.2f}", "open-weights-supervised", str(rho), "text")
+                             is None else true_key(supervised_of(f"rho-{rho:.2f}", "open-weights-supervised", str(rho), "text"))
+                             for rho in RHOS}
+    for model in ("teacher", "rho-0.00"):
+        for rho in map(str, RHOS):
+            for mode, flt in (("open-weights-supervised", SUPERVISED_FILTER), ("black-box-supervised", "dedup")):
+                test = supervised_of(model, mode, rho, flt)
+                if test is not None:
+                    controls.append((model, mode, f"served texts of the rho {rho} subset", test))
+    control_p = [{"model": m, "mode": mode, "probe": probe_name, "key_id": s["key_id"], "p": s["p_value"]}
+                 for m, mode, probe_name, test in controls for s in test["scores"]]
     from scipy.stats import kstest
 
     values = [c["p"] for c in control_p]
     control_fpr = sum(v < 0.05 for v in values) / len(values)
     ks = kstest(values, "uniform")
+
+    def fpr_of(rows):
+        ps = [c["p"] for c in rows]
+        return {"n": len(ps), "fpr": sum(v < 0.05 for v in ps) / len(ps), "ks": float(kstest(ps, "uniform").statistic)} \
+            if ps else None
+
+    control_by_mode = {mode: fpr_of([c for c in control_p if c["mode"] == mode])
+                       for mode in ("open-weights", "black-box", "open-weights-supervised", "black-box-supervised")}
+    text_filter_controls = [{"model": m, "probe": f"served texts of the rho {rho} subset", "key_id": s["key_id"],
+                             "p": s["p_value"]}
+                            for m in ("teacher", "rho-0.00") for rho in map(str, RHOS)
+                            if supervised_of(m, "open-weights-supervised", rho, "text") is not None
+                            for s in supervised_of(m, "open-weights-supervised", rho, "text")["scores"]]
+    # what the copy filter removes: clean models read on watermarked text with no filter, under the campaign's key
+    ablation = {m: {flt: true_key(supervised_of(m, "open-weights-supervised", "1.0", flt))
+                    for flt in ("off", "text", "probe") if supervised_of(m, "open-weights-supervised", "1.0", flt)}
+                for m in ("teacher", "rho-0.00")}
     harvest_alert = campaign_provenance(campaign, ring, tok, vocab)
     harvest_alert["suspects"] = {"student-rho-1.00": {m: students["rho-1.00"][m] for m in ("open-weights", "black-box")}} \
         if "rho-1.00" in students else {}
@@ -657,6 +760,9 @@ def main() -> None:
         "open_weights_rho_1.00_p_below_1e-5": below("open-weights", "1.0", -5),
         "open_weights_rho_0.25_p_below_1e-5": below("open-weights", "0.25", -5),
         "black_box_rho_1.00_p_below_1e-3": below("black-box", "1.0", -3),
+        "open_weights_supervised_rho_1.00_p_below_1e-5": below("open-weights-supervised", "1.0", -5),
+        "open_weights_supervised_rho_0.25_p_below_1e-5": below("open-weights-supervised", "0.25", -5),
+        "black_box_supervised_rho_1.00_p_below_1e-3": below("black-box-supervised", "1.0", -3),
         "control_fpr_at_most_0.05": control_fpr <= 0.05,
         "nll_ratio_at_most_1.05": cost["nll_ratio"] <= 1.05,
         "agreement_drop_at_most_0.02": cost["agreement_drop"] <= 0.02,
@@ -670,9 +776,36 @@ def main() -> None:
                             f"{args.suspect_epochs} epoch(s) at lr {args.suspect_lr} on the {len(campaign)} campaign prompts",
         "probe": f"{len(probe)} texts: the teacher's greedy answers to {args.eval} held-out prompts, {args.probe} held-out "
                  f"Dolly human answers, {args.probe_harvest} campaign prompts with the unwatermarked teacher's answers",
+        "probes": {
+            "open-weights": f"unsupervised: the {len(probe)} held-out probe texts above (no watermark; copy filter off)",
+            "black-box": f"unsupervised: the suspect's answers (T = 1.0) to {len(blackbox_prompts)} held-out prompts",
+            "open-weights-supervised": "supervised: teacher-forced on the campaign's logged prompts + the watermarked answers "
+                                       "it was served, those of the rows that kept their watermarked answer in that "
+                                       "student's mix (rho 1: all 160, 0.25: 40, 0.05: 8), as the student was trained; "
+                                       "only answer positions scored, copy filter 'probe' (first occurrence of each "
+                                       "green-list seed in the probe stream: exact Binomial null for a clean model)",
+            "black-box-supervised": f"supervised: the suspect's answers (T = {args.supervised_temperature}) to the campaign's "
+                                    "logged prompts of the same rows, text test with (context, token) dedup; the clean "
+                                    f"teacher's control answers are its unwatermarked answers at T = {args.temperature}",
+            "controls": "the clean teacher and the rho = 0 student (distilled from the unwatermarked answers to the same "
+                        "prompts) are tested the same way: same probe texts of every rho subset, every key of the file "
+                        f"({len(ring.all_keys())}: the campaign's and {len(ring.all_keys()) - 1} others)"},
         "p_watermarked_student": p_student,
+        "p_watermarked_student_text_filter": {
+            "what": "open-weights-supervised with the copy filter 'text' (first occurrence per text, (window, prediction) "
+                    "deduplicated across texts): more pairs, a null that is exact within a text only",
+            "p": p_student_text_filter, "controls": text_filter_controls,
+            "control_fpr": fpr_of(text_filter_controls)},
+        "copy_filter_ablation": {
+            "what": "clean models (the teacher, the rho = 0 student) read on all 160 served watermarked texts, campaign key: "
+                    "'off' scores every answer position (the in-context copying of green tokens makes them look "
+                    "radioactive), 'text' and 'probe' the copy filters",
+            "by_model": ablation},
         "control_p_values": control_p, "control_fpr": control_fpr,
-        "control_ks": {"statistic": float(ks.statistic), "p": float(ks.pvalue), "n": len(values)},
+        "control_ks": {"statistic": float(ks.statistic), "p": float(ks.pvalue), "n": len(values),
+                       "note": "the supervised controls of the three rho subsets reuse overlapping texts (the 0.05 and "
+                               "0.25 subsets are parts of the 160), so these p-values are not all independent"},
+        "control_by_mode": control_by_mode,
         "quality_cost": {"nll_ratio": cost["nll_ratio"], "agreement_drop": cost["agreement_drop"],
                          "by_bias": quality["by_bias"], "teacher_nll": quality["teacher_nll"], "tokens": quality["tokens"],
                          "task_set": tasks,
@@ -684,7 +817,8 @@ def main() -> None:
         "alert_provenance": {k: v for k, v in harvest_alert.items() if k != "suspects"} | {
             "suspects": {n: {m: {k: t[k] for k in ("key_id", "cohorts", "p_value", "log10_p", "p_adjusted")}
                              for m, t in tests.items()} for n, tests in harvest_alert["suspects"].items()}},
-        "students": {n: {k: v for k, v in s.items() if k not in ("open-weights", "black-box")} |
+        "students": {n: {k: v for k, v in s.items() if k not in ("open-weights", "black-box", "supervised_predictions",
+                                                                 "supervised_answers")} |
                      {m: {k: s[m][k] for k in ("key_id", "cohorts", "log10_p", "notes")} for m in ("open-weights", "black-box")}
                      for n, s in students.items()},
         "targets": targets,
@@ -696,8 +830,10 @@ def main() -> None:
         return "/".join("n/a" if p_student[mode][r] is None else f"{p_student[mode][r]['log10_p']:.1f}"
                         for r in ("1.0", "0.25", "0.05"))
 
-    line = (f"open-weights log10 p at rho 1/0.25/0.05: {lg('open-weights')} (target < -5 at 1 and 0.25); "
-            f"black-box {lg('black-box')} (target < -3 at 1); control FPR {control_fpr:.3f} "
+    line = (f"unsupervised (held-out probe): open-weights log10 p at rho 1/0.25/0.05: {lg('open-weights')} (target < -5 "
+            f"at 1 and 0.25); black-box {lg('black-box')} (target < -3 at 1); supervised (the campaign's served texts "
+            f"and prompts): open-weights {lg('open-weights-supervised')}, black-box {lg('black-box-supervised')}; "
+            f"suspects {args.suspect_layers or 'all'} layers, {args.suspect_epochs} epochs; control FPR {control_fpr:.3f} "
             f"of {len(values)} (KS {ks.statistic:.3f}); watermark delta {args.bias}: NLL ratio {cost['nll_ratio']:.3f}, "
             f"top-1 change {cost['agreement_drop']:.3f} (targets 1.05, 0.02); risk agreement "
             + "/".join(f"{p['agreement']:.3f}@{p['interactions']}" for p in risk["curve"])

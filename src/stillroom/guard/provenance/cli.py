@@ -99,6 +99,13 @@ def model_test(
     keys: Path = typer.Option(..., "--keys", help="The watermark key file."),
     api: Optional[str] = typer.Option(None, help="Black-box mode: the suspect's OpenAI-compatible base URL (…/v1)."),
     prompts: Optional[str] = typer.Option(None, help="Prompts file to read or query the suspect with (default: the built-in set)."),
+    served: Optional[Path] = typer.Option(None, help="Supervised: the flagged campaign's served interactions (the gateway's "
+                                          "log.db, or an export with prompt/response columns). Open weights reads the "
+                                          "suspect on its prompts + the watermarked answers; black box sends its prompts."),
+    accounts: Optional[str] = typer.Option(None, help="With --served: comma-separated campaign accounts (default: all)."),
+    copy_filter: str = typer.Option("probe", help="Open weights: score a position only at the first occurrence of its "
+                                    "green-list seed in the probe ('probe', exact), in each text ('text'), or always "
+                                    "('off': only for fed text that carries none of the keys' watermark)."),
     tokenizer_model: Optional[str] = typer.Option(None, "--tokenizer", help="Model whose tokenizer the watermark used (black box). Default: the SmolLM2 teacher."),
     max_tokens: int = typer.Option(96, help="Black box: tokens per answer."),
     key_ids: Optional[str] = typer.Option(None, help="Comma-separated key ids to test (default: all)."),
@@ -110,6 +117,8 @@ def model_test(
 
       stillroom guard provenance model ./suspect --keys wm.json
 
+      stillroom guard provenance model ./suspect --keys wm.json --served gateway/log.db --accounts acme-7,acme-8
+
       stillroom serve ./suspect --port 8200 &  stillroom guard provenance model --api http://127.0.0.1:8200/v1 --keys wm.json
     """
     from stillroom.distill.llm.prompts import encode_prompt, load_prompts
@@ -118,15 +127,35 @@ def model_test(
 
     if (suspect is None) == (api is None):
         raise StillroomError("give either SUSPECT (open weights) or --api URL (black box)")
-    prompt_set = load_prompts(prompts).prompts
+    from stillroom.guard.provenance.radioactivity import FIRST_WINDOWS
+
+    if copy_filter not in FIRST_WINDOWS:
+        raise StillroomError(f"--copy-filter is {copy_filter!r}", hint=f"choose one of {', '.join(FIRST_WINDOWS)}")
+    if prompts is not None and served is not None:
+        raise StillroomError("give --prompts or --served, not both")
+    frame = None
+    if served is not None:
+        from stillroom.guard.risk import read_interactions
+
+        frame = read_interactions(served, [a for a in (accounts or "").split(",") if a] or None)
+    prompt_set = load_prompts(prompts).prompts if frame is None else []
     if suspect is not None:
         loaded = load_causal_lm(suspect, where="SUSPECT")
         detector = _detector(keys, int(loaded.model.config.vocab_size), key_ids, alpha)
-        sequences = [encode_prompt(loaded.tokenizer, p) for p in prompt_set]
-        result = read_model(loaded.model, sequences, detector, loaded.tokenizer.pad_token_id, progress=True)
+        if frame is None:
+            sequences, marked_from = [encode_prompt(loaded.tokenizer, p) for p in prompt_set], None
+        else:
+            from stillroom.guard.risk import items_from_interactions
+
+            items = items_from_interactions(frame, loaded.tokenizer)
+            sequences = [list(i.prompt_ids) + list(i.completion_ids) for i in items]
+            marked_from = [len(i.prompt_ids) for i in items]  # the prompt is the attacker's: only answers are scored
+        result = read_model(loaded.model, sequences, detector, loaded.tokenizer.pad_token_id, progress=True,
+                            marked_from=marked_from, first_windows=copy_filter)
     else:
         loaded = load_causal_lm(tokenizer_model, where="--tokenizer")
         detector = _detector(keys, int(loaded.model.config.vocab_size), key_ids, alpha)
-        texts = generate_via_api(api, [p.messages[-1]["content"] for p in prompt_set], max_tokens=max_tokens, progress=True)
+        asked = [p.messages[-1]["content"] for p in prompt_set] if frame is None else [str(p) for p in frame["prompt"]]
+        texts = generate_via_api(api, asked, max_tokens=max_tokens, progress=True)
         result = black_box(texts, loaded.tokenizer, detector)
     typer.echo(json.dumps(result.to_dict(), indent=1))

@@ -53,7 +53,7 @@ class GreenList:
     """Is `token` green after `context` under one key? Green lists are cached by their seed context."""
 
     def __init__(self, key: WatermarkKey, vocab_size: int, cache_size: int | None = None,
-                 cache_bytes: int = 64 << 20):
+                 cache_bytes: int = 64 << 20, known_limit: int = 2_000_000):
         # one boolean mask of V bytes per cached context: bounded in bytes, since SmolLM2's V = 49,152 makes
         # 8,192 masks 400 MB a key, and a campaign alert tests every cohort's key
         cache_size = cache_size if cache_size is not None else max(64, cache_bytes // max(1, vocab_size))
@@ -65,6 +65,8 @@ class GreenList:
         self.selfhash = key.settings.seeding_scheme == "selfhash"
         self._masks: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        self._known: dict[tuple[int, int], bool] = {}  # lefthash (previous, token) -> green: tests of overlapping pairs
+        self._known_limit = known_limit
 
     def _mask_after(self, previous: int) -> torch.Tensor:
         mask = self._masks.get(previous)
@@ -81,13 +83,23 @@ class GreenList:
         """One boolean per pair."""
         out = np.zeros(len(pairs), dtype=bool)
         if not self.selfhash:  # lefthash: the green list depends on the last context token only
+            # (previous, token) answers are remembered: one green list per previous token costs a randperm of V, and
+            # a benchmark tests many overlapping pair sets (subsets, filters, models) under the same keys
             by_previous: dict[int, list[int]] = {}
-            for i, (context, _) in enumerate(pairs):
-                by_previous.setdefault(context[-1], []).append(i)
+            known = self._known
+            for i, (context, token) in enumerate(pairs):
+                hit = known.get((context[-1], token))
+                if hit is None:
+                    by_previous.setdefault(context[-1], []).append(i)
+                else:
+                    out[i] = hit
+            if len(known) > self._known_limit:
+                known.clear()
             for previous, rows in by_previous.items():
                 mask = self._mask_after(previous)
                 tokens = torch.tensor([pairs[i][1] for i in rows], dtype=torch.long).clamp(0, self.vocab_size - 1)
                 out[rows] = mask[tokens].numpy() & np.array([pairs[i][1] < self.vocab_size for i in rows])
+                known.update(((previous, pairs[i][1]), bool(out[i])) for i in rows)
             return out
         for i, (context, token) in enumerate(pairs):
             ids = self.processor._get_greenlist_ids(torch.tensor(list(context) + [token], dtype=torch.long))
