@@ -24,7 +24,8 @@ result marks every row `measured` or `reused` (with its commit).
 Each measured child runs under `--rss-cap` (GB, the whole process tree) and `--timeout` (s): past either, the tree is
 killed (so a blow-up cannot take the shared machine with it), and the attempt is a row too: how long it ran, its
 peak, and the last stage its log reached (the scan logs each stage as it finishes).
-Writes benchmarks/results/guard_scale.json and this benchmark's BENCHMARKS.md line after every row.
+Writes benchmarks/results/guard_scale.json (`--engine spark`: guard_scale_spark.json) and its BENCHMARKS.md line after
+every row. The calibration is fitted on the embedded engine for both (it is the same detector either way).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ TARGET_WALL_S, TARGET_RSS_MB, TARGET_RATIO, TARGET_RECALL, TARGET_FPR = 600, 819
 
 def size_of(text: str) -> int:
     return SIZES[text] if text in SIZES else int(float(text.rstrip("Mm")) * 1e6) if text[-1] in "Mm" else int(text)
+
+
+def result_name(engine: str) -> str:
+    """Each engine's rows are their own result (and BENCHMARKS.md line): a Spark run never replaces DuckDB's."""
+    return "guard_scale" if engine == "duckdb" else f"guard_scale_{engine}"
 
 
 def label(n: int) -> str:
@@ -399,7 +405,7 @@ class Bench:
                                f"(recall {r['recall']:.3f} at FPR {r['fpr']:.5f})" for n, r in done)
                    + (f"; {big} stripped of metadata: recall {stripped['recall']:.3f} at FPR {stripped['fpr']:.5f}" if stripped else "")
                    + ("" if at30 else "; 30M not run"))
-        write_result("guard_scale", payload, summary)
+        write_result(result_name(a.engine), payload, summary)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -453,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         except Stopped:
             pass
         bench.result(sizes, extra)
-    print(json.dumps(json.loads((Path(__file__).resolve().parent / "results" / "guard_scale.json").read_text())["rows"], indent=1))
+    print(json.dumps(json.loads((Path(__file__).resolve().parent / "results" / f"{result_name(args.engine)}.json").read_text())["rows"], indent=1))
 
 
 if __name__ == "__main__":

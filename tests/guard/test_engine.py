@@ -30,7 +30,7 @@ def _templates() -> dict[str, str]:
     fill = {"elicit": Q.ELICITATION.replace("'", "''"), "default": "chat", "bin": 60, "min_shared": 5, "max_cell": 2000,
             "max_group": 5000, "limit": 50, "k": 3, "seed": 0, "column": "ip", "long_answer": Q.LONG_ANSWER_TOKENS,
             "cap_columns": ", ".join(f"sum(CAST(capability = '{c}' AS INT)) / (count(*) + 0.0) AS cap_{c}" for c in CAPABILITIES),
-            "high_value": ", ".join(f"'{c}'" for c in sorted(HIGH_VALUE)),
+            "high_value": ", ".join(f"'{c}'" for c in sorted(HIGH_VALUE)), "cap_names": ", ".join(f"c.cap_{c}" for c in CAPABILITIES),
             **{f"top_{c}": Q.most_frequent(c) for c in ("payment", "org", "country")}}
     return {name: value.format(**fill) for name, value in vars(Q).items() if name.isupper() and isinstance(value, str)
             and value.lstrip().upper().startswith(("SELECT", "WITH"))}
@@ -223,3 +223,34 @@ def test_scan_with_engine_spark_from_the_command_line_gives_the_duckdb_alerts(ca
         assert [c["members"] for c in got["campaigns"]] == [c["members"] for c in want["campaigns"]]
         assert [a["account"] for a in got["accounts"]] == [a["account"] for a in want["accounts"]]
     assert alerts["duckdb"]["summary"]["campaigns_flagged"] >= 1
+
+
+def test_the_feature_table_matches_a_hand_computed_account():
+    """The staged feature query on one account whose features are worked out by hand (the timing, templating,
+    spread and distinct counts each come from their own stage)."""
+    from .conftest import requests
+
+    prompts = ["Write a Rust function that merges two sorted arrays."] * 3 + ["Solve the equation 3x + 4 = 19.", "What should I cook tonight?"]
+    seconds = [0, 1, 61, 121, 3601 + 1800]  # gaps 1, 60, 60, 5280: one burst, one session break
+    log = requests("a", prompts, seconds, ip=["1.1.1.1", "1.1.1.1", "2.2.2.2", "", "2.2.2.2"], completion_tokens=[100, 100, 100, 900, 100],
+                   temperature=[0.0, 0.0, 1.0, 1.0, 1.0])
+    row = make_engine(EngineConfig()).load(log).accounts().loc["a"]
+    gaps = np.array([1.0, 60.0, 60.0, 5280.0])
+    caps = [classify_one(p) for p in prompts]
+    expect = {
+        "requests": 5, "span_hours": 5401 / 3600, "active_hours": 2, "rate_per_active_hour": 2.5,
+        "gap_cv": gaps.std(ddof=1) / gaps.mean(), "burst_share": 1 / 7, "session_break_share": 1 / 7,
+        "regularity": 2 / 7,  # the two 60 s gaps are within 10% of the median gap (60 s)
+        "duplicate_share": 3 / 7, "prefix_share": 3 / 7, "template_share": 3 / 7,
+        "capabilities": len(set(caps)), "breadth30": len(set(caps)),
+        "switch_rate": np.mean([caps[i] != caps[i - 1] for i in range(1, 5)]),
+        "long_answer_share": 1 / 7, "temp_zero_share": 2 / 7, "ips": 3, "user_agents": 1, "networks": 1,
+    }
+    for column, value in expect.items():
+        assert row[column] == pytest.approx(value, abs=1e-8), column
+
+
+def classify_one(prompt: str) -> str:
+    from stillroom.guard.capabilities import classify
+
+    return classify(prompt.lower())

@@ -92,9 +92,16 @@ class Engine:
         """The per-account feature table, indexed by account (what the per-account signals read)."""
         cap_columns = ",\n  ".join(f"sum(CAST(capability = '{c}' AS INT)) / (count(*) + 0.0) AS cap_{c}" for c in CAPABILITIES)
         high_value = ", ".join(f"'{c}'" for c in sorted(HIGH_VALUE))
-        frame = self.query(Q.ACCOUNT_FEATURES, cap_columns=cap_columns, high_value=high_value, long_answer=Q.LONG_ANSWER_TOKENS,
-                           top_payment=Q.most_frequent("payment"), top_org=Q.most_frequent("org"),
-                           top_country=Q.most_frequent("country"))
+        params = dict(cap_columns=cap_columns, high_value=high_value, long_answer=Q.LONG_ANSWER_TOKENS,
+                      cap_names=", ".join(f"c.cap_{c}" for c in CAPABILITIES),
+                      top_payment=Q.most_frequent("payment"), top_org=Q.most_frequent("org"), top_country=Q.most_frequent("country"))
+        try:
+            for table, template in Q.ACCOUNT_STAGES:
+                self._create(table, self.render(template, **params))
+            frame = self.query(Q.ACCOUNT_FEATURES, **params)
+        finally:
+            for table, _ in Q.ACCOUNT_STAGES:
+                self._drop(table)
         numeric = frame.select_dtypes(include=[np.number]).columns
         # parallel aggregation sums in no fixed order: round away the last bits, so equal inputs give equal features
         frame[numeric] = frame[numeric].astype(float).fillna(0.0).round(9)

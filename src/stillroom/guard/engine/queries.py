@@ -48,20 +48,77 @@ def most_frequent(column: str) -> str:
 )"""
 
 
-# One window (each account's requests in time order: gaps, switches, the first 30); the templating counts (requests
-# whose prefix, suffix or whole normalised text the account repeats) are grouped aggregates joined back, not windows:
-# a window per key sorted the whole table four times, with every column, and was most of the scan at 3M requests.
-ACCOUNT_FEATURES = """
-WITH base AS (
-  SELECT account, ts, t, capability, elicit, completion_tokens, length(prompt) AS prompt_chars, logprobs, top_logprobs,
-    temperature, max_tokens, n, ip, network, user_agent,
-    t - lag(t) OVER w AS gap,
-    CASE WHEN lag(capability) OVER w IS NULL THEN NULL ELSE CAST(capability <> lag(capability) OVER w AS INT) END AS switched,
-    row_number() OVER w AS rn
-  FROM interactions
-  WINDOW w AS (PARTITION BY account ORDER BY t)
+# The feature table is built in stages, each a per-account table (`ACCOUNT_STAGES`, materialised in order by
+# `Engine.accounts`), then joined (`ACCOUNT_FEATURES`). Each stage reads only the columns it needs, and nothing
+# holds more than one of them at a time: one query with every part as a subquery ran out of memory at 30M
+# requests (a window sort carrying a dozen columns, and five DISTINCT counts in one grouped aggregate).
+# The only window: each account's requests in time order (gaps, switches, the first 30), over three columns.
+ACCOUNT_SEQUENCE = """
+SELECT account, capability,
+  t - lag(t) OVER w AS gap,
+  CASE WHEN lag(capability) OVER w IS NULL THEN NULL ELSE CAST(capability <> lag(capability) OVER w AS INT) END AS switched,
+  row_number() OVER w AS rn
+FROM interactions
+WINDOW w AS (PARTITION BY account ORDER BY t)
+"""
+ACCOUNT_TIMING = """
+WITH gaps AS (
+  SELECT account, median(gap) AS median_gap FROM account_sequence WHERE gap IS NOT NULL GROUP BY account
+)
+SELECT s.account,
+  coalesce(stddev_samp(s.gap) / nullif(avg(s.gap), 0), 0) AS gap_cv,
+  sum(CAST(s.gap < 2 AS INT)) / (count(*) + 2.0) AS burst_share,
+  sum(CAST(s.gap > 1800 AS INT)) / (count(*) + 2.0) AS session_break_share,
+  sum(CAST(abs(s.gap - g.median_gap) <= 0.1 * g.median_gap AND g.median_gap > 5 AS INT)) / (count(*) + 2.0) AS regularity,
+  count(DISTINCT CASE WHEN s.rn <= 30 THEN s.capability END) AS breadth30,
+  coalesce(avg(s.switched), 0) AS switch_rate
+FROM account_sequence s LEFT JOIN gaps g ON g.account = s.account
+GROUP BY s.account
+"""
+# Plain per-account sums and averages: no window, no DISTINCT.
+ACCOUNT_COUNTS = """
+SELECT account,
+  count(*) AS requests,
+  ln(count(*)) AS log_requests,
+  (max(t) - min(t)) / 3600.0 AS span_hours,
+  sum(CAST(capability IN ({high_value}) AS INT)) / (count(*) + 2.0) AS high_value_share,
+  sum(CAST(elicit AS INT)) / (count(*) + 2.0) AS elicit_share,
+  ln(1 + avg(completion_tokens)) AS log_completion,
+  sum(CAST(completion_tokens >= {long_answer} AS INT)) / (count(*) + 2.0) AS long_answer_share,
+  ln(1 + avg(length(prompt))) AS log_prompt_chars,
+  sum(CAST(logprobs AS INT)) / (count(*) + 2.0) AS logprobs_share,
+  avg(top_logprobs) AS mean_top_logprobs,
+  sum(CAST(temperature = 0 AS INT)) / (count(*) + 2.0) AS temp_zero_share,
+  sum(CAST(max_tokens >= 4000 AS INT)) / (count(*) + 2.0) AS max_tokens_high_share,
+  sum(CAST(n > 1 AS INT)) / (count(*) + 2.0) AS multi_sample_share,
+  min(ts) AS first_seen,
+  max(ts) AS last_seen,
+  {cap_columns}
+FROM interactions
+GROUP BY account
+"""
+# The distinct counts, each its own grouped DISTINCT (a DISTINCT per aggregate kept one hash table per column
+# alive over the whole table at once).
+ACCOUNT_DISTINCT = """
+WITH hours AS (
+  SELECT account, count(*) AS active_hours FROM (SELECT DISTINCT account, floor(t / 3600) AS h FROM interactions) GROUP BY account
 ),
-prefixes AS (
+ips AS (SELECT account, count(*) AS ips FROM (SELECT DISTINCT account, ip FROM interactions WHERE ip IS NOT NULL) GROUP BY account),
+networks AS (
+  SELECT account, count(*) AS networks FROM (SELECT DISTINCT account, network FROM interactions WHERE network IS NOT NULL) GROUP BY account
+),
+agents AS (
+  SELECT account, count(*) AS user_agents
+  FROM (SELECT DISTINCT account, user_agent FROM interactions WHERE user_agent IS NOT NULL) GROUP BY account
+)
+SELECT h.account, h.active_hours, coalesce(i.ips, 0) AS ips, coalesce(n.networks, 0) AS networks,
+  coalesce(a.user_agents, 0) AS user_agents
+FROM hours h LEFT JOIN ips i ON i.account = h.account LEFT JOIN networks n ON n.account = h.account
+LEFT JOIN agents a ON a.account = h.account
+"""
+# Templating: the requests whose prefix, suffix or whole normalised text the account repeats.
+ACCOUNT_TEMPLATES = """
+WITH prefixes AS (
   SELECT account, sum(CASE WHEN c >= 3 THEN c ELSE 0 END) AS prefix_rows
   FROM (SELECT account, left(norm, 32) AS k, count(*) AS c FROM interactions GROUP BY account, left(norm, 32)) GROUP BY account
 ),
@@ -72,82 +129,60 @@ suffixes AS (
 repeats AS (
   SELECT account, sum(CASE WHEN c >= 2 THEN c ELSE 0 END) AS same_rows
   FROM (SELECT account, norm, count(*) AS c FROM interactions GROUP BY account, norm) GROUP BY account
-),
-gaps AS (
-  SELECT account, median(gap) AS median_gap FROM base WHERE gap IS NOT NULL GROUP BY account
-),
-hours AS (
+)
+SELECT p.account, p.prefix_rows, s.suffix_rows, r.same_rows
+FROM prefixes p JOIN suffixes s ON s.account = p.account JOIN repeats r ON r.account = p.account
+"""
+# How spread each account is over hours of the day and over capabilities; its most frequent payment, org, country.
+ACCOUNT_SPREAD = """
+WITH hours AS (
   SELECT account, hour(ts) AS h, count(*) AS c FROM interactions GROUP BY account, hour(ts)
 ),
 hour_entropy AS (
-  SELECT account, -sum(p * log2(p)) AS hour_entropy, count(*) AS active_hours_of_day
+  SELECT account, -sum(p * log2(p)) AS hour_entropy
   FROM (SELECT account, c / sum(c) OVER (PARTITION BY account) AS p FROM hours) GROUP BY account
 ),
 caps AS (
   SELECT account, capability, count(*) AS c FROM interactions GROUP BY account, capability
 ),
 cap_entropy AS (
-  SELECT account, -sum(p * log2(p)) AS capability_entropy
+  SELECT account, -sum(p * log2(p)) AS capability_entropy, count(*) AS capabilities
   FROM (SELECT account, c / sum(c) OVER (PARTITION BY account) AS p FROM caps) GROUP BY account
-),
-breadth AS (
-  SELECT account, count(DISTINCT capability) AS breadth30 FROM base WHERE rn <= 30 GROUP BY account
 ),
 {top_payment},
 {top_org},
 {top_country}
+SELECT he.account, he.hour_entropy, ce.capability_entropy, ce.capabilities, tp.payment, tor.org, tc.country
+FROM hour_entropy he
+LEFT JOIN cap_entropy ce ON ce.account = he.account
+LEFT JOIN top_payment tp ON tp.account = he.account
+LEFT JOIN top_org tor ON tor.account = he.account
+LEFT JOIN top_country tc ON tc.account = he.account
+"""
+ACCOUNT_STAGES = (("account_sequence", ACCOUNT_SEQUENCE), ("account_timing", ACCOUNT_TIMING),
+                  ("account_counts", ACCOUNT_COUNTS), ("account_distinct", ACCOUNT_DISTINCT),
+                  ("account_templates", ACCOUNT_TEMPLATES), ("account_spread", ACCOUNT_SPREAD))
+ACCOUNT_FEATURES = """
 SELECT
-  b.account,
-  count(*) AS requests,
-  ln(count(*)) AS log_requests,
-  (max(t) - min(t)) / 3600.0 AS span_hours,
-  count(*) / (count(DISTINCT floor(t / 3600)) + 0.0) AS rate_per_active_hour,
-  count(DISTINCT floor(t / 3600)) AS active_hours,
-  max(he.hour_entropy) AS hour_entropy,
-  coalesce(stddev_samp(gap) / nullif(avg(gap), 0), 0) AS gap_cv,
-  sum(CAST(gap < 2 AS INT)) / (count(*) + 2.0) AS burst_share,
-  sum(CAST(gap > 1800 AS INT)) / (count(*) + 2.0) AS session_break_share,
-  sum(CAST(abs(gap - g.median_gap) <= 0.1 * g.median_gap AND g.median_gap > 5 AS INT)) / (count(*) + 2.0) AS regularity,
-  max(px.prefix_rows) / (count(*) + 2.0) AS prefix_share,
-  max(sx.suffix_rows) / (count(*) + 2.0) AS suffix_share,
-  max(rp.same_rows) / (count(*) + 2.0) AS duplicate_share,
-  greatest(max(px.prefix_rows), max(sx.suffix_rows)) / (count(*) + 2.0) AS template_share,
-  count(DISTINCT capability) AS capabilities,
-  max(ce.capability_entropy) AS capability_entropy,
-  max(br.breadth30) AS breadth30,
-  coalesce(avg(switched), 0) AS switch_rate,
-  sum(CAST(capability IN ({high_value}) AS INT)) / (count(*) + 2.0) AS high_value_share,
-  sum(CAST(elicit AS INT)) / (count(*) + 2.0) AS elicit_share,
-  ln(1 + avg(completion_tokens)) AS log_completion,
-  sum(CAST(completion_tokens >= {long_answer} AS INT)) / (count(*) + 2.0) AS long_answer_share,
-  ln(1 + avg(prompt_chars)) AS log_prompt_chars,
-  sum(CAST(logprobs AS INT)) / (count(*) + 2.0) AS logprobs_share,
-  avg(top_logprobs) AS mean_top_logprobs,
-  sum(CAST(temperature = 0 AS INT)) / (count(*) + 2.0) AS temp_zero_share,
-  sum(CAST(max_tokens >= 4000 AS INT)) / (count(*) + 2.0) AS max_tokens_high_share,
-  sum(CAST(n > 1 AS INT)) / (count(*) + 2.0) AS multi_sample_share,
-  count(DISTINCT ip) AS ips,
-  count(DISTINCT network) AS networks,
-  count(DISTINCT user_agent) AS user_agents,
-  max(tp.payment) AS payment,
-  max(tor.org) AS org,
-  max(tc.country) AS country,
-  min(ts) AS first_seen,
-  max(ts) AS last_seen,
-  {cap_columns}
-FROM base b
-LEFT JOIN gaps g ON g.account = b.account
-LEFT JOIN hour_entropy he ON he.account = b.account
-LEFT JOIN cap_entropy ce ON ce.account = b.account
-LEFT JOIN breadth br ON br.account = b.account
-LEFT JOIN top_payment tp ON tp.account = b.account
-LEFT JOIN top_org tor ON tor.account = b.account
-LEFT JOIN top_country tc ON tc.account = b.account
-LEFT JOIN prefixes px ON px.account = b.account
-LEFT JOIN suffixes sx ON sx.account = b.account
-LEFT JOIN repeats rp ON rp.account = b.account
-GROUP BY b.account
-ORDER BY b.account
+  c.account, c.requests, c.log_requests, c.span_hours,
+  c.requests / (d.active_hours + 0.0) AS rate_per_active_hour,
+  d.active_hours, sp.hour_entropy,
+  tm.gap_cv, tm.burst_share, tm.session_break_share, tm.regularity,
+  tp.prefix_rows / (c.requests + 2.0) AS prefix_share,
+  tp.suffix_rows / (c.requests + 2.0) AS suffix_share,
+  tp.same_rows / (c.requests + 2.0) AS duplicate_share,
+  greatest(tp.prefix_rows, tp.suffix_rows) / (c.requests + 2.0) AS template_share,
+  sp.capabilities, sp.capability_entropy, tm.breadth30, tm.switch_rate,
+  c.high_value_share, c.elicit_share, c.log_completion, c.long_answer_share, c.log_prompt_chars, c.logprobs_share,
+  c.mean_top_logprobs, c.temp_zero_share, c.max_tokens_high_share, c.multi_sample_share,
+  d.ips, d.networks, d.user_agents, sp.payment, sp.org, sp.country, c.first_seen, c.last_seen,
+  {cap_names}
+FROM account_counts c
+JOIN account_timing tm ON tm.account = c.account
+JOIN account_distinct d ON d.account = c.account
+JOIN account_templates tp ON tp.account = c.account
+JOIN account_spread sp ON sp.account = c.account
+ORDER BY c.account
 """
 
 # SynchroTrap-style co-activity: two accounts acting on the same target (capability) in the same time bin.
