@@ -21,6 +21,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+SRC = ROOT / "src"
+# The package this checkout holds, not whatever the virtual environment's editable install points at (a benchmark run
+# from a clean worktree of a commit, beside a venv installed from another tree, would measure the other tree's code).
+# Child processes (the scale benchmark's scans, the `stillroom` command) inherit it through PYTHONPATH.
+if (SRC / "stillroom").is_dir():
+    sys.path.insert(0, str(SRC))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
 SHARED_DATA = Path(os.environ.get("STILLROOM_SHARED_DATA") or ROOT.parent / "shared" / "data")
 """../shared/data beside the checkout; `STILLROOM_SHARED_DATA` points elsewhere (a checkout outside /work)."""
 
@@ -40,6 +47,9 @@ def provenance(repo: Path = ROOT) -> dict[str, Any]:
 
 
 STARTED = provenance()
+if "stillroom" in sys.modules and not Path(sys.modules["stillroom"].__file__).resolve().is_relative_to(SRC.resolve()):
+    raise RuntimeError(f"stillroom was imported from {sys.modules['stillroom'].__file__} before benchmarks/_common.py; "
+                       f"import _common first so that the code measured is this checkout's ({SRC})")
 """The tree this benchmark process started from (taken at import, i.e. at run start)."""
 
 
