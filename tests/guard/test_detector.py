@@ -207,3 +207,25 @@ def test_an_alert_says_what_linked_its_members_against_the_benign_baseline(scann
     for evidence in links.values():
         assert 0 <= evidence["members_linked"] <= 1 and 0 < evidence["benign_rate"] < 1
         assert (evidence["pairs"] == 0) == (evidence["members_linked"] == 0)
+
+
+def test_the_links_of_all_campaigns_at_once_equal_each_campaigns_link_pairs(calibrated, scanned):
+    """`CampaignBuilder.links` reads each edge table once for every campaign; each campaign's figures must be those of
+    its own `link_pairs` (the definition, one campaign at a time)."""
+    from stillroom.guard.campaigns import LINK_KINDS
+
+    result = scanned[0]
+    builder = calibrated.campaign_builder()
+    scored = result.accounts
+    ids = list(result.campaigns.loc[result.campaigns["flagged"], "id"])
+    assert ids
+    links = builder.links(scored, ids, result.edges)
+    for cid in ids:
+        members = list(scored.index[scored["campaign"] == cid])
+        for name, kind in LINK_KINDS.items():
+            if name not in result.edges:
+                continue
+            pairs = builder.link_pairs(name, scored, result.edges, members)
+            linked = set(pairs["a"]) | set(pairs["b"])
+            assert links[cid][kind]["pairs"] == len(pairs.drop_duplicates()), (cid, kind)
+            assert links[cid][kind]["members_linked"] == round(len(linked) / len(members), 4), (cid, kind)

@@ -214,29 +214,45 @@ class CampaignBuilder:
     def join_neighbours(self, scored: pd.DataFrame, campaigns: pd.DataFrame, edges: dict[str, pd.DataFrame]) -> None:
         """Add to each flagged campaign the accounts whose nearest neighbours are, beyond chance, its members, in
         every density space in which the campaign is dense (all of them for a campaign dense in none; see
-        self.config.join_each, self.config.join_surprisal)."""
+        self.config.join_each, self.config.join_surprisal). Campaigns join in their order; an account joined by
+        one is no longer free for the next. The neighbour edges are read once for all campaigns, as positions."""
         joined = pd.Series(0, index=campaigns.index)
-        for i, row in campaigns[campaigns["flagged"]].iterrows():
-            member = scored["campaign"] == row["id"]
+        flagged = campaigns[campaigns["flagged"]]
+        code = pd.Categorical(scored["campaign"], categories=list(flagged["id"])).codes  # the flagged campaign, or -1
+        free = (scored["campaign"] == "").to_numpy()
+        counts: dict[str, dict[int, pd.Series]] = {}  # per signal and campaign code: each free account's neighbours in it
+        for signal in self.crowding:
+            pairs = edges.get(signal.name)
+            if pairs is None or pairs.empty:
+                continue
+            a, b = _positions(scored.index, pairs["a"]), _positions(scored.index, pairs["b"])
+            keep = (a >= 0) & (b >= 0)
+            a, b = a[keep], b[keep]
+            keep = (code[b] >= 0) & free[a]
+            per = pd.DataFrame({"c": code[b][keep], "a": a[keep]}).groupby(["c", "a"]).size()
+            counts[signal.name] = {int(c): group.droplevel(0) for c, group in per.groupby(level=0)}
+        taken = np.zeros(len(scored), dtype=bool)
+        for c, (i, row) in enumerate(flagged.iterrows()):
+            if not counts:
+                break
             evidence = {}
             for signal in self.crowding:
-                pairs = edges.get(signal.name)
-                if pairs is None or pairs.empty:
+                if signal.name not in counts:
                     continue
-                counts = pairs[pairs["b"].map(member).fillna(False).to_numpy(bool)].groupby("a").size()
-                counts = counts[~counts.index.map(member).to_numpy(bool) & (scored.loc[counts.index, "campaign"] == "").to_numpy()]
+                per = counts[signal.name].get(c, pd.Series(dtype=np.int64))
+                per = per[~taken[per.index.to_numpy(np.int64)]]
                 share = min(0.5, row["size"] / (len(scored) + len(signal.reference)))
-                evidence[signal.name] = pd.Series(binomial_surprisal(counts.to_numpy(), signal.k, share), index=counts.index)
-            if not evidence:
-                continue
+                evidence[signal.name] = pd.Series(binomial_surprisal(per.to_numpy(), signal.k, share), index=per.index)
             ev = pd.DataFrame(evidence).fillna(0.0)
             # the spaces in which the campaign itself is dense: a campaign alike in what it asks and does is joined
             # by neighbours in both; one alike in what it asks and when, by neighbours in those two
+            member = code == c
             dense = [name for name in ev.columns if name in scored
-                     and float(scored.loc[member, name].mean()) >= self.thresholds.get(f"{name}_dense", np.inf)]
+                     and float(scored[name].to_numpy()[member].mean()) >= self.thresholds.get(f"{name}_dense", np.inf)]
             ev = ev[dense] if dense else ev
-            new = ev.index[(ev.min(axis=1) >= self.config.join_each) & (ev.sum(axis=1) >= self.config.join_surprisal)]
-            scored.loc[new, "campaign"] = row["id"]
+            new = ev.index[(ev.min(axis=1) >= self.config.join_each) & (ev.sum(axis=1) >= self.config.join_surprisal)].to_numpy(np.int64)
+            taken[new] = True
+            scored.iloc[new, scored.columns.get_loc("campaign")] = row["id"]
             joined[i] = len(new)
         campaigns["joined"] = joined
         campaigns.loc[campaigns["flagged"], "size"] += joined[campaigns["flagged"]]
@@ -265,19 +281,56 @@ class CampaignBuilder:
         pairs = self.link_pairs(name, scored, edges, members)
         return set(pairs["a"]) | set(pairs["b"])
 
-    def links(self, scored: pd.DataFrame, members: list[str], edges: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
-        """What linked a campaign's members, per kind of link, against the benign baseline: the member pairs linked
-        that way, the share of members linked to another member that way, the share of benign calibration accounts linked to another benign one
-        that way, and the binomial surprisal of the members' count at the benign rate (how strongly)."""
+    def links(self, scored: pd.DataFrame, ids: list[str], edges: dict[str, pd.DataFrame]) -> dict[str, dict[str, dict[str, float]]]:
+        """What linked each campaign's members (campaign `id` -> kind of link -> figures), against the benign baseline:
+        the member pairs linked that way (`link_pairs`), the share of members linked to another member that way, the
+        share of benign calibration accounts linked to another benign one that way, and the binomial surprisal of the
+        members' count at the benign rate (how strongly). Every edge table is read once for all campaigns."""
         rates = self.baseline.get("link_rates", {})
-        out = {}
+        code = pd.Categorical(scored["campaign"], categories=list(ids)).codes
+        sizes = np.bincount(code[code >= 0], minlength=len(ids))
+        out: dict[str, dict[str, dict[str, float]]] = {cid: {} for cid in ids}
         for name, kind in LINK_KINDS.items():
             if name not in edges:
                 continue
-            pairs = self.link_pairs(name, scored, edges, members)
-            linked = set(pairs["a"]) | set(pairs["b"])
+            pairs = self._campaign_pairs(name, scored, edges[name], code)  # columns c, a, b (positions)
+            n_pairs = pairs.drop_duplicates().groupby("c").size()
+            ends = pd.concat([pairs[["c", "a"]], pairs[["c", "b"]].rename(columns={"b": "a"})]).drop_duplicates()
+            n_linked = ends.groupby("c").size()
             rate = float(min(max(rates.get(kind, 0.0), 1e-4), 0.999))
-            out[kind] = {"pairs": int(len(pairs.drop_duplicates())), "members_linked": round(len(linked) / max(len(members), 1), 4),
-                         "benign_rate": round(rate, 4),
-                         "strength": round(float(binomial_surprisal(len(linked), len(members), rate)), 2) if linked else 0.0}
+            for c, cid in enumerate(ids):
+                linked, size = int(n_linked.get(c, 0)), int(sizes[c])
+                out[cid][kind] = {"pairs": int(n_pairs.get(c, 0)), "members_linked": round(linked / max(size, 1), 4),
+                                  "benign_rate": round(rate, 4),
+                                  "strength": round(float(binomial_surprisal(linked, size, rate)), 2) if linked else 0.0}
         return out
+
+    def _campaign_pairs(self, name: str, scored: pd.DataFrame, frame: pd.DataFrame, code: np.ndarray) -> pd.DataFrame:
+        """`link_pairs` of every campaign at once: (campaign code, a, b) with a and b positions in `scored`."""
+        empty = pd.DataFrame({"c": np.array([], np.int64), "a": np.array([], np.int64), "b": np.array([], np.int64)})
+        if frame is None or frame.empty:
+            return empty
+        if name == "infrastructure":
+            pos = _positions(scored.index, frame["account"])
+            keep = pos >= 0
+            keep[keep] = code[pos[keep]] >= 0
+            mine = pd.DataFrame({"c": code[pos[keep]].astype(np.int64), "key": frame["key"].to_numpy()[keep],
+                                 "value": frame["value"].to_numpy()[keep], "p": pos[keep]}).drop_duplicates()
+            pairs = mine.merge(mine, on=["c", "key", "value"])
+            names = scored.index.to_numpy()
+            pairs = pairs[names[pairs["p_x"].to_numpy()] < names[pairs["p_y"].to_numpy()]]
+            return pd.DataFrame({"c": pairs["c"].to_numpy(np.int64), "a": pairs["p_x"].to_numpy(np.int64),
+                                 "b": pairs["p_y"].to_numpy(np.int64)}).drop_duplicates()
+        a, b = _positions(scored.index, frame["a"]), _positions(scored.index, frame["b"])
+        keep = (a >= 0) & (b >= 0)
+        a, b = a[keep], b[keep]
+        keep = (code[a] >= 0) & (code[a] == code[b])
+        if name in scored and name != "lockstep":
+            fired = (scored[name] >= self.signal_threshold(name)).to_numpy()
+            keep &= fired[a] & fired[b]
+        return pd.DataFrame({"c": code[a[keep]].astype(np.int64), "a": a[keep], "b": b[keep]})
+
+
+def _positions(index: pd.Index, accounts: pd.Series) -> np.ndarray:
+    """Each account's position in `index` (-1 where it is not there)."""
+    return index.get_indexer(accounts.to_numpy())

@@ -280,8 +280,8 @@ class Guard:
         for row in campaigns[campaigns["flagged"]].itertuples():
             scored.loc[row.members, "campaign"] = row.id
         builder.join_neighbours(scored, campaigns, edges)
-        campaigns["links"] = [builder.links(scored, list(scored.index[scored["campaign"] == cid]), edges) if flagged else {}
-                              for cid, flagged in zip(campaigns["id"], campaigns["flagged"])]
+        links = builder.links(scored, list(campaigns.loc[campaigns["flagged"], "id"]), edges)
+        campaigns["links"] = [links.get(cid, {}) for cid in campaigns["id"]]
         scored["novelty"] = self.similarity.novelty(feats) if self.similarity is not None else scored["score"]
         scored["flagged_alone"] = scored["novelty"] > self.thresholds["account"]
         scored["flagged"] = scored["flagged_alone"] | (scored["campaign"] != "")
