@@ -97,6 +97,14 @@ def _last_stage(log: Path) -> str:
     return lines[-1] if lines else "(no stage finished)"
 
 
+def _progress_stages(log: Path) -> list[str]:
+    """The stages the command's progress bar showed ("scan: features [00:41]"), in order, each once."""
+    import re
+
+    seen = re.findall(r"scan: ([^\[\r\n]+?) \[\d", log.read_text(errors="replace"))
+    return list(dict.fromkeys(seen))
+
+
 def measured(argv: list[str], log: Path, rss_cap_mb: float | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """Run `argv` as a child process; its wall time and the peak RSS of its whole process tree (polled). Past
     `rss_cap_mb` or `timeout_s` the tree is killed and `Stopped` raised with what was measured until then."""
@@ -317,6 +325,39 @@ class Bench:
             self.save()
         return record
 
+    def cli(self, n: int) -> dict[str, Any]:
+        """The user's command at size n: `stillroom guard scan DATASET --calibration CAL` (reading, scan, reports and
+        its progress bar, in the log), measured as the scans are; its flagged accounts and campaigns against the
+        benchmark's own scan of the same data."""
+        import pandas as pd
+
+        scan = self.scan(n)
+        data, cal = self.dataset(n), self.calibration(False)
+        name = f"cli {self.args.engine} {label(n)}"
+        runs = self.work / "runs"
+        if not (runs / name.replace(" ", "-") / "alerts.json").is_file():
+            self.state.pop(name, None)
+        stillroom = str(Path(sys.executable).with_name("stillroom"))
+        argv = [stillroom, "guard", "scan", str(data / "traffic"), "--calibration", str(cal), "--output-dir", str(runs),
+                "--name", name.replace(" ", "-"), "--engine", self.args.engine, "--set", f"engine.threads={self.args.threads}",
+                "--set", f"engine.memory_limit={self.args.memory_limit}", "--set", f"engine.temp_directory={self.work / 'spill'}"]
+        record = self.once(name, argv, name.replace(" ", "-") + ".log")
+        if "recall" not in record:
+            alerts = json.loads((runs / name.replace(" ", "-") / "alerts.json").read_text())
+            truth = pd.read_parquet(data / "truth.parquet").set_index("account")
+            flagged = {a["account"] for a in alerts["accounts"]}
+            attack = set(truth.index[truth["is_attack"].to_numpy(bool)])
+            ours = pd.read_parquet(self.work / f"scan-{self.args.engine}-{label(n)}.parquet")
+            ours_flagged = set(ours.loc[ours["flagged"], "account"])
+            record.update({"interactions": alerts["summary"]["interactions"], "accounts": alerts["summary"]["accounts"],
+                           "flagged_accounts": len(flagged), "campaigns_flagged": alerts["summary"]["campaigns_flagged"],
+                           "recall": round(len(flagged & attack) / len(attack), 4),
+                           "fpr": round(len(flagged - attack) / (alerts["summary"]["accounts"] - len(attack)), 6),
+                           "flagged_equal_to_scan": flagged == ours_flagged, "flagged_differ": len(flagged ^ ours_flagged),
+                           "scan_wall_s": scan["wall_s"], "progress_stages": _progress_stages(self.work / (name.replace(" ", "-") + ".log"))})
+            self.save()
+        return record
+
     @staticmethod
     def quality(data: Path, alerts: Path) -> dict[str, Any]:
         import pandas as pd
@@ -423,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds: a child running longer is killed (and recorded)")
     p.add_argument("--retry-stopped", action="store_true", help="measure again what was stopped at the cap or timeout on this commit")
     p.add_argument("--no-stripped", action="store_true", help="skip the scan without client metadata at the largest size")
+    p.add_argument("--no-cli", action="store_true", help="skip `stillroom guard scan` (the command, reports included) at the largest size")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     for name in ("--data", "--out", "--calibration"):
         p.add_argument(name, default=None, help=argparse.SUPPRESS)
@@ -452,6 +494,12 @@ def main(argv: list[str] | None = None) -> None:
         except Stopped:
             bench.result(sizes, extra)
             break  # a larger size would only be stopped later
+        bench.result(sizes, extra)
+    if done and not args.no_cli:
+        try:
+            extra["cli_largest"] = {"size": label(done[-1]), **bench.cli(done[-1])}
+        except Stopped as stop:
+            extra["cli_largest"] = {"size": label(done[-1]), "stopped": stop.record}
         bench.result(sizes, extra)
     if args.engine == "duckdb" and done and not args.no_stripped:
         try:
