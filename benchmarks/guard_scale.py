@@ -218,13 +218,16 @@ def _engine(args: argparse.Namespace, settings):
 
     if args.engine == "duckdb":
         return open_dataset(Path(args.data) / "traffic", settings, strip_metadata=args.strip)
-    from stillroom.guard.config import EngineConfig
+    from stillroom.guard.config import EngineConfig, SparkConfig
     from stillroom.guard.engine import make_engine
     from stillroom.guard.ingest import parquet_files
 
     if args.strip:
         raise SystemExit("--engine spark scans with metadata only")
-    return make_engine(EngineConfig(name="spark")).load([str(p) for p in parquet_files(Path(args.data) / "traffic")])
+    # local mode: the driver is the executor, so its heap holds the cached tables (Spark's default is 1 GB)
+    spark = SparkConfig(master=f"local[{args.threads}]", conf={"spark.driver.memory": args.spark_memory,
+                                                               "spark.local.dir": str(Path(args.work) / "spark-tmp")})
+    return make_engine(EngineConfig(name="spark", spark=spark)).load([str(p) for p in parquet_files(Path(args.data) / "traffic")])
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ class Bench:
     def python(self, *argv: str) -> list[str]:
         a = self.args
         return [sys.executable, str(Path(__file__).resolve()), "--child", *argv, "--work", str(self.work),
-                "--threads", str(a.threads), "--memory-limit", a.memory_limit, "--engine", a.engine]
+                "--threads", str(a.threads), "--memory-limit", a.memory_limit, "--engine", a.engine, "--spark-memory", a.spark_memory]
 
     def once(self, key: str, argv: list[str], log: str) -> dict[str, Any]:
         """Run a measured child unless `key` finished before on this commit (then its stored record, marked reused).
@@ -457,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", default="duckdb", choices=["duckdb", "spark"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory-limit", default="5GB", help="DuckDB's memory limit; the rest spills to WORK/spill")
+    p.add_argument("--spark-memory", default="6g", help="--engine spark: spark.driver.memory (local mode: the whole heap)")
     p.add_argument("--calibration-size", default="1M", help="benign calibration traffic (interactions)")
     p.add_argument("--no-memory-check", action="store_true", help="skip the in-memory scan at the smallest size")
     p.add_argument("--sample-check", default="300k", help="size at which the content sample (50 prompts) is compared with a full pass; 'none' skips")
