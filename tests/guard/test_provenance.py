@@ -19,8 +19,20 @@ from stillroom.guard.provenance.radioactivity import read_model
 VOCAB = 300
 
 
+def fixed_secrets(monkeypatch) -> None:
+    """Key files made in a test get the same secrets every run, so a test under the null is one fixed draw, not a
+    fresh 1% chance of a false alarm on every run."""
+    import hashlib
+    import itertools
+
+    counter = itertools.count()
+    monkeypatch.setattr("stillroom.guard.provenance.keys.secrets.token_hex",
+                        lambda n: hashlib.sha256(f"test-secret-{next(counter)}".encode()).hexdigest()[:2 * n])
+
+
 @pytest.fixture()
-def ring(tmp_path):
+def ring(tmp_path, monkeypatch):
+    fixed_secrets(monkeypatch)
     return Keyring.create(tmp_path / "wm.json", WatermarkSettings(greenlist_ratio=0.25, bias=4.0), cohorts=6)
 
 

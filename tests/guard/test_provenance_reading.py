@@ -11,13 +11,14 @@ import torch
 from stillroom.guard.provenance.detect import Detector, GreenList, watermark_processor
 from stillroom.guard.provenance.keys import Keyring, WatermarkSettings
 from stillroom.guard.provenance.radioactivity import Reading, read_model, read_texts, scored_pairs, score_readings
-from tests.guard.test_provenance import watermarked_sequences
+from tests.guard.test_provenance import fixed_secrets, watermarked_sequences
 
 VOCAB = 300
 
 
 @pytest.fixture()
-def ring(tmp_path):
+def ring(tmp_path, monkeypatch):
+    fixed_secrets(monkeypatch)
     return Keyring.create(tmp_path / "wm.json", WatermarkSettings(greenlist_ratio=0.25, bias=4.0), cohorts=6)
 
 
@@ -87,7 +88,7 @@ def test_a_clean_copier_looks_radioactive_on_watermarked_text_without_the_filter
     for seed, cohort in enumerate(["c0", "c2", "c4"]):
         readings = read_texts(model, marked_texts(ring, cohort, seed=seed), pad_id=0)
         unfiltered = score_readings(readings, detector, "off")
-        assert unfiltered.to_dict()["cohorts"] == [cohort] and unfiltered.score(f"e0/{cohort}").log10_p < -10
+        assert unfiltered.best.cohort == cohort and unfiltered.score(f"e0/{cohort}").log10_p < -10
         for mode in ("probe", "text"):
             filtered = score_readings(readings, detector, mode)
             assert not filtered.leaked, (cohort, mode, filtered.to_dict()["scores"][:2])
@@ -164,8 +165,19 @@ def test_the_model_command_reads_a_suspect_on_the_served_campaign(ring, tmp_path
     result = CliRunner().invoke(app, ["model", str(tmp_path / "suspect"), "--keys", str(ring.path), "--served", str(log)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
-    assert out["mode"] == "open-weights" and not out["leaked"] and out["keys_tested"] == 6
+    assert out["mode"] == "open-weights" and out["keys_tested"] == 6
     assert "10 scored from their answer on" in out["notes"][0] and "'probe'" in out["notes"][0]
+    # the same test by hand: each logged prompt in the chat template + the served answer, scored from the answer on
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+
+    heads = [encode_prompt(tokenizer, Prompt.from_text(f"question {i}")) for i in range(len(answers))]
+    sequences = [h + tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                 for h, a in zip(heads, answers)]
+    direct = read_model(model, sequences, Detector(ring.all_keys(), vocab), tokenizer.pad_token_id,
+                        marked_from=[len(h) for h in heads]).to_dict()
+    assert [(s["key_id"], s["scored"], s["green"]) for s in out["scores"]] == \
+        [(s["key_id"], s["scored"], s["green"]) for s in direct["scores"]]
+    assert 100 < out["scores"][0]["scored"] < sum(len(q) - len(h) for q, h in zip(sequences, heads))
     bad = CliRunner().invoke(app, ["model", str(tmp_path / "suspect"), "--keys", str(ring.path), "--copy-filter", "x"])
     assert bad.exit_code != 0 and "--copy-filter" in str(bad.exception)
 
@@ -179,3 +191,45 @@ def test_remembered_green_answers_are_the_fresh_ones(ring):
     again = greens.green(pairs[::-1])[::-1]
     fresh = [bool(GreenList(key, VOCAB)._mask_after(c[-1])[t]) for c, t in pairs]
     assert first.tolist() == again.tolist() == fresh and 0 < sum(fresh) < len(fresh)
+
+
+@pytest.mark.slow
+def test_the_real_teacher_reading_its_own_watermarked_answers_is_not_radioactive(tmp_path, monkeypatch):
+    """SmolLM2 serves watermarked answers; the clean (unwatermarked) SmolLM2 teacher-forced on prompt + served answer,
+    the supervised reading, is not called radioactive under any key, while the text itself is attributed."""
+    import httpx
+
+    from stillroom.distill.llm.prompts import Prompt, encode_prompt
+    from stillroom.serve.app import create_app, load_engine
+    from stillroom.serve.server import BackgroundServer
+    from stillroom.serve.watermark import ServeWatermark
+
+    fixed_secrets(monkeypatch)
+    ring = Keyring.create(tmp_path / "wm.json", WatermarkSettings(greenlist_ratio=0.25, bias=2.0), cohorts=6)
+    engine = load_engine(None, max_batch=8, threads=2, default_max_tokens=48)
+    vocab = int(engine.model.config.vocab_size)
+    prompts = ["Write a short story about a lighthouse keeper.", "Explain how a bicycle works.",
+               "Give me ideas for a rainy weekend.", "Describe your favourite city and why.",
+               "What makes a good friend?", "How do plants grow?", "Tell me about the ocean.", "Why do we sleep?"]
+    try:
+        with BackgroundServer(create_app(engine, watermark=ServeWatermark(ring.path, vocab_size=vocab))) as server, \
+                httpx.Client(timeout=600) as client:
+            answers = []
+            for i, prompt in enumerate(prompts):
+                reply = client.post(server.url + "/v1/chat/completions", headers={"x-stillroom-cohort": "c4"}, json={
+                    "messages": [{"role": "user", "content": prompt}], "max_tokens": 48, "temperature": 0.7, "seed": i})
+                assert reply.status_code == 200, reply.text[:300]
+                answers.append(reply.json()["choices"][0]["message"]["content"])
+    finally:
+        engine.close()
+    detector = Detector(ring.all_keys(), vocab)
+    tok = engine.tokenizer
+    served = detector.test_texts(answers, tok).to_dict()
+    assert served["cohorts"] == ["c4"], served["scores"][:2]
+    heads = [encode_prompt(tok, Prompt.from_text(p)) for p in prompts]
+    sequences = [h + tok(a, add_special_tokens=False)["input_ids"] for h, a in zip(heads, answers)]
+    readings = read_texts(engine.model, sequences, tok.pad_token_id, marked_from=[len(h) for h in heads])
+    for mode in ("probe", "text"):
+        result = score_readings(readings, detector, mode)
+        assert not result.leaked and result.score("e0/c4").p_value > 1e-3, result.to_dict()["scores"][:2]
+        assert result.score("e0/c4").scored > 100
