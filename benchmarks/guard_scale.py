@@ -240,7 +240,10 @@ class Bench:
         state: dict[str, Any] = json.loads(self.rows_path.read_text()) if self.rows_path.is_file() else {}
         # a measurement belongs to the code that made it: rows of another commit are kept aside, not reused (datasets
         # are: `simulate` rows stand for data reused by its spec)
-        self.state = {k: v for k, v in state.items() if k.startswith("simulate ") or v.get("commit") == COMMIT}
+        # --rows-from names earlier commits whose finished rows stand (each keeps its commit and is marked reused)
+        allowed = {COMMIT, *[c for c in (args.rows_from or "").split(",") if c]}
+        self.state = {k: v for k, v in state.items() if k.startswith("simulate ") or any(
+            str(v.get("commit", "")).startswith(c) and not str(v.get("commit", "")).endswith("+dirty") for c in allowed) or v.get("commit") == COMMIT}
         self.other_commits = {k: v for k, v in state.items() if k not in self.state}
         self.lock = threading.Lock()
 
@@ -264,7 +267,7 @@ class Bench:
         A child stopped at the RSS cap or the timeout is kept in `stopped` (and raises `Stopped`)."""
         if key not in self.state and self.rows_path.is_file():  # finished meanwhile by another run on this folder
             disk = json.loads(self.rows_path.read_text()).get(key)
-            if disk is not None and disk.get("commit") == COMMIT:
+            if disk is not None and disk.get("commit") == COMMIT:  # (only this run's commit: --rows-from applies at start)
                 self.state[key] = disk
         if key in self.state:
             self.state[key]["reused"] = self.state[key].get("measured_in") != STARTED["at"]
@@ -468,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds: a child running longer is killed (and recorded)")
     p.add_argument("--retry-stopped", action="store_true", help="measure again what was stopped at the cap or timeout on this commit")
     p.add_argument("--no-stripped", action="store_true", help="skip the scan without client metadata at the largest size")
+    p.add_argument("--rows-from", default="", help="comma-separated earlier commits (prefixes) whose finished rows in --work are "
+                                                   "reused, each marked reused with its own commit, instead of measured again")
     p.add_argument("--no-cli", action="store_true", help="skip `stillroom guard scan` (the command, reports included) at the largest size")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     for name in ("--data", "--out", "--calibration"):

@@ -229,3 +229,7 @@ def test_the_links_of_all_campaigns_at_once_equal_each_campaigns_link_pairs(cali
             linked = set(pairs["a"]) | set(pairs["b"])
             assert links[cid][kind]["pairs"] == len(pairs.drop_duplicates()), (cid, kind)
             assert links[cid][kind]["members_linked"] == round(len(linked) / len(members), 4), (cid, kind)
+            assert builder.linked(name, scored, result.edges, members) == linked, (cid, kind)
+    everyone = list(scored.index)
+    pairs = builder.link_pairs("infrastructure", scored, result.edges, everyone)
+    assert builder.linked("infrastructure", scored, result.edges, everyone) == set(pairs["a"]) | set(pairs["b"]) != set()
