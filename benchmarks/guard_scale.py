@@ -241,9 +241,12 @@ class Bench:
         # a measurement belongs to the code that made it: rows of another commit are kept aside, not reused (datasets
         # are: `simulate` rows stand for data reused by its spec)
         # --rows-from names earlier commits whose finished rows stand (each keeps its commit and is marked reused)
-        allowed = {COMMIT, *[c for c in (args.rows_from or "").split(",") if c]}
-        self.state = {k: v for k, v in state.items() if k.startswith("simulate ") or any(
-            str(v.get("commit", "")).startswith(c) and not str(v.get("commit", "")).endswith("+dirty") for c in allowed) or v.get("commit") == COMMIT}
+        earlier = [c for c in (args.rows_from or "").split(",") if c]
+
+        def stands(commit: str) -> bool:
+            return commit == COMMIT or (not commit.endswith("+dirty") and any(commit.startswith(c) for c in earlier))
+
+        self.state = {k: v for k, v in state.items() if k.startswith("simulate ") or stands(str(v.get("commit", "")))}
         self.other_commits = {k: v for k, v in state.items() if k not in self.state}
         self.lock = threading.Lock()
 
